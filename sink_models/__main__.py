@@ -1,0 +1,52 @@
+"""`python -m sink_models`: build a SinkViT, save it as a Hub folder, reload it with trust_remote_code, show outputs."""
+
+import argparse
+import os
+import tempfile
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local: never look for a Hub
+
+import torch  # noqa: E402
+from transformers import AutoModel, AutoModelForImageClassification  # noqa: E402
+
+from . import SIZES, VARIANTS, SinkViTForImageClassification, preset_config  # noqa: E402
+from .checkpoint import save_checkpoint  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--variant", default="gated-reg", choices=list(VARIANTS))
+    parser.add_argument("--size", default="toy", choices=list(SIZES))
+    parser.add_argument("--out", default=None, help="folder to save into (default: a temporary one)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = SinkViTForImageClassification(preset_config(args.variant, args.size, num_labels=10)).eval()
+    out = args.out or os.path.join(tempfile.mkdtemp(prefix="sink-vit-"), f"vit-{args.size}-{args.variant}")
+    folder = save_checkpoint(model, out)
+    print(f"saved {args.variant} ({args.size}, {sum(p.numel() for p in model.parameters()):,} parameters) to {folder}")
+    print("  files:", ", ".join(sorted(os.listdir(folder))))
+
+    head = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    print(f"reloaded with trust_remote_code: {type(head).__module__}.{type(head).__name__}, {type(base).__name__}")
+
+    config = model.config
+    x = torch.randn(2, config.num_channels, config.image_size, config.image_size)
+    with torch.no_grad():
+        expected = model(x).logits
+        outputs = head(x, output_hidden_states=True, output_gate_values=True)
+        tokens = base(x).last_hidden_state
+    print(f"logits {tuple(outputs.logits.shape)}: {outputs.logits[0, :5].tolist()}")
+    print(f"max |reloaded - original| logits: {(outputs.logits - expected).abs().max().item():.2e}")
+    print(
+        f"tokens per image: {tokens.shape[1]} = CLS + {config.num_register_tokens} registers + "
+        f"{tokens.shape[1] - config.num_prefix_tokens} patches; hidden states: {len(outputs.hidden_states)}"
+    )
+    if outputs.gate_values:
+        means = ", ".join(f"{g.mean().item():.3f}" for g in outputs.gate_values)
+        print(f"mean {config.attention_gate} gate per layer: {means}")
+
+
+if __name__ == "__main__":
+    main()

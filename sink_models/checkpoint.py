@@ -1,0 +1,47 @@
+"""Save a model as a self-contained Hub folder: config with auto_map, the two remote-code files, weights, processor."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import ViTImageProcessorPil
+
+from .configuration_sink_vit import as_pair
+from .modeling_sink_vit import SinkViTPreTrainedModel
+
+
+def default_image_processor(config) -> ViTImageProcessorPil:
+    """Resize to `config.image_size` and normalise with mean = std = 0.5 per channel (transformers' ViT default)."""
+    height, width = as_pair(config.image_size)
+    channels = config.num_channels
+    return ViTImageProcessorPil(
+        size={"height": height, "width": width}, image_mean=[0.5] * channels, image_std=[0.5] * channels
+    )
+
+
+def save_checkpoint(model: SinkViTPreTrainedModel, folder: str | os.PathLike, image_processor=None) -> Path:
+    """Write `model` (and its image processor, the default one if None) to `folder`, atomically.
+
+    The folder loads with `AutoModel` / `AutoModelForImageClassification.from_pretrained(folder,
+    trust_remote_code=True)` and with `pipeline("image-classification", model=folder, trust_remote_code=True)`.
+    Weights are safetensors only. An existing folder is replaced only once the new one is complete.
+    """
+    if not isinstance(model, SinkViTPreTrainedModel):
+        raise TypeError(f"model: expected a SinkViT model, got {type(model).__name__}.")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        (image_processor or default_image_processor(model.config)).save_pretrained(staging)
+        if folder.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, retired / folder.name)
+            os.replace(staging, folder)
+            shutil.rmtree(retired)
+        else:
+            os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
