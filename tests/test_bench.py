@@ -28,6 +28,7 @@ def test_model_benchmark_prints_a_ratio_row_per_model():
     assert rows["transformers ViT"][1] == 1.0 and rows["transformers ViT"][3] == 1.0
     peer_forward, _, peer_train, _ = rows["transformers ViT"]
     for forward, forward_ratio, train, train_ratio in rows.values():
-        assert forward_ratio == pytest.approx(forward / peer_forward, abs=1e-3, rel=1e-3)
-        assert train_ratio == pytest.approx(train / peer_train, abs=1e-3, rel=1e-3)
+        for speed, ratio, peer in ((forward, forward_ratio, peer_forward), (train, train_ratio, peer_train)):
+            # Throughputs are printed to 0.1 img/s and ratios to 0.001: allow exactly that rounding.
+            assert ratio == pytest.approx(speed / peer, abs=5e-4 + speed / peer * (0.05 / speed + 0.05 / peer))
     assert re.search(r"forward: plain vs ViT [\d.]+ \(target >= 0.95: (met|MISSED)\)", result.stdout)
