@@ -38,7 +38,10 @@ def main() -> None:
         outputs = head(x, output_hidden_states=True, output_gate_values=True)
         tokens = base(x).last_hidden_state
     print(f"logits {tuple(outputs.logits.shape)}: {outputs.logits[0, :5].tolist()}")
-    print(f"max |reloaded - original| logits: {(outputs.logits - expected).abs().max().item():.2e}")
+    difference = (outputs.logits - expected).abs().max().item()
+    print(f"max |reloaded - original| logits: {difference:.2e}")
+    if difference > 1e-5:
+        raise SystemExit(f"the reloaded model does not reproduce the original (max difference {difference:.2e})")
     print(
         f"tokens per image: {tokens.shape[1]} = CLS + {config.num_register_tokens} registers + "
         f"{tokens.shape[1] - config.num_prefix_tokens} patches; hidden states: {len(outputs.hidden_states)}"

@@ -29,19 +29,33 @@ def save_checkpoint(model: SinkViTPreTrainedModel, folder: str | os.PathLike, im
     """
     if not isinstance(model, SinkViTPreTrainedModel):
         raise TypeError(f"model: expected a SinkViT model, got {type(model).__name__}.")
+    source = model.config.converted_from
+    if image_processor is None and source:
+        raise ValueError(
+            f"image_processor: required for a model converted from {source!r}; pass its own processor (e.g. "
+            f"AutoImageProcessor.from_pretrained({source!r})): the default one would preprocess its inputs wrongly."
+        )
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a saved model is an ordinary folder
     try:
         model.save_pretrained(staging, safe_serialization=True)
         (image_processor or default_image_processor(model.config)).save_pretrained(staging)
-        if folder.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, retired / folder.name)
+        if not folder.exists():
             os.replace(staging, folder)
-            shutil.rmtree(retired)
-        else:
+            return folder
+        retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+        os.replace(folder, retired / folder.name)
+        try:
             os.replace(staging, folder)
+        except OSError:
+            os.replace(retired / folder.name, folder)
+            raise
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -47,6 +47,7 @@ class SinkViTConfig(PreTrainedConfig):
         pooling (`str`): what the classifier reads: `"cls"`, `"mean"` (of patch tokens) or `"cls+mean"` (DINOv2).
         interpolate_pos_encoding (`bool`): default of the forward keyword: resize position embeddings to any input.
         interpolate_antialias (`bool`): antialias when shrinking position embeddings (DINOv2 with registers does).
+        converted_from (`str` or `None`): the stock checkpoint (or class) `sink_models.convert` made this model from.
     """
 
     model_type = "sink_vit"
@@ -73,6 +74,7 @@ class SinkViTConfig(PreTrainedConfig):
     pooling: str = "cls"
     interpolate_pos_encoding: bool = False
     interpolate_antialias: bool = False
+    converted_from: str | None = None
 
     def __post_init__(self, **kwargs):
         model_type = kwargs.pop("model_type", self.model_type)
@@ -81,7 +83,7 @@ class SinkViTConfig(PreTrainedConfig):
                 f"model_type: this is a {model_type!r} config; SinkViTConfig reads {self.model_type!r} configs only. "
                 "Convert a stock ViT/DINOv2 model with sink_models.convert.from_transformers instead."
             )
-        self._validate()
+        self.validate()
         self.auto_map = {**AUTO_MAP, **(kwargs.pop("auto_map", None) or {})}
         super().__post_init__(**kwargs)
 
@@ -96,7 +98,13 @@ class SinkViTConfig(PreTrainedConfig):
         (ih, iw), (ph, pw) = as_pair(self.image_size), as_pair(self.patch_size)
         return ih // ph, iw // pw
 
-    def _validate(self) -> None:
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first invalid field and what it allows (transformers also calls this
+        before saving)."""
+        parent = getattr(super(), "validate", None)
+        if parent is not None and getattr(self, "_post_init_done", False):
+            parent()
+
         def check(ok: bool, field: str, allowed: str) -> None:
             if not ok:
                 raise ValueError(f"{field}: got {getattr(self, field)!r}; allowed: {allowed}.")
@@ -132,6 +140,7 @@ class SinkViTConfig(PreTrainedConfig):
         )
         check(_is_int(self.global_pathway_dim) and self.global_pathway_dim >= 0, "global_pathway_dim", "an int >= 0")
         check(self.pooling in POOLINGS, "pooling", f"one of {POOLINGS}")
+        check(self.converted_from is None or isinstance(self.converted_from, str), "converted_from", "None or a str")
 
 
 __all__ = ["SinkViTConfig"]

@@ -91,6 +91,7 @@ def from_transformers(model: PreTrainedModel) -> SinkViTPreTrainedModel:
         raise ValueError(f"model: {name} cannot be converted; supported classes: {', '.join(SUPPORTED)}.")
     head = name.endswith("ForImageClassification")
     config = sink_config_from(model.config)
+    config.converted_from = model.config.name_or_path or name
     config._attn_implementation = model.config._attn_implementation
     state = {}
     for key, value in model.state_dict().items():
@@ -101,7 +102,8 @@ def from_transformers(model: PreTrainedModel) -> SinkViTPreTrainedModel:
         logger.warning("from_transformers: ViT's dense+tanh pooler has no SinkViT counterpart and is dropped.")
     target = (SinkViTForImageClassification if head else SinkViTModel)(config)
     target.load_state_dict(state, strict=True)
-    return target.to(dtype=next(model.parameters()).dtype).train(model.training)
+    source = next(model.parameters())
+    return target.to(device=source.device, dtype=source.dtype).train(model.training)
 
 
 @torch.no_grad()
@@ -124,6 +126,8 @@ def extend(
     if not isinstance(model, SinkViTPreTrainedModel):
         raise TypeError(f"model: expected a SinkViT model, got {type(model).__name__}; use from_transformers first.")
     old = model.config
+    if attention_gate == "none" and old.attention_gate != "none":
+        raise ValueError(f"attention_gate: removing the model's {old.attention_gate!r} gate is not supported.")
     if attention_gate not in (None, "none") and old.attention_gate != "none":
         raise ValueError(
             f"attention_gate: the model already has a {old.attention_gate!r} gate; only a new gate can be added."
@@ -135,13 +139,14 @@ def extend(
             f"num_register_tokens: got {num_register_tokens}; allowed: at least the current {old.num_register_tokens}."
         )
     changes = {
-        "attention_gate": attention_gate or old.attention_gate,
+        "attention_gate": old.attention_gate if attention_gate in (None, "none") else attention_gate,
         "num_register_tokens": old.num_register_tokens if num_register_tokens is None else num_register_tokens,
         "global_pathway_dim": global_pathway_dim or old.global_pathway_dim,
     }
     config = SinkViTConfig(**{**old.to_dict(), **changes})
     config._attn_implementation = old._attn_implementation
-    new = type(model)(config).to(dtype=next(model.parameters()).dtype)
+    source = next(model.parameters())
+    new = type(model)(config).to(device=source.device, dtype=source.dtype)
     base = new.base_model
 
     state = model.state_dict()

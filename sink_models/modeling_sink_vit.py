@@ -164,9 +164,7 @@ class SinkViTAttention(nn.Module):
         gate_size = {"none": 0, "headwise": self.num_heads, "elementwise": config.hidden_size}[config.attention_gate]
         self.gate_proj = nn.Linear(config.hidden_size, gate_size) if gate_size else None
 
-    def forward(
-        self, hidden_states: torch.Tensor, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -184,7 +182,6 @@ class SinkViTAttention(nn.Module):
             None,
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
-            **kwargs,
         )  # attn_output: (batch, tokens, heads, head_dim)
 
         gate = None
@@ -264,12 +261,10 @@ class SinkViTLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = SinkViTDropPath(config.drop_path_rate) if config.drop_path_rate > 0 else nn.Identity()
 
-    def forward(
-        self, hidden_states: torch.Tensor, **kwargs
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Returns the new tokens, the attention weights (eager only) and the gate values (gated models only)."""
         normed = self.norm1(hidden_states)
-        update, attn_weights, gate = self.attention(normed, **kwargs)
+        update, attn_weights, gate = self.attention(normed)
         if self.global_pathway is not None:
             update = update + self.global_pathway(normed)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(self.dropout(update)))
@@ -297,7 +292,15 @@ class SinkViTPreTrainedModel(PreTrainedModel):
                 f"config: expected a SinkViTConfig, got {type(config).__name__}. "
                 "Convert stock ViT/DINOv2 models with sink_models.convert.from_transformers."
             )
+        # Fields may have been changed after the config was built (from_pretrained(..., field=value) does that).
+        config.validate()
         super().__init__(config, *inputs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, but weights load from safetensors only: nothing is unpickled."""
+        kwargs.setdefault("use_safetensors", True)
+        return super().from_pretrained(*args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -345,7 +348,6 @@ class SinkViTModel(SinkViTPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_gate_values: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> SinkViTModelOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): the images.
@@ -353,7 +355,9 @@ class SinkViTModel(SinkViTPreTrainedModel):
             `config.interpolate_pos_encoding`.
         output_attentions (`bool`, *optional*): per-layer attention maps; needs `attn_implementation="eager"`.
         output_hidden_states (`bool`, *optional*): the embeddings and every layer's output (before the final norm).
-        output_gate_values (`bool`, *optional*): per-layer gate values (gated models).
+        output_gate_values (`bool`, *optional*): per-layer gate values (empty for models without a gate).
+        There is no `**kwargs`: a misspelt or unsupported keyword (`head_mask`, `attention_mask`) is an error,
+        never silently ignored.
         """
         if pixel_values is None:
             raise ValueError("pixel_values: required, a (batch, channels, height, width) tensor.")
@@ -375,7 +379,7 @@ class SinkViTModel(SinkViTPreTrainedModel):
         all_attentions = [] if output_attentions else None
         all_gates = [] if output_gate_values else None
         for layer in self.layers:
-            hidden_states, attn_weights, gate = layer(hidden_states, **kwargs)
+            hidden_states, attn_weights, gate = layer(hidden_states)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
@@ -407,16 +411,23 @@ class SinkViTForImageClassification(SinkViTPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_gate_values: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> SinkViTImageClassifierOutput | tuple:
         r"""
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*): targets for the classification loss.
-        Other keywords as in [`SinkViTModel.forward`].
+        Other arguments as in [`SinkViTModel.forward`].
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs: SinkViTModelOutput = self.sink_vit(
-            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
+            pixel_values,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_gate_values=output_gate_values,
+            return_dict=True,
         )
         logits = self.classifier(outputs.pooler_output)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None

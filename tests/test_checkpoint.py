@@ -78,6 +78,49 @@ def test_loading_never_unpickles(model, tmp_path, monkeypatch):
     torch.testing.assert_close(loaded.classifier.weight, model.classifier.weight)
 
 
+def test_a_folder_with_pickled_weights_only_is_refused(model, tmp_path):
+    folder = save_checkpoint(model, tmp_path / "ckpt")
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(OSError, match="model.safetensors"):
+        SinkViTForImageClassification.from_pretrained(folder)
+
+
+def test_saved_folder_is_readable_by_others(model, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        folder = save_checkpoint(model, tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o755
+
+
+def test_converted_models_need_their_own_processor(tmp_path):
+    model = SinkViTModel(tiny_config("plain", converted_from="facebook/dinov2-small"))
+    with pytest.raises(
+        ValueError, match="image_processor: required for a model converted from 'facebook/dinov2-small'"
+    ):
+        save_checkpoint(model, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+    folder = save_checkpoint(model, tmp_path / "ckpt", image_processor=default_image_processor(model.config))
+    assert json.loads((folder / "config.json").read_text())["converted_from"] == "facebook/dinov2-small"
+
+
+def test_main_job_builds_saves_and_reloads(tmp_path):
+    env = {k: v for k, v in os.environ.items()} | {"HF_HOME": str(tmp_path / "hf_home")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sink_models", "--variant", "gated-headwise", "--out", str(tmp_path / "m")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "max |reloaded - original| logits: 0.00e+00" in result.stdout
+    assert "tokens per image: 65 = CLS + 0 registers + 64 patches" in result.stdout
+    assert SinkViTForImageClassification.from_pretrained(tmp_path / "m").config.attention_gate == "headwise"
+
+
 def test_failed_save_leaves_the_old_folder_untouched(model, tmp_path):
     folder = save_checkpoint(model, tmp_path / "ckpt")
     before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}

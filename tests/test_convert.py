@@ -44,15 +44,15 @@ def main_output(outputs):
 
 
 @pytest.mark.parametrize("name", STOCK)
-@pytest.mark.parametrize("size", [16, 12, 24])
+@pytest.mark.parametrize("size", [(16, 16), (12, 12), (24, 24), (12, 20)])
 def test_converted_model_reproduces_the_stock_model(name, size):
     model = stock(name)
     converted = from_transformers(model)
     head = name.endswith("head")
     assert isinstance(converted, SinkViTForImageClassification if head else SinkViTModel)
-    x = images(converted.config, size=(size, size))
+    x = images(converted.config, size=size)
     # ViT needs the keyword for other sizes, DINOv2 always interpolates: the converted model follows each.
-    keyword = {"interpolate_pos_encoding": True} if name.startswith("vit") and size != 16 else {}
+    keyword = {"interpolate_pos_encoding": True} if name.startswith("vit") and size != (16, 16) else {}
     with torch.no_grad():
         expected, got = main_output(model(x, **keyword)), main_output(converted(x, **keyword))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
@@ -71,6 +71,7 @@ def test_dinov2_config_maps_to_the_sink_vit_fields():
     assert config.pooling == "cls+mean" and config.num_register_tokens == 4
     assert config.interpolate_pos_encoding and config.interpolate_antialias
     assert config.layerscale_init == 1.0 and config.num_labels == 5
+    assert config.converted_from == "Dinov2WithRegistersForImageClassification"
 
 
 def test_unsupported_models_are_refused_with_the_list():
@@ -119,6 +120,8 @@ def test_extend_refuses_impossible_changes():
     gated = SinkViTModel(tiny_config("gated-reg"))
     with pytest.raises(ValueError, match="already has a 'elementwise' gate"):
         extend(gated, attention_gate="headwise")
+    with pytest.raises(ValueError, match="removing the model's 'elementwise' gate is not supported"):
+        extend(gated, attention_gate="none")
     with pytest.raises(ValueError, match="num_register_tokens: got 2; allowed: at least the current 4"):
         extend(gated, num_register_tokens=2)
     with pytest.raises(TypeError, match="use from_transformers first"):

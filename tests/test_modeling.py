@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from conftest import CONFIGS, images, tiny_config
 from reference import reference_tokens
 
-from sink_models import SinkViTConfig, SinkViTForImageClassification, SinkViTModel
+from sink_models import SinkViTForImageClassification, SinkViTModel
 
 ALL = sorted(CONFIGS)
 
@@ -30,10 +30,11 @@ def test_eager_and_sdpa_agree(name):
     model = build(name)
     x = images(model.config)
     with torch.no_grad():
-        sdpa = model(x).logits
+        sdpa = model(x, output_hidden_states=True)
         model.set_attn_implementation("eager")
-        eager = model(x).logits
-    torch.testing.assert_close(eager, sdpa, atol=1e-5, rtol=0)
+        eager = model(x, output_hidden_states=True)
+    torch.testing.assert_close(eager.logits, sdpa.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(eager.hidden_states[-1], sdpa.hidden_states[-1], atol=1e-5, rtol=0)
 
 
 def test_flex_attention_agrees_with_sdpa():
@@ -56,8 +57,9 @@ def test_hidden_states_layout(name):
     config = model.config
     x = images(config, batch=2)
     out = model(x, output_hidden_states=True)
-    grid = config.grid_size
-    tokens = 1 + config.num_register_tokens + grid[0] * grid[1]
+    height, width = x.shape[-2:]
+    ph, pw = config.patch_size if isinstance(config.patch_size, tuple) else (config.patch_size, config.patch_size)
+    tokens = 1 + config.num_register_tokens + (height // ph) * (width // pw)
     assert config.num_prefix_tokens == 1 + config.num_register_tokens
     assert len(out.hidden_states) == config.num_hidden_layers + 1
     assert all(h.shape == (2, tokens, config.hidden_size) for h in out.hidden_states)
@@ -124,9 +126,11 @@ def test_batch_equivalence(name):
     model = build(name)
     x = images(model.config, batch=4)
     with torch.no_grad():
-        batched = model(x).logits
-        single = torch.cat([model(x[i : i + 1]).logits for i in range(4)])
-    torch.testing.assert_close(single, batched, atol=1e-5, rtol=0)
+        batched = model(x, output_hidden_states=True)
+        single = [model(x[i : i + 1], output_hidden_states=True) for i in range(4)]
+    torch.testing.assert_close(torch.cat([s.logits for s in single]), batched.logits, atol=1e-5, rtol=0)
+    tokens = torch.cat([s.hidden_states[-1] for s in single])
+    torch.testing.assert_close(tokens, batched.hidden_states[-1], atol=1e-5, rtol=0)
 
 
 def test_loss_is_cross_entropy_of_logits():
@@ -157,16 +161,31 @@ def test_pooling_reads_the_documented_tokens(pooling):
     torch.testing.assert_close(out.pooler_output, expected)
 
 
-def test_plain_config_has_no_gate_registers_or_pathway():
-    plain = build("plain-bare", cls=SinkViTModel)
-    explicit = SinkViTModel(
-        SinkViTConfig(**{**plain.config.to_dict(), "attention_gate": "none", "num_register_tokens": 0})
+def test_no_gate_no_registers_no_layerscale_is_exactly_a_stock_vit():
+    from transformers import ViTConfig, ViTModel
+
+    sink = build("plain-bare", cls=SinkViTModel, qkv_bias=True, proj_bias=True)
+    assert not any("gate" in n or "register" in n or "global_pathway" in n for n, _ in sink.named_parameters())
+    config = sink.config
+    vit = ViTModel(
+        ViTConfig(
+            **{k: getattr(config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads")},
+            intermediate_size=config.intermediate_size,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            layer_norm_eps=config.layer_norm_eps,
+        ),
+        add_pooling_layer=False,
     ).eval()
-    explicit.load_state_dict(plain.state_dict())
-    assert not any("gate" in n or "register" in n or "global_pathway" in n for n, _ in plain.named_parameters())
-    x = images(plain.config)
+    # SinkViT -> ViT names, written out here so that the test does not lean on sink_models.convert.
+    renamed = {
+        k.replace(".norm1.", ".layernorm_before.").replace(".norm2.", ".layernorm_after."): v
+        for k, v in sink.state_dict().items()
+    }
+    vit.load_state_dict(renamed, strict=True)
+    x = images(config)
     with torch.no_grad():
-        torch.testing.assert_close(explicit(x).last_hidden_state, plain(x).last_hidden_state)
+        torch.testing.assert_close(sink(x).last_hidden_state, vit(x).last_hidden_state, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["plain", "reg", "rect"])
@@ -205,6 +224,22 @@ def test_bad_pixel_values_raise_clear_errors(shape, message):
     model = build("plain")
     with pytest.raises(ValueError, match=message):
         model(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("keyword", ["head_mask", "attention_mask", "output_hidden_state"])
+def test_unsupported_keywords_are_errors_not_ignored(keyword):
+    model = build("plain")
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{keyword}'"):
+        model(images(model.config), **{keyword: True})
+    with pytest.raises(TypeError, match=f"unexpected keyword argument '{keyword}'"):
+        model.sink_vit(images(model.config), **{keyword: True})
+
+
+def test_a_config_changed_after_construction_is_checked_by_the_model():
+    config = tiny_config("plain")
+    config.attention_gate = "sigmoid"
+    with pytest.raises(ValueError, match="attention_gate: got 'sigmoid'"):
+        SinkViTModel(config)
 
 
 def test_missing_pixel_values_is_an_error():
