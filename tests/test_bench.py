@@ -1,3 +1,4 @@
+import importlib.util
 import re
 import subprocess
 import sys
@@ -5,10 +6,36 @@ from pathlib import Path
 
 import pytest
 
+from sink_models import preset_config
+
 BENCH = Path(__file__).parents[1] / "bench" / "model.py"
 
 
-def test_model_benchmark_prints_a_ratio_row_per_model():
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_model", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speedup_is_the_median_of_per_round_ratios():
+    bench = load_bench()
+    times = {"peer": [1.0, 2.0, 4.0], "fast": [0.5, 2.0, 2.0]}  # rounds where load doubled the peer's time
+    assert bench.speedup(times, "fast", "peer") == 2.0  # ratios 2, 1, 2
+    assert bench.speedup(times, "peer", "peer") == 1.0
+
+
+def test_forward_flops_of_vit_tiny():
+    bench = load_bench()
+    config = preset_config("plain", "tiny")
+    # By hand: patch embedding 196 x 768 x 192 MACs; per layer 197 x (4 x 192^2 + 2 x 192 x 768) + 2 x 197^2 x 192.
+    macs = 196 * 768 * 192 + 12 * (197 * (4 * 192**2 + 2 * 192 * 768) + 2 * 197**2 * 192)
+    assert bench.forward_flops(config, tokens=197, patches=196) == 2 * macs
+    gated = preset_config("gated", "tiny")
+    assert bench.forward_flops(gated, 197, 196) - 2 * macs == 2 * 12 * 197 * 192 * 192
+
+
+def test_model_benchmark_prints_a_row_per_model_and_the_targets():
     result = subprocess.run(
         [sys.executable, str(BENCH), "--size", "toy", "--batch", "2", "--reps", "1"],
         capture_output=True,
@@ -24,11 +51,11 @@ def test_model_benchmark_prints_a_ratio_row_per_model():
     expected = ["transformers ViT", "SinkViT plain, no LayerScale"]
     expected += [f"SinkViT {v}" for v in ("plain", "gated-headwise", "gated", "reg", "gated-reg")]
     assert list(rows) == expected
-    # The peer's ratio against itself is 1 in both columns; every other row is throughput / peer throughput.
     assert rows["transformers ViT"][1] == 1.0 and rows["transformers ViT"][3] == 1.0
+    # With one round, a ratio is exactly the ratio of the two throughputs (up to the printed rounding).
     peer_forward, _, peer_train, _ = rows["transformers ViT"]
     for forward, forward_ratio, train, train_ratio in rows.values():
         for speed, ratio, peer in ((forward, forward_ratio, peer_forward), (train, train_ratio, peer_train)):
-            # Throughputs are printed to 0.1 img/s and ratios to 0.001: allow exactly that rounding.
             assert ratio == pytest.approx(speed / peer, abs=5e-4 + speed / peer * (0.05 / speed + 0.05 / peer))
-    assert re.search(r"forward: plain vs ViT [\d.]+ \(target >= 0.95: (met|MISSED)\)", result.stdout)
+    for label in ("forward", "train"):
+        assert re.search(rf"{label} *: plain vs ViT [\d.]+ \(target >= 0.95: (met|MISSED)\)", result.stdout)
