@@ -1,0 +1,341 @@
+import json
+import math
+
+import pytest
+import torch
+from conftest import images, tiny_config
+from PIL import Image
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersForImageClassification,
+    Dinov2WithRegistersModel,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from sink_models import SinkViTForImageClassification, SinkViTModel
+from sink_models.diagnostics import SinkReport, Thresholds, diagnose
+from sink_models.diagnostics.report import EVENT_FIELDS, median
+
+STOCK_SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 16, "patch_size": 4}
+EVERYTHING = Thresholds(event=0.0)  # every (image, layer, head) becomes an event record
+
+
+def blocks(model):
+    base = model.base_model
+    return base.layers if hasattr(base, "layers") else base.encoder.layer
+
+
+def layer_input(model, x, layer=0):
+    """The normed tokens the attention of `layer` reads, captured by a hook of the test's own."""
+    seen = {}
+
+    def keep(module, args, output):
+        seen["x"] = args[0]
+
+    handle = blocks(model)[layer].attention.register_forward_hook(keep)
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen["x"]
+
+
+def plant(model, x, head, target, kind):
+    """Make `head` of layer 0 send every query to token `target`, whose value is zero (NOP) or large (broadcast)."""
+    attention = blocks(model)[0].attention
+    tokens = layer_input(model, x)
+    x_target = tokens[0, target]
+    torch.testing.assert_close(tokens[:, target], x_target.expand_as(tokens[:, target]))  # image-independent
+    dh = attention.q_proj.out_features // model.config.num_attention_heads
+    rows = slice(head * dh, (head + 1) * dh)
+    unit = x_target / x_target.norm()
+    with torch.no_grad():
+        attention.q_proj.weight[rows] = 0
+        attention.q_proj.bias[rows] = 1
+        # score_j = scaling * dh * strength * <unit, x_j>: the target's is ||x_target||, far above the others'.
+        attention.k_proj.weight[rows] = 40.0 * unit.expand(dh, -1) / dh**0.5
+        attention.k_proj.bias[rows] = 0
+        weight = attention.v_proj.weight[rows]
+        if kind == "nop":
+            attention.v_proj.bias[rows] = -weight @ x_target
+        else:
+            attention.v_proj.bias[rows] = 50.0 * torch.randn(dh)
+
+
+def make_uniform(model, head):
+    attention = blocks(model)[0].attention
+    dh = attention.q_proj.out_features // model.config.num_attention_heads
+    with torch.no_grad():
+        attention.q_proj.weight[head * dh : (head + 1) * dh] = 0
+        attention.q_proj.bias[head * dh : (head + 1) * dh] = 0
+
+
+def head_row(report, layer, head):
+    return next(r for r in report.heads if r["layer"] == layer and r["head"] == head)
+
+
+PLANTED = {
+    "sink_vit": lambda: SinkViTModel(tiny_config("gated-reg")),
+    "dinov2_reg": lambda: Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=2, **STOCK_SIZES)),
+}
+
+
+@pytest.mark.parametrize("arch", PLANTED)
+@pytest.mark.parametrize(
+    ("kind", "target", "token_type"), [("nop", 0, "cls"), ("broadcast", 0, "cls"), ("nop", 2, "register")]
+)
+def test_planted_sinks_are_found_and_classified(arch, kind, target, token_type):
+    model = PLANTED[arch]().eval()
+    with torch.no_grad():
+        for parameter in (model.embeddings.cls_token, model.embeddings.register_tokens):
+            parameter.normal_()  # stock inits leave them at zero
+    x = images(model.config, batch=4)
+    plant(model, x, head=0, target=target, kind=kind)
+    make_uniform(model, head=1)
+    report = diagnose(model, [x])
+
+    planted = head_row(report, 0, 0)
+    assert planted["events"] == 4 and planted[kind] == 4 and planted[token_type] == 4
+    assert planted["max_inflow"] > 0.99
+    if kind == "nop":
+        assert planted["ratio_out"] < 1e-4
+    else:
+        assert planted["ratio_out"] >= 0.5 and planted["stable_rank"] < 1.01
+    assert all(e["sink"] == target for e in report.events if (e["layer"], e["head"]) == (0, 0))
+
+    uniform = head_row(report, 0, 1)
+    tokens = 1 + model.config.num_register_tokens + 16
+    assert uniform["events"] == 0 and uniform["max_inflow"] == pytest.approx(1 / tokens)
+    assert uniform["cls_inflow"] == pytest.approx(1 / tokens)
+
+
+def brute_force(model, x):
+    """Every (image, layer, head) quantity from eager attention weights and hooked values, the slow way."""
+    model.set_attn_implementation("eager")
+    model.requires_grad_(False)
+    values, gates = {}, {}
+    hooks = []
+    for index, block in enumerate(blocks(model)):
+        hooks.append(block.attention.v_proj.register_forward_hook(lambda m, a, o, i=index: values.__setitem__(i, o)))
+        gate = getattr(block.attention, "gate_proj", None)
+        if gate is not None:
+            hooks.append(gate.register_forward_hook(lambda m, a, o, i=index: gates.__setitem__(i, torch.sigmoid(o))))
+    with torch.no_grad():
+        attentions = model(x, output_attentions=True).attentions
+    for hook in hooks:
+        hook.remove()
+    config, rows = model.config, {}
+    heads = config.num_attention_heads
+    prefix = 1 + getattr(config, "num_register_tokens", 0)
+    for layer, block in enumerate(blocks(model)):
+        scale = getattr(getattr(block, "layer_scale1", None), "lambda1", None)
+        w_out = block.attention.o_proj.weight.double()
+        dh = w_out.shape[1] // heads
+        for image in range(x.shape[0]):
+            for head in range(heads):
+                a = attentions[layer][image, head].double()
+                v = values[layer][image, :, head * dh : (head + 1) * dh].double()
+                u = v @ w_out[:, head * dh : (head + 1) * dh].T  # N x C
+                if scale is not None:
+                    u = u * scale.double()
+                update = a @ u
+                sigma = torch.linalg.svdvals(update)
+                inflow = a.mean(0)
+                s = int(inflow.argmax())
+                others = [j for j in range(a.shape[0]) if j != s]
+                row = {
+                    "sink": s,
+                    "max_inflow": float(inflow[s]),
+                    "routed_frac": float((a[:, s] >= 0.5).double().mean()),
+                    "ratio_out": float(u[s].norm() / u[others].norm(dim=1).mean()),
+                    "ratio_head": float(v[s].norm() / v[others].norm(dim=1).mean()),
+                    "stable_rank": float(sigma.square().sum() / sigma[0] ** 2),
+                    "rank1_energy": float(sigma[0] ** 2 / sigma.square().sum()),
+                    "common_mode": float(update.mean(0).square().mean() / update.square().mean()),
+                    "cls_inflow": float(inflow[0]),
+                    "token_type": "cls" if s == 0 else ("register" if s < prefix else "patch"),
+                }
+                if layer in gates:
+                    per_head = gates[layer][image].double().reshape(a.shape[0], heads, -1).mean(-1)[:, head]
+                    row["gate_mean"], row["gate_closed"] = (
+                        float(per_head.mean()),
+                        float((per_head < 0.1).double().mean()),
+                    )
+                rows[image, layer, head] = row
+    return rows
+
+
+RANDOM = {
+    "sink_vit": lambda: SinkViTForImageClassification(tiny_config("gated-reg", layerscale_init=0.7)),
+    "sink_vit_headwise": lambda: SinkViTModel(tiny_config("gated-headwise-clsmean")),
+    "vit": lambda: ViTForImageClassification(ViTConfig(intermediate_size=48, num_labels=3, **STOCK_SIZES)),
+    "dinov2": lambda: Dinov2Model(Dinov2Config(layerscale_value=0.5, **STOCK_SIZES)),
+    "dinov2_reg_head": lambda: Dinov2WithRegistersForImageClassification(
+        Dinov2WithRegistersConfig(num_labels=3, **STOCK_SIZES)
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", RANDOM)
+def test_every_quantity_equals_the_brute_force_computation(arch):
+    model = RANDOM[arch]().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lambda1" in name or "cls_token" in name or "register_tokens" in name:
+                parameter.normal_(0, 0.5)
+    x = images(model.config, batch=3)
+    report = diagnose(model, [x[:2], {"pixel_values": x[2:]}], thresholds=EVERYTHING)
+    expected = brute_force(model, x)
+    assert len(report.events) == len(expected)
+    for event in report.events:
+        want = expected[event["image"], event["layer"], event["head"]]
+        assert (event["sink"], event["token_type"]) == (want["sink"], want["token_type"])
+        for name in EVENT_FIELDS:
+            assert event[name] == pytest.approx(want[name], rel=1e-4, abs=1e-6), name
+        nop, broadcast = want["ratio_out"] <= 0.2, want["ratio_out"] >= 0.5 and want["stable_rank"] <= 1.5
+        assert event["class"] == ("nop" if nop else "broadcast" if broadcast else "other")
+    for row in report.heads:
+        per_image = [expected[i, row["layer"], row["head"]] for i in range(3)]
+        assert row["cls_inflow"] == pytest.approx(sum(r["cls_inflow"] for r in per_image) / 3, rel=1e-5)
+        assert row["cls_sink_rate"] == sum(r["cls_inflow"] > 0.3 for r in per_image) / 3
+        assert row["stable_rank"] == pytest.approx(median([r["stable_rank"] for r in per_image]), rel=1e-4)
+        if "gate_mean" in per_image[0]:
+            assert row["gate_mean"] == pytest.approx(sum(r["gate_mean"] for r in per_image) / 3, rel=1e-5)
+            assert row["gate_closed"] == pytest.approx(sum(r["gate_closed"] for r in per_image) / 3)
+        else:
+            assert row["gate_mean"] is None
+
+
+def test_token_norm_statistics_per_layer():
+    model = SinkViTModel(tiny_config("reg")).eval()
+    x = images(model.config, batch=3)
+    with torch.no_grad():
+        hidden = model(x, output_hidden_states=True).hidden_states[1:]
+    report = diagnose(model, [x])
+    for layer, tokens in enumerate(hidden):
+        norms = tokens.double().norm(dim=-1)
+        ratios = [float(n.max() / median(n.tolist())) for n in norms]
+        assert report.layers[layer]["token_norm_max"] == pytest.approx(float(norms.max()))
+        assert report.layers[layer]["token_norm_max_over_median"] == pytest.approx(sum(ratios) / 3)
+
+
+def test_summary_counts_events_per_image():
+    model = SinkViTModel(tiny_config("gated-reg")).eval()
+    x = images(model.config, batch=4)
+    report = diagnose(model, [x], thresholds=EVERYTHING)
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    assert report.summary["images"] == 4
+    assert report.summary["sinks_per_image"] == layers * heads
+    classes = sum(report.summary[f"{c}_per_image"] for c in ("nop", "broadcast", "other"))
+    assert classes == pytest.approx(layers * heads)
+    assert sum(report.summary["sink_share"].values()) == pytest.approx(1.0)
+    assert report.summary["excluding_first_layer"]["sinks_per_image"] == (layers - 1) * heads
+    assert [row["events"] for row in report.layers] == [4 * heads] * layers
+
+
+def test_sdpa_and_eager_give_the_same_report():
+    model = SinkViTForImageClassification(tiny_config("gated-reg")).eval()
+    x = images(model.config, batch=3)
+    plant(model, x, head=2, target=0, kind="broadcast")
+    sdpa = diagnose(model, [x])
+    model.set_attn_implementation("eager")
+    eager = diagnose(model, [x])
+    assert sdpa.summary["sinks_per_image"] == 1.0
+    assert sdpa.model["attn_implementation"] == "sdpa" and eager.model["attn_implementation"] == "eager"
+    assert_reports_equal(sdpa, eager, rel=1e-5, skip=("model",))
+
+
+def assert_reports_equal(a: SinkReport, b: SinkReport, rel: float, skip=()):
+    def walk(x, y, where):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys(), where
+            for key in x:
+                walk(x[key], y[key], f"{where}.{key}")
+        elif isinstance(x, list):
+            assert len(x) == len(y), where
+            for i, (p, q) in enumerate(zip(x, y, strict=True)):
+                walk(p, q, f"{where}[{i}]")
+        elif isinstance(x, float):
+            assert y == pytest.approx(x, rel=rel, abs=1e-9), where
+        else:
+            assert x == y, where
+
+    for name in a.__dataclass_fields__:
+        if name not in skip:
+            walk(getattr(a, name), getattr(b, name), name)
+
+
+def test_json_round_trip_csv_and_plots(tmp_path):
+    model = SinkViTForImageClassification(tiny_config("gated-reg")).eval()
+    x = images(model.config, batch=3)
+    plant(model, x, head=0, target=0, kind="nop")
+    plant(model, x, head=1, target=1, kind="broadcast")
+    report = diagnose(model, [x], attention_image=1)
+    path = report.to_json(tmp_path / "report.json")
+    assert SinkReport.from_json(path) == report
+    assert json.loads(path.read_text())["summary"]["sinks_per_image"] == 2.0
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left
+
+    lines = report.to_csv(tmp_path / "heads.csv").read_text().splitlines()
+    assert lines[0].startswith("layer,head,events,nop,broadcast,other,cls,register,patch")
+    assert len(lines) == 1 + model.config.num_hidden_layers * model.config.num_attention_heads
+    assert lines[1].startswith("0,0,3,3,0,0,3,0,0")
+
+    paths = report.plot(tmp_path / "figures")
+    names = sorted(p.name for p in paths)
+    assert names == ["attention_layer0.png", "diagnostic_plane.png", "events_by_head.png", "sink_types_by_layer.png"]
+    for p in paths:
+        with Image.open(p) as picture:
+            assert picture.format == "PNG" and min(picture.size) > 200
+            assert len(set(picture.convert("L").getdata())) > 10  # drawn, not blank
+    assert report.attention["image"] == 1 and len(report.attention["inflow"]) == model.config.num_hidden_layers
+
+
+def test_max_images_limits_the_images():
+    model = SinkViTModel(tiny_config("plain")).eval()
+    x = images(model.config, batch=4)
+    report = diagnose(model, [x, x, x], max_images=6, thresholds=EVERYTHING)
+    assert report.summary["images"] == 6
+    assert max(e["image"] for e in report.events) == 5
+
+
+def test_medians_are_the_usual_median():
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert median([3.0, None, 1.0]) == 2.0
+    assert median([]) is None
+
+
+def test_nan_quantities_become_null_in_json(tmp_path):
+    model = SinkViTModel(tiny_config("plain", layerscale_init=None)).eval()
+    with torch.no_grad():
+        blocks(model)[0].attention.o_proj.weight.zero_()  # every update is zero: stable rank undefined
+    report = diagnose(model, [images(model.config)], thresholds=EVERYTHING)
+    layer0 = [e for e in report.events if e["layer"] == 0]
+    assert all(e["stable_rank"] is None and e["common_mode"] is None for e in layer0)
+    assert all(math.isnan(e["ratio_out"]) is False for e in report.events if e["ratio_out"] is not None)
+    assert SinkReport.from_json(report.to_json(tmp_path / "r.json")) == report
+
+
+def test_the_model_keeps_its_mode_and_no_hooks_remain():
+    model = SinkViTModel(tiny_config("gated")).train()
+    diagnose(model, [images(model.config)])
+    assert model.training
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m, x: diagnose(torch.nn.Linear(2, 2), [x]), ValueError, "Linear is not supported.*Dinov2Model"),
+        (lambda m, x: diagnose(m, []), ValueError, "batches: yielded no images"),
+        (lambda m, x: diagnose(m, [x[:0]]), ValueError, "batches: yielded no images"),
+        (lambda m, x: diagnose(m, [x], max_images=0), ValueError, "max_images: got 0"),
+        (lambda m, x: diagnose(m, [torch.randn(2, 3, 20, 20)]), ValueError, "does not match the model's 16x16"),
+    ],
+)
+def test_bad_input(call, error, message):
+    model = SinkViTModel(tiny_config("plain")).eval()
+    with pytest.raises(error, match=message):
+        call(model, images(model.config))
