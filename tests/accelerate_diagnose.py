@@ -1,0 +1,30 @@
+"""Run by test_diagnostics_accelerate.py under `accelerate launch`: each process diagnoses its contiguous shard."""
+
+import sys
+
+import torch
+from accelerate import Accelerator
+from conftest import images, tiny_config
+
+from sink_models import SinkViTForImageClassification
+from sink_models.diagnostics import Thresholds, diagnose
+
+BATCHES = 5
+
+
+def setup():
+    torch.manual_seed(0)
+    model = SinkViTForImageClassification(tiny_config("gated-reg", layerscale_init=0.7)).eval()
+    batches = [images(model.config, batch=3, seed=i) for i in range(BATCHES)]
+    return model, batches, Thresholds(event=0.0)
+
+
+if __name__ == "__main__":
+    accelerator = Accelerator()
+    model, batches, thresholds = setup()
+    share = -(-BATCHES // accelerator.num_processes)
+    mine = batches[accelerator.process_index * share : (accelerator.process_index + 1) * share]
+    report = diagnose(model, mine, thresholds=thresholds, accelerator=accelerator)
+    if accelerator.is_main_process:
+        report.to_json(sys.argv[1])
+    accelerator.wait_for_everyone()
