@@ -74,10 +74,16 @@ def _first(output) -> torch.Tensor:
 
 
 class LayerCapture:
-    """Forward hooks that hand each block's q, k, v, gate and output tokens to `on_layer` as the model runs."""
+    """Forward hooks that hand each block's q, k, v and gate to `on_attention` as soon as its attention has run
+    (so they are freed before the MLP allocates its own), and the block's output tokens to `on_output`."""
 
-    def __init__(self, adapter: Adapter, on_layer: Callable[[int, dict], None]):
-        self.adapter, self.on_layer = adapter, on_layer
+    def __init__(
+        self,
+        adapter: Adapter,
+        on_attention: Callable[[int, dict], None],
+        on_output: Callable[[int, torch.Tensor], None],
+    ):
+        self.adapter, self.on_attention, self.on_output = adapter, on_attention, on_output
         self.captured: dict = {}
         self.handles = []
 
@@ -87,7 +93,8 @@ class LayerCapture:
                 self.handles.append(getattr(parts.attention, name).register_forward_hook(self._keep(name)))
             if parts.gate_proj is not None:
                 self.handles.append(parts.gate_proj.register_forward_hook(self._keep("gate_proj")))
-            self.handles.append(parts.block.register_forward_hook(self._finish(index)))
+            self.handles.append(parts.attention.register_forward_hook(self._attention_done(index)))
+            self.handles.append(parts.block.register_forward_hook(self._block_done(index)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -101,10 +108,15 @@ class LayerCapture:
 
         return hook
 
-    def _finish(self, index: int):
+    def _attention_done(self, index: int):
         def hook(module, args, output):
             captured, self.captured = self.captured, {}
-            captured["output"] = self.adapter.block_output(output)
-            self.on_layer(index, captured)
+            self.on_attention(index, captured)
+
+        return hook
+
+    def _block_done(self, index: int):
+        def hook(module, args, output):
+            self.on_output(index, self.adapter.block_output(output))
 
         return hook

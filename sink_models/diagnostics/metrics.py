@@ -2,7 +2,7 @@
 
 Everything that depends on the output projection goes through the head's d_h x d_h matrix P = M M^T,
 M = W_O^h^T diag(gamma) (d_h x C): ||u_j||^2 = v_j^T P v_j, ||U||_F^2 = tr(G P) with G = o^T o, and the
-non-zero eigenvalues of U U^T are those of R^T G R with P = R R^T, a d_h x d_h problem instead of N x N.
+non-zero eigenvalues of U U^T are those of F^T G F with P = F F^T, a d_h x d_h problem instead of N x N.
 """
 
 from dataclasses import asdict, dataclass
@@ -26,15 +26,28 @@ class Thresholds:
         return asdict(self)
 
 
-def projection_factors(o_weight: torch.Tensor, gamma: torch.Tensor | None, num_heads: int) -> torch.Tensor:
-    """R per head (heads, d_h, d_h) in float64 with R R^T = P = W_O^h^T diag(gamma)^2 W_O^h."""
-    channels, width = o_weight.shape
-    w = o_weight.detach().double().reshape(channels, num_heads, width // num_heads).permute(1, 0, 2)  # H, C, d_h
-    if gamma is not None:
-        w = w * gamma.detach().double().reshape(1, channels, 1)
-    p = w.transpose(1, 2) @ w  # H, d_h, d_h
-    values, vectors = torch.linalg.eigh(p)
-    return vectors * values.clamp_min(0).sqrt().unsqueeze(1)
+class HeadProjection:
+    """P = W_O^h^T diag(gamma)^2 W_O^h per head (heads, d_h, d_h) in float64, and on demand F with F F^T = P."""
+
+    def __init__(self, o_weight: torch.Tensor, gamma: torch.Tensor | None, num_heads: int):
+        self.o_weight, self.gamma, self.num_heads = o_weight.detach(), gamma, num_heads
+        scaled = self._scaled()
+        self.p = scaled.transpose(1, 2) @ scaled
+        self.p32 = self.p.float()
+        self._factor = None
+
+    def _scaled(self) -> torch.Tensor:
+        """diag(gamma) W_O^h per head: (heads, C, d_h), float64."""
+        channels, width = self.o_weight.shape
+        w = self.o_weight.double().reshape(channels, self.num_heads, width // self.num_heads).permute(1, 0, 2)
+        return w if self.gamma is None else w * self.gamma.detach().double().reshape(1, channels, 1)
+
+    @property
+    def factor(self) -> torch.Tensor:
+        """F = T^T from the QR decomposition diag(gamma) W_O^h = Q T: P = T^T T (a singular P is fine)."""
+        if self._factor is None:
+            self._factor = torch.linalg.qr(self._scaled(), mode="r").R.transpose(-1, -2)
+        return self._factor
 
 
 def layer_metrics(
@@ -42,36 +55,46 @@ def layer_metrics(
     key: torch.Tensor,
     value: torch.Tensor,
     scaling: float,
-    factors: torch.Tensor,
+    projection: HeadProjection,
     num_prefix_tokens: int,
     thresholds: Thresholds,
 ) -> dict[str, torch.Tensor]:
     """Per (image, head) quantities of one layer from its queries, keys and values, each (batch, tokens, heads, d_h).
 
     Returns float64 / int64 / bool tensors of shape (batch, heads) keyed by name, plus `inflow` (batch, heads,
-    tokens): the mean attention each key receives. The attention matrix of this one layer is the only N x N
-    tensor held.
+    tokens): the mean attention each key receives. `stable_rank` and `rank1_energy` are computed for sink events,
+    where they are reported, and NaN elsewhere. The attention matrix of this one layer is the only N x N tensor
+    held.
     """
     q, k, v = (t.float().transpose(1, 2) for t in (query, key, value))  # B, H, N, d_h
-    attention = torch.softmax((q @ k.transpose(-1, -2)) * scaling, dim=-1)  # B, H, N(queries), N(keys)
+    # Softmax in place: one N x N tensor per head is the whole memory cost of a layer.
+    attention = q @ k.transpose(-1, -2)  # B, H, N(queries), N(keys)
+    attention -= attention.amax(dim=-1, keepdim=True)
+    attention = attention.mul_(scaling).exp_()
+    attention /= attention.sum(dim=-1, keepdim=True)
     tokens = attention.shape[-1]
     inflow = attention.mean(dim=2)
     sink = inflow.argmax(dim=-1)
     to_sink = attention.gather(-1, sink[:, :, None, None].expand(-1, -1, tokens, 1)).squeeze(-1)
     routed_frac = (to_sink >= thresholds.routed).double().mean(dim=-1)
-    output = (attention @ v).double()  # o = A v: B, H, N, d_h
+    output = attention @ v  # o = A v: B, H, N, d_h
     del attention, to_sink
 
-    v64, r = v.double(), factors
-    u_norm = (v64 @ r).square().sum(-1).sqrt()  # ||u_j|| = ||R^T v_j||: B, H, N
-    v_norm = v64.square().sum(-1).sqrt()
-    gram = output.transpose(-1, -2) @ output  # G: B, H, d_h, d_h
-    eigenvalues = torch.linalg.eigvalsh(r.transpose(-1, -2) @ gram @ r)
-    energy = eigenvalues.clamp_min(0).sum(-1)  # ||U||_F^2
-    top = eigenvalues[..., -1].clamp_min(0)  # sigma_1^2
+    # Token-sized products in float32 (they only feed norms and d_h x d_h sums); the small problems in float64.
+    u_norm = ((v @ projection.p32) * v).sum(-1).clamp_min(0).sqrt().double()  # ||u_j|| = sqrt(v_j^T P v_j)
+    v_norm = v.norm(dim=-1).double()
+    gram = (output.transpose(-1, -2) @ output).double()  # G: B, H, d_h, d_h
+    energy = (gram * projection.p).sum((-2, -1)).clamp_min(0)  # ||U||_F^2 = tr(G P)
     defined = energy > 1e-30
+    event = routed_frac >= thresholds.event
+    # sigma_1^2 (an eigenvalue problem) only where it is reported: for sink events.
+    top = torch.full_like(energy, torch.nan)
+    if event.any():
+        factor = projection.factor[event.nonzero()[:, 1]]  # the F of each event's head
+        top[event] = torch.linalg.eigvalsh(factor.transpose(-1, -2) @ gram[event] @ factor)[..., -1].clamp_min(0)
     stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
-    mean_update = (output.mean(dim=2, keepdim=True) @ r).square().sum(-1).squeeze(-1)  # ||mean_i U_i||^2
+    mean = output.mean(dim=2).double()  # mean_i o_i: B, H, d_h
+    mean_update = torch.einsum("bhd,hde,bhe->bh", mean, projection.p, mean)  # ||mean_i U_i||^2
     common_mode = torch.where(defined, tokens * mean_update / energy.clamp_min(1e-300), torch.nan)
 
     ratio_out = _sink_ratio(u_norm, sink)
@@ -85,7 +108,7 @@ def layer_metrics(
         "max_inflow": inflow.gather(-1, sink[..., None]).squeeze(-1).double(),
         "cls_inflow": inflow[..., 0].double(),
         "routed_frac": routed_frac,
-        "event": routed_frac >= thresholds.event,
+        "event": event,
         "ratio_out": ratio_out,
         "ratio_head": _sink_ratio(v_norm, sink),
         "stable_rank": stable_rank,

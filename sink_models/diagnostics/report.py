@@ -41,7 +41,11 @@ class Accumulator:
         self.events: list[dict] = []
         self.gated = False
 
-    def add_layer(self, layer: int, first_image: int, metrics: dict, gate=None, norms=None) -> None:
+    def add_token_norms(self, layer: int, largest: torch.Tensor, over_median: torch.Tensor) -> None:
+        self.norm_max[layer] = max(self.norm_max[layer], largest.max().cpu())
+        self.norm_ratio_sum[layer] += over_median.sum().cpu()
+
+    def add_layer(self, layer: int, first_image: int, metrics: dict, gate=None) -> None:
         sums = self.head_sums
         sums["max_inflow"][layer] += metrics["max_inflow"].sum(0).cpu()
         sums["cls_inflow"][layer] += metrics["cls_inflow"].sum(0).cpu()
@@ -52,9 +56,6 @@ class Accumulator:
             self.gated = True
             sums["gate_mean"][layer] += gate[0].sum(0).cpu()
             sums["gate_closed"][layer] += gate[1].sum(0).cpu()
-        if norms is not None:
-            self.norm_max[layer] = max(self.norm_max[layer], norms[0].max().cpu())
-            self.norm_ratio_sum[layer] += norms[1].sum().cpu()
         values = {name: metrics[name].cpu() for name in ("sink", "class", "token_type", *EVENT_FIELDS)}
         for image, head in metrics["event"].nonzero().tolist():
             record = {"image": first_image + image, "layer": layer, "head": head}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .capture import LayerCapture, adapter_for
-from .metrics import Thresholds, gate_metrics, layer_metrics, projection_factors, token_norm_metrics
+from .metrics import HeadProjection, Thresholds, gate_metrics, layer_metrics, token_norm_metrics
 from .report import Accumulator, SinkReport
 
 
@@ -32,36 +32,43 @@ def diagnose(
         raise ValueError(f"max_images: got {max_images!r}; allowed: None (all images) or a positive int.")
     adapter = adapter_for(model)
     heads, device = adapter.num_heads, next(model.parameters()).device
-    factors = [projection_factors(p.attention.o_proj.weight, p.gamma, heads).to(device) for p in adapter.layers]
+    projections = [HeadProjection(p.attention.o_proj.weight.to(device), p.gamma, heads) for p in adapter.layers]
     acc = Accumulator(len(adapter.layers), heads)
     kept: dict = {}
 
-    def on_layer(index: int, captured: dict) -> None:
-        q, k, v = (captured[name] for name in ("q_proj", "k_proj", "v_proj"))
-        shape = (*q.shape[:2], heads, -1)
-        attention = adapter.layers[index].attention
-        metrics = layer_metrics(
-            q.view(shape),
-            k.view(shape),
-            v.view(shape),
-            attention.scaling,
-            factors[index],
-            adapter.num_prefix_tokens,
-            thresholds,
-        )
-        gate = None
-        if "gate_proj" in captured:
-            gate = gate_metrics(torch.sigmoid(captured["gate_proj"]), heads, thresholds.gate_closed)
-        acc.add_layer(index, acc.images, metrics, gate, token_norm_metrics(captured["output"]))
-        acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
-        local = attention_image - acc.images
-        if 0 <= local < q.shape[0]:
-            kept.setdefault("inflow", []).append(metrics["inflow"][local].float().cpu().tolist())
+    def on_attention(index: int, captured: dict) -> None:
+        q, k, v = (captured[name].unflatten(-1, (heads, -1)) for name in ("q_proj", "k_proj", "v_proj"))
+        gates = captured.get("gate_proj")
+        batch = q.shape[0]
+        # A quarter of the batch at a time: the attention maps held stay well under one layer's worth.
+        step = -(-batch // 4)
+        for start in range(0, batch, step):
+            part = slice(start, start + step)
+            metrics = layer_metrics(
+                q[part],
+                k[part],
+                v[part],
+                adapter.layers[index].attention.scaling,
+                projections[index],
+                adapter.num_prefix_tokens,
+                thresholds,
+            )
+            gate = None
+            if gates is not None:
+                gate = gate_metrics(torch.sigmoid(gates[part]), heads, thresholds.gate_closed)
+            acc.add_layer(index, acc.images + start, metrics, gate)
+            acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
+            local = attention_image - acc.images - start
+            if 0 <= local < len(metrics["sink"]):
+                kept.setdefault("inflow", []).append(metrics["inflow"][local].float().cpu().tolist())
+
+    def on_output(index: int, tokens: torch.Tensor) -> None:
+        acc.add_token_norms(index, *token_norm_metrics(tokens))
 
     training = model.training
     model.eval()
     try:
-        with torch.no_grad(), LayerCapture(adapter, on_layer):
+        with torch.no_grad(), LayerCapture(adapter, on_attention, on_output):
             for batch in batches:
                 pixel_values = batch["pixel_values"] if isinstance(batch, Mapping) else batch
                 if max_images is not None:
