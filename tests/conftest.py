@@ -23,6 +23,9 @@ TINY = {
     "num_labels": 5,
 }
 
+# Stock ViT / DINOv2 configs of the same tiny size.
+STOCK_SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 16, "patch_size": 4}
+
 # Every preset variant at a tiny size, plus the config switches the presets leave alone.
 CONFIGS = {variant: {"variant": variant} for variant in VARIANTS} | {
     "plain-bare": {"variant": "plain", "layerscale_init": None, "qkv_bias": False, "proj_bias": False},

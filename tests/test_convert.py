@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import images, tiny_config
+from conftest import STOCK_SIZES, images, tiny_config
 from transformers import (
     Dinov2Config,
     Dinov2ForImageClassification,
@@ -16,7 +16,7 @@ from transformers import (
 from sink_models import SinkViTForImageClassification, SinkViTModel
 from sink_models.convert import extend, from_transformers
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 16, "patch_size": 4}
+SIZES = STOCK_SIZES
 STOCK = {
     "vit": lambda: ViTModel(ViTConfig(intermediate_size=48, **SIZES)),
     "vit-head": lambda: ViTForImageClassification(ViTConfig(intermediate_size=48, num_labels=5, **SIZES)),

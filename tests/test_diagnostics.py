@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import images, tiny_config
+from conftest import STOCK_SIZES, images, tiny_config
 from PIL import Image
 from transformers import (
     Dinov2Config,
@@ -19,7 +19,6 @@ from sink_models import SinkViTForImageClassification, SinkViTModel
 from sink_models.diagnostics import SinkReport, Thresholds, diagnose
 from sink_models.diagnostics.report import EVENT_FIELDS, median
 
-STOCK_SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 16, "patch_size": 4}
 EVERYTHING = Thresholds(event=0.0)  # every (image, layer, head) becomes an event record
 
 

@@ -11,16 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-SUPPORTED = (
-    "SinkViTModel",
-    "SinkViTForImageClassification",
-    "ViTModel",
-    "ViTForImageClassification",
-    "Dinov2Model",
-    "Dinov2ForImageClassification",
-    "Dinov2WithRegistersModel",
-    "Dinov2WithRegistersForImageClassification",
-)
+from ..convert import SUPPORTED as CONVERTIBLE
+
+# Ours, and every stock class that sink_models.convert takes.
+SUPPORTED = ("SinkViTModel", "SinkViTForImageClassification", *CONVERTIBLE)
 
 
 @dataclass
