@@ -21,10 +21,12 @@ def setup():
 
 if __name__ == "__main__":
     accelerator = Accelerator()
+    assert accelerator.num_processes == 2, "launched without ACCELERATE_USE_CPU=1? (then each process runs alone)"
     model, batches, thresholds = setup()
-    share = -(-BATCHES // accelerator.num_processes)
+    share = -(-BATCHES // accelerator.num_processes)  # uneven: 3 batches, then 2
     mine = batches[accelerator.process_index * share : (accelerator.process_index + 1) * share]
-    report = diagnose(model, mine, thresholds=thresholds, accelerator=accelerator)
+    # A prepared (DistributedDataParallel-wrapped) model is what accelerate users hold.
+    report = diagnose(accelerator.prepare(model), mine, thresholds=thresholds, accelerator=accelerator)
     if accelerator.is_main_process:
         report.to_json(sys.argv[1])
     accelerator.wait_for_everyone()

@@ -26,7 +26,8 @@ def test_two_processes_give_the_single_process_report(tmp_path):
         "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()),
         str(SCRIPT), str(tmp_path / "report.json"),
     ]  # fmt: skip
-    env = os.environ | {"PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1"}
+    # On CPU, accelerate 1.x starts real processes only with ACCELERATE_USE_CPU=1 (else each runs alone).
+    env = os.environ | {"PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=SCRIPT.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     distributed = SinkReport.from_json(tmp_path / "report.json")

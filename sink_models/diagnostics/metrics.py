@@ -124,7 +124,8 @@ def _sink_ratio(norms: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     """||x_s|| / mean_{j != s} ||x_j|| for norms (batch, heads, tokens)."""
     at_sink = norms.gather(-1, sink[..., None]).squeeze(-1)
     others = (norms.sum(-1) - at_sink) / (norms.shape[-1] - 1)
-    return at_sink / others
+    # A zero sink value is a NOP even when every value is zero (a pruned head): 0, not 0/0.
+    return torch.where(at_sink == 0, 0.0, at_sink / others)
 
 
 def gate_metrics(gate: torch.Tensor, num_heads: int, closed: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -86,14 +86,15 @@ class Accumulator:
         # Image numbers become global: process p's images follow those of processes 0..p-1.
         for record in self.events:
             record["image"] += offsets[accelerator.process_index]
-        self.events = sorted(gather_object(self.events), key=lambda r: (r["layer"], r["head"], r["image"]))
+        self.events = gather_object(self.events)
         self.images = int(counts.sum())
         self.gated = bool(accelerator.reduce(torch.tensor([float(self.gated)], device=device), "sum").item())
 
 
 def _number(value) -> float | None:
+    """A float for JSON: NaN (undefined) and infinity (a ratio over zero norms) become None."""
     value = float(value)
-    return None if math.isnan(value) else value
+    return value if math.isfinite(value) else None
 
 
 def median(values: list[float]) -> float | None:
@@ -117,6 +118,7 @@ class SinkReport:
     @classmethod
     def from_accumulator(cls, acc: Accumulator, thresholds: Thresholds, model: dict, attention) -> "SinkReport":
         n = acc.images
+        acc.events.sort(key=lambda r: (r["layer"], r["head"], r["image"]))
         by_head: dict[tuple[int, int], list[dict]] = {}
         for record in acc.events:
             by_head.setdefault((record["layer"], record["head"]), []).append(record)

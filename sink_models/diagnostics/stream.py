@@ -22,14 +22,20 @@ def diagnose(
     """Sink diagnostics (SCIENCE.md sections 2-3) of `model` on the images of `batches`.
 
     `batches` yields dicts with `pixel_values` or bare `(batch, channels, height, width)` tensors. The model runs
-    with the attention backend it has (sdpa included); one layer's attention maps are held at a time. Under
-    accelerate, give each process its shard of the batches and the `accelerator`: the report is the one a single
-    process would give on all images (`max_images` then counts the images of each process). The per-head inflow
-    maps of image number `attention_image` (of the first process) are kept for `SinkReport.plot`.
+    with the attention backend it has (sdpa included); one layer's attention maps are held at a time.
+
+    Under accelerate, give each process its own shard of the batches (without the padding that `even_batches`
+    adds) and the `accelerator`: the report is the one a single process gives on all the images, process 0's
+    first. `max_images` then counts each process's images. The per-head inflow maps kept for `SinkReport.plot`
+    are those of image number `attention_image` of the first process that has that many images.
     """
-    thresholds = thresholds or Thresholds()
-    if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+    thresholds = Thresholds() if thresholds is None else thresholds
+    if not isinstance(thresholds, Thresholds):
+        raise TypeError(f"thresholds: got {type(thresholds).__name__}; allowed: None or a Thresholds.")
+    if max_images is not None and (type(max_images) is not int or max_images < 1):
         raise ValueError(f"max_images: got {max_images!r}; allowed: None (all images) or a positive int.")
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
     adapter = adapter_for(model)
     heads, device = adapter.num_heads, next(model.parameters()).device
     projections = [HeadProjection(p.attention.o_proj.weight.to(device), p.gamma, heads) for p in adapter.layers]
@@ -70,15 +76,15 @@ def diagnose(
     try:
         with torch.no_grad(), LayerCapture(adapter, on_attention, on_output):
             for batch in batches:
-                pixel_values = batch["pixel_values"] if isinstance(batch, Mapping) else batch
+                pixel_values = _pixel_values(batch, model.config.num_channels, adapter.patch_size)
                 if max_images is not None:
                     pixel_values = pixel_values[: max_images - acc.images]
                 if len(pixel_values) == 0:
                     continue
+                if acc.images <= attention_image < acc.images + len(pixel_values):
+                    (height, width), (ph, pw) = pixel_values.shape[-2:], adapter.patch_size
+                    kept["grid"] = [height // ph, width // pw]
                 model(pixel_values=pixel_values.to(device))
-                if "grid" not in kept:
-                    height, width = pixel_values.shape[-2:]
-                    kept["grid"] = [height // adapter.patch_size[0], width // adapter.patch_size[1]]
                 acc.images += len(pixel_values)
                 if max_images is not None and acc.images >= max_images:
                     break
@@ -91,18 +97,32 @@ def diagnose(
     if total == 0:
         raise ValueError("batches: yielded no images; nothing to diagnose.")
     acc.reduce(accelerator)
-    attention = _attention_maps(kept, attention_image, adapter, accelerator)
-    return SinkReport.from_accumulator(acc, thresholds, _model_info(model, adapter), attention)
-
-
-def _attention_maps(kept: dict, image: int, adapter, accelerator) -> dict | None:
-    maps = {"image": image, "grid": kept.get("grid"), "num_prefix_tokens": adapter.num_prefix_tokens}
-    maps["inflow"] = kept.get("inflow")
+    attention = None
+    if "inflow" in kept:
+        attention = {"image": attention_image, "num_prefix_tokens": adapter.num_prefix_tokens, **kept}
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
-        maps = gather_object([maps])[0]
-    return maps if maps["inflow"] is not None else None
+        attention = next((maps for maps in gather_object([attention]) if maps is not None), None)
+    return SinkReport.from_accumulator(acc, thresholds, _model_info(model, adapter), attention)
+
+
+def _pixel_values(batch, channels: int, patch: tuple[int, int]) -> torch.Tensor:
+    """The batch's images, checked: a (batch, channels, height, width) tensor whose sides are patch multiples."""
+    if isinstance(batch, Mapping):
+        if "pixel_values" not in batch:
+            raise ValueError(f"batches: a dict batch needs a 'pixel_values' entry; got keys {sorted(batch)}.")
+        batch = batch["pixel_values"]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"batches: expected torch tensors or dicts of them, got {type(batch).__name__}.")
+    if batch.ndim != 4 or batch.shape[1] != channels:
+        raise ValueError(f"pixel_values: expected (batch, {channels}, height, width), got shape {tuple(batch.shape)}.")
+    if batch.shape[2] % patch[0] or batch.shape[3] % patch[1]:
+        raise ValueError(
+            f"pixel_values: image size {batch.shape[2]}x{batch.shape[3]} is not a multiple of the patch size "
+            f"{patch[0]}x{patch[1]}."
+        )
+    return batch
 
 
 def _model_info(model: nn.Module, adapter) -> dict:
