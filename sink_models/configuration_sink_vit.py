@@ -34,7 +34,7 @@ class SinkViTConfig(PreTrainedConfig):
         patch_size (`int` or `(height, width)`): side of the square (or rectangular) patches; must divide image_size.
         num_channels (`int`): input channels.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps:
-            the usual transformer sizes.
+            the usual transformer sizes; `intermediate_size=0` leaves the MLP out (attention-only toy models).
         qkv_bias (`bool`): biases on the query, key and value projections.
         proj_bias (`bool`): bias on the attention output projection (toy sink tasks train without it).
         hidden_dropout_prob, attention_probs_dropout_prob, drop_path_rate: regularisation.
@@ -116,8 +116,9 @@ class SinkViTConfig(PreTrainedConfig):
         (ih, iw), (ph, pw) = as_pair(self.image_size), as_pair(self.patch_size)
         check(ph <= ih and pw <= iw, "patch_size", f"at most the image size {(ih, iw)}")
         check(ih % ph == 0 and iw % pw == 0, "patch_size", f"a divisor of the image size {(ih, iw)} on each side")
-        for field in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        for field in ("num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads"):
             check(_is_int(getattr(self, field)) and getattr(self, field) > 0, field, "a positive int")
+        check(_is_int(self.intermediate_size) and self.intermediate_size >= 0, "intermediate_size", "an int >= 0")
         check(
             self.hidden_size % self.num_attention_heads == 0,
             "hidden_size",

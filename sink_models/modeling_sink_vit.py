@@ -255,9 +255,11 @@ class SinkViTLayer(GradientCheckpointingLayer):
         self.attention = SinkViTAttention(config)
         self.global_pathway = SinkViTGlobalPathway(config) if config.global_pathway_dim else None
         self.layer_scale1 = SinkViTLayerScale(config) if config.layerscale_init is not None else nn.Identity()
-        self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = SinkViTMLP(config)
-        self.layer_scale2 = SinkViTLayerScale(config) if config.layerscale_init is not None else nn.Identity()
+        self.mlp = None
+        if config.intermediate_size:
+            self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.mlp = SinkViTMLP(config)
+            self.layer_scale2 = SinkViTLayerScale(config) if config.layerscale_init is not None else nn.Identity()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = SinkViTDropPath(config.drop_path_rate) if config.drop_path_rate > 0 else nn.Identity()
 
@@ -268,8 +270,10 @@ class SinkViTLayer(GradientCheckpointingLayer):
         if self.global_pathway is not None:
             update = update + self.global_pathway(normed)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(self.dropout(update)))
-        update = self.mlp(self.norm2(hidden_states))
-        return hidden_states + self.drop_path(self.layer_scale2(self.dropout(update))), attn_weights, gate
+        if self.mlp is not None:
+            update = self.mlp(self.norm2(hidden_states))
+            hidden_states = hidden_states + self.drop_path(self.layer_scale2(self.dropout(update)))
+        return hidden_states, attn_weights, gate
 
 
 class SinkViTPreTrainedModel(PreTrainedModel):

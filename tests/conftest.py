@@ -32,6 +32,7 @@ CONFIGS = {variant: {"variant": variant} for variant in VARIANTS} | {
     "reg-mean": {"variant": "reg", "pooling": "mean"},
     "gated-headwise-clsmean": {"variant": "gated-headwise", "pooling": "cls+mean", "num_register_tokens": 2},
     "rect": {"variant": "gated-reg", "image_size": (16, 24), "patch_size": (4, 8)},
+    "attention-only": {"variant": "gated-headwise", "intermediate_size": 0},
 }
 
 

@@ -79,6 +79,7 @@ def reference_tokens(model, pixel_values: torch.Tensor) -> dict:
             state = (pi * linear(xn, gp + "value_proj", bias=False)).sum(dim=1, keepdim=True)
             update = update + torch.sigmoid(linear(xn, gp + "gate_proj")) * linear(state, gp + "out_proj", bias=False)
         h = h + scale(update, pre + "layer_scale1")
-        mlp = linear(F.gelu(linear(norm(h, pre + "norm2"), pre + "mlp.fc1")), pre + "mlp.fc2")
-        h = h + scale(mlp, pre + "layer_scale2")
+        if config.intermediate_size:
+            mlp = linear(F.gelu(linear(norm(h, pre + "norm2"), pre + "mlp.fc1")), pre + "mlp.fc2")
+            h = h + scale(mlp, pre + "layer_scale2")
     return {"last_hidden_state": norm(h, "layernorm"), "attentions": attentions, "gates": gates}

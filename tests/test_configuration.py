@@ -24,6 +24,7 @@ from sink_models import SIZES, VARIANTS, SinkViTConfig, SinkViTForImageClassific
         ({"hidden_act": "swish2"}, "hidden_act", "one of"),
         ({"hidden_dropout_prob": 1.0}, "hidden_dropout_prob", "a probability in [0, 1)"),
         ({"num_hidden_layers": 0}, "num_hidden_layers", "a positive int"),
+        ({"intermediate_size": -1}, "intermediate_size", "an int >= 0"),
         ({"qkv_bias": "yes"}, "qkv_bias", "True or False"),
         ({"layer_norm_eps": 0}, "layer_norm_eps", "a positive number"),
     ],

@@ -20,7 +20,7 @@ def configs(draw):
         hidden_size=heads * draw(st.sampled_from([2, 4, 8])),
         num_attention_heads=heads,
         num_hidden_layers=draw(st.integers(1, 2)),
-        intermediate_size=draw(st.integers(1, 24)),
+        intermediate_size=draw(st.integers(0, 24)),
         qkv_bias=draw(st.booleans()),
         proj_bias=draw(st.booleans()),
         num_register_tokens=draw(st.integers(0, 3)),
