@@ -1,0 +1,347 @@
+"""The training loop on accelerate, used by train/run.py: any variant on image data or a synthetic sink task."""
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from .checkpoint import default_image_processor, save_checkpoint
+from .data import Augmentation, Collate, Indexed, load_image_data
+from .modeling_sink_vit import SinkViTForImageClassification
+from .presets import VARIANTS, preset_config
+from .tasks import TASKS, SinkTask, TokenRegressor
+
+
+@dataclass
+class ModelArguments:
+    variant: str = field(default="plain", metadata={"help": f"one of {', '.join(VARIANTS)}"})
+    size: str = field(default="toy", metadata={"help": "toy, tiny, small, base or large (image data only)"})
+    model_overrides: str = field(default="{}", metadata={"help": "JSON object of any SinkViTConfig fields"})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(default="digits", metadata={"help": "digits, nop, broadcast, an imagefolder dir or Hub id"})
+    image_column: str = "image"
+    label_column: str = "label"
+    train_split: str = "train"
+    eval_split: str = "test"
+    augment: bool = field(default=True, metadata={"help": "random resized crop (and flip) while training"})
+    crop_scale_min: float = 0.8
+    flip: bool = True
+    task_dim: int = 32
+    task_length: int = 16
+    task_eval_batches: int = 8
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = "runs/run"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    per_device_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    max_steps: int = field(default=0, metadata={"help": "optimizer steps; 0: num_epochs over the training split"})
+    num_epochs: float = 1.0
+    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 or bf16"})
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps with accelerator.save_state"})
+    save_total_limit: int = 2
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "auto, or a checkpoint folder"})
+    report_to: str = field(default="none", metadata={"help": "none or an accelerate tracker, e.g. tensorboard"})
+
+
+class TrainState:
+    """The step counter, saved with every checkpoint (accelerator.register_for_checkpointing)."""
+
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+
+
+class ActivationMonitor:
+    """The largest |activation| leaving any block since the last `take()` (forward hooks on the blocks)."""
+
+    def __init__(self, blocks):
+        self.largest = 0.0
+        self.handles = [block.register_forward_hook(self._hook) for block in blocks]
+
+    def _hook(self, module, args, output):
+        tokens = output[0] if isinstance(output, tuple) else output
+        self.largest = max(self.largest, float(tokens.detach().abs().max()))
+
+    def take(self) -> float:
+        largest, self.largest = self.largest, 0.0
+        return largest
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, on_step=None) -> dict:
+    """Train, checkpoint, evaluate and save; returns the run summary (also written to output_dir/summary.json).
+
+    `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
+    """
+    overrides = _overrides(model_args.model_overrides)
+    if model_args.variant not in VARIANTS:
+        raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
+    output_dir = Path(args.output_dir)
+    trackers = None if args.report_to == "none" else args.report_to
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=trackers,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    task = data = collate = loader = eval_loader = processor = None
+    if data_args.dataset in TASKS:
+        task = SinkTask(data_args.dataset, dim=data_args.task_dim, length=data_args.task_length, seed=args.seed)
+        model = TokenRegressor(task.model_config(**VARIANTS[model_args.variant], **overrides))
+        blocks = model.sink_vit.layers
+    else:
+        data = load_image_data(
+            data_args.dataset,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+        )
+        labels = dict(enumerate(data.labels))
+        config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
+        model = SinkViTForImageClassification(config)
+        blocks = model.sink_vit.layers
+        processor = default_image_processor(config)
+        augmentation = None
+        if data_args.augment:
+            augmentation = Augmentation(scale=(data_args.crop_scale_min, 1.0), flip=data_args.flip)
+        mode = "RGB" if config.num_channels == 3 else "L"
+        collate = Collate(processor, mode=mode, augmentation=augmentation, seed=args.seed)
+        loader = torch.utils.data.DataLoader(
+            Indexed(data.train), args.per_device_batch_size, shuffle=True, collate_fn=collate, drop_last=True
+        )
+        eval_loader = torch.utils.data.DataLoader(
+            Indexed(data.eval), args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
+        )
+
+    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.learning_rate)
+    if task is None:
+        model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
+        steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+        if steps_per_epoch == 0:
+            raise ValueError(
+                f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
+                f"accumulation x {accelerator.num_processes} processes exceeds the {len(data.train)} training images."
+            )
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        steps_per_epoch = None
+    total_steps = args.max_steps or math.ceil(args.num_epochs * (steps_per_epoch or 0))
+    if total_steps <= 0:
+        raise ValueError("max_steps: a synthetic task needs max_steps > 0 (it has no epochs).")
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
+    state = TrainState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    checkpoints = output_dir / "checkpoints"
+    resume = _resume_path(args.resume_from_checkpoint, checkpoints)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+    if trackers:
+        accelerator.init_trackers("sink-models", config=_flat_config(model_args, data_args, args))
+
+    monitor = ActivationMonitor(blocks)
+    log_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    losses, largest_grad, largest_activation, spikes = [], 0.0, 0.0, 0
+    progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    started, images_since = time.perf_counter(), 0
+    while state.step < total_steps:
+        for batch in _batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
+            if task is None and len(batch["labels"]) == 0:
+                continue  # every image of the batch was unreadable
+            with accelerator.accumulate(model):
+                outputs = model(**batch)
+                loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            images_since += len(batch["pixel_values"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            step_loss = float(accelerator.reduce(loss.detach(), "mean"))
+            activation = monitor.take()
+            spikes += len(losses) >= 10 and step_loss > 2 * statistics.median(losses[-50:])
+            losses.append(step_loss)
+            largest_grad, largest_activation = max(largest_grad, grad_norm), max(largest_activation, activation)
+            metrics = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+            if state.step % args.logging_steps == 0 or state.step == total_steps:
+                elapsed = time.perf_counter() - started
+                metrics |= {"images_per_s": images_since / elapsed, "max_activation": activation}
+                started, images_since = time.perf_counter(), 0
+                if accelerator.is_main_process:
+                    with open(log_path, "a") as log:
+                        log.write(json.dumps(metrics) + "\n")
+                if trackers:
+                    accelerator.log(metrics, step=state.step)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+            progress.update(1)
+            if args.save_steps and state.step % args.save_steps == 0:
+                _save_state(accelerator, checkpoints, state.step, args.save_total_limit)
+            if on_step is not None:
+                on_step(state.step, metrics)
+            if state.step >= total_steps:
+                break
+    progress.close()
+
+    evaluation = _evaluate(accelerator, model, task, eval_loader, data_args, args)
+    skipped = None if collate is None else int(accelerator.reduce(torch.tensor(collate.skipped), "sum"))
+    summary = {
+        "steps": state.step,
+        "final_loss": losses[-1] if losses else None,
+        "evaluation": evaluation,
+        "stability": {
+            "loss_spikes": spikes,
+            "largest_grad_norm": largest_grad,
+            "largest_activation": largest_activation,
+        },
+        "skipped_images": skipped,
+        "skipped_examples": [] if collate is None else collate.skipped_examples,
+        "processes": accelerator.num_processes,
+    }
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_final(accelerator.unwrap_model(model), task, output_dir, model_args, data_args, args, processor)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    if trackers:
+        accelerator.end_training()
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _overrides(text: str) -> dict:
+    try:
+        overrides = json.loads(text) if isinstance(text, str) else dict(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"model_overrides: not a JSON object ({error}); e.g. '{{\"num_hidden_layers\": 6}}'."
+        ) from None
+    if not isinstance(overrides, dict):
+        raise ValueError(f"model_overrides: got {overrides!r}; allowed: a JSON object of SinkViTConfig fields.")
+    return overrides
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms, LayerScale or the CLS/register/position tokens."""
+    decay, rest = [], []
+    for name, parameter in model.named_parameters():
+        tokens = "embeddings." in name and "patch_embeddings" not in name
+        (decay if parameter.ndim >= 2 and not tokens else rest).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _resume_path(option: str | None, checkpoints: Path) -> Path | None:
+    if not option:
+        return None
+    if option == "auto":
+        found = sorted(checkpoints.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        return found[-1] if found else None
+    path = Path(option)
+    if not path.is_dir():
+        raise ValueError(f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder.")
+    return path
+
+
+def _batches(task, loader, step: int, steps_per_epoch, args: TrainArguments, accelerator, collate):
+    """The batches from optimizer step `step` to the end of its epoch (image data) or of the run (tasks)."""
+    accumulation = args.gradient_accumulation_steps
+    if task is not None:
+        for index in range(step * accumulation, (args.max_steps or 0) * accumulation):
+            batch = task.batch(index, args.per_device_batch_size, accelerator.process_index)
+            yield {name: value.to(accelerator.device) for name, value in batch.items()}
+        return
+    epoch = step // steps_per_epoch
+    loader.set_epoch(epoch)
+    collate.epoch = epoch
+    skip = (step % steps_per_epoch) * accumulation
+    yield from accelerator.skip_first_batches(loader, skip) if skip else loader
+
+
+def _save_state(accelerator, checkpoints: Path, step: int, keep: int) -> None:
+    """accelerator.save_state into a temporary folder renamed into place: a killed run leaves no half checkpoint."""
+    final, staging = checkpoints / f"step_{step}", checkpoints / f".staging_step_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        found = sorted(checkpoints.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        for old in found[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def _evaluate(accelerator, model, task, eval_loader, data_args: DataArguments, args: TrainArguments) -> dict:
+    model.eval()
+    try:
+        if task is not None:
+            errors = []
+            for index in range(data_args.task_eval_batches):
+                batch = task.batch(10**9 + index, args.per_device_batch_size, accelerator.process_index)
+                batch = {name: value.to(accelerator.device) for name, value in batch.items()}
+                errors.append(accelerator.reduce(model(**batch)["loss"], "mean"))
+            return {"mse": float(torch.stack(errors).mean())}
+        correct = total = 0
+        for batch in eval_loader:
+            if len(batch["labels"]) == 0:
+                continue
+            predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
+            predictions, labels = accelerator.gather_for_metrics((predictions, batch["labels"]))
+            correct += int((predictions == labels).sum())
+            total += len(labels)
+        return {"accuracy": correct / max(total, 1), "images": total}
+    finally:
+        model.train()
+
+
+def _save_final(model, task, output_dir: Path, model_args, data_args, args, processor) -> None:
+    arguments = {"model": asdict(model_args), "data": asdict(data_args), "train": asdict(args)}
+    folder = output_dir / "model"
+    if task is None:
+        save_checkpoint(model, folder, image_processor=processor)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(folder)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    (folder / "training_args.json").write_text(json.dumps(arguments, indent=1))
+
+
+def _flat_config(*groups) -> dict:
+    return {f"{type(group).__name__}.{key}": value for group in groups for key, value in asdict(group).items()}
