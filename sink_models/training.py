@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -135,8 +135,15 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
             augmentation = Augmentation(scale=(data_args.crop_scale_min, 1.0), flip=data_args.flip)
         mode = "RGB" if config.num_channels == 3 else "L"
         collate = Collate(processor, mode=mode, augmentation=augmentation, seed=args.seed)
+        # Its own generator: a loader that draws its worker seed from the global RNG when an iterator starts
+        # would shift the model's dropout stream on resume, which starts an iterator mid-epoch.
         loader = torch.utils.data.DataLoader(
-            Indexed(data.train), args.per_device_batch_size, shuffle=True, collate_fn=collate, drop_last=True
+            Indexed(data.train),
+            args.per_device_batch_size,
+            shuffle=True,
+            collate_fn=collate,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(args.seed),
         )
         eval_loader = torch.utils.data.DataLoader(
             Indexed(data.eval), args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
@@ -231,6 +238,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         "skipped_images": skipped,
         "skipped_examples": [] if collate is None else collate.skipped_examples,
         "processes": accelerator.num_processes,
+        # One sum of all parameters per process: equal when the ranks stayed in sync.
+        "parameter_checksums": gather_object([sum(float(p.detach().double().sum()) for p in model.parameters())]),
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -17,7 +17,7 @@ GROUPS = (ModelArguments, DataArguments, TrainArguments)
 
 
 def parse(argv: list[str]) -> tuple:
-    parser = HfArgumentParser(GROUPS)
+    parser = HfArgumentParser(GROUPS, allow_abbrev=False)  # a misspelt option is an error, not a prefix
     parser.add_argument("--config", default=None, help="a YAML recipe (train/recipes/*.yaml)")
     config = parser.parse_known_args(argv)[0].config
     if config is not None:

@@ -1,0 +1,135 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
+
+ROOT = Path(__file__).parents[1]
+SMALL = json.dumps(
+    {
+        "num_hidden_layers": 2,
+        "hidden_size": 32,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "drop_path_rate": 0.1,
+    }
+)
+
+
+def arguments(output_dir, **train_fields):
+    fields = {
+        "output_dir": str(output_dir), "max_steps": 12, "per_device_batch_size": 32, "warmup_steps": 3,
+        "logging_steps": 2, "learning_rate": 3e-3, **train_fields,
+    }  # fmt: skip
+    return (
+        ModelArguments(variant="gated-reg", model_overrides=SMALL),
+        DataArguments(crop_scale_min=0.5),
+        TrainArguments(**fields),
+    )
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    # 12 steps of 32 images: not a whole epoch (44 batches), so the resume lands mid-epoch.
+    train(*arguments(tmp_path / "straight"))
+
+    def stop(step, metrics):
+        if step == 7:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(*arguments(tmp_path / "resumed", save_steps=5), on_step=stop)
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step_5"]
+    summary = train(*arguments(tmp_path / "resumed", save_steps=5, resume_from_checkpoint="auto"))
+    assert summary["steps"] == 12
+    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_saved_run_folder_loads_with_trust_remote_code(tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    summary = train(*arguments(tmp_path, max_steps=3))
+    folder = tmp_path / "model"
+    assert {"config.json", "model.safetensors", "modeling_sink_vit.py", "preprocessor_config.json",
+            "training_args.json"} <= {p.name for p in folder.iterdir()}  # fmt: skip
+    model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True)
+    assert model.config.id2label[3] == "3" and model.config.attention_gate == "elementwise"
+    assert json.loads((folder / "training_args.json").read_text())["model"]["variant"] == "gated-reg"
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 3]
+    assert {"loss", "lr", "grad_norm", "images_per_s", "max_activation"} <= set(lines[0])
+    assert summary["evaluation"]["images"] == 359 and set(summary["stability"]) == {
+        "loss_spikes", "largest_grad_norm", "largest_activation"}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_in_sync(tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+        "127.0.0.1", "--main_process_port", str(free_port()), str(ROOT / "train" / "run.py"),
+        "--config", str(ROOT / "train" / "recipes" / "digits-toy-plain.yaml"), "--max_steps", "4",
+        "--model_overrides", SMALL, "--output_dir", str(tmp_path), "--logging_steps", "2",
+    ]  # fmt: skip
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert len(set(summary["parameter_checksums"])) == 1  # both ranks hold the same weights
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    assert sum(float(p.double().sum()) for p in model.parameters()) == pytest.approx(
+        summary["parameter_checksums"][0], rel=1e-9
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--dataset", "no-such-org/no-such-set"], "could not be loaded"),
+        (["--variant", "gatedd"], "variant: got 'gatedd'; allowed: plain, gated"),
+        (["--model_overrides", "{bad json"], "model_overrides: not a JSON object"),
+        (["--model_overrides", '{"attention_gate": "x"}'], "attention_gate: got 'x'"),
+        (["--config", "nope.yaml"], "no file 'nope.yaml'; recipes here: digits-toy-plain.yaml"),
+        (["--learning_rat", "0.1"], "unknown options"),
+    ],
+)
+def test_bad_options_stop_before_training(tmp_path, options, message):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "run.py"), "--output_dir", str(tmp_path), *options],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_unknown_recipe_keys_are_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("variant: plain\nlearnin_rate: 0.1\n")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "run.py"), "--config", str(recipe)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "unknown recipe keys ['learnin_rate']; allowed:" in result.stderr
