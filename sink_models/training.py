@@ -149,7 +149,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
             Indexed(data.eval), args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
         )
 
-    optimizer = torch.optim.AdamW(_parameter_groups(model, args.weight_decay), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     if task is None:
         model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
         steps_per_epoch = len(loader) // args.gradient_accumulation_steps
@@ -263,7 +263,7 @@ def _overrides(text: str) -> dict:
     return overrides
 
 
-def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only: not on biases, norms, LayerScale or the CLS/register/position tokens."""
     decay, rest = [], []
     for name, parameter in model.named_parameters():
