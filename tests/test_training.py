@@ -111,7 +111,7 @@ def test_two_processes_train_in_sync(tmp_path):
         (["--variant", "gatedd"], "variant: got 'gatedd'; allowed: plain, gated"),
         (["--model_overrides", "{bad json"], "model_overrides: not a JSON object"),
         (["--model_overrides", '{"attention_gate": "x"}'], "attention_gate: got 'x'"),
-        (["--config", "nope.yaml"], "no file 'nope.yaml'; recipes here: digits-toy-plain.yaml"),
+        (["--config", "nope.yaml"], "no file 'nope.yaml'; recipes here: broadcast-gated-headwise.yaml, "),
         (["--learning_rat", "0.1"], "unknown options"),
     ],
 )
