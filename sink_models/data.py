@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 DIGITS = "digits"
+IGNORED = -100  # the label of an unreadable image: cross-entropy and the accuracy leave it out
 
 
 @dataclass
@@ -52,12 +53,9 @@ def load_image_data(
     for option, column in (("image_column", image_column), ("label_column", label_column)):
         if column not in columns:
             raise ValueError(f"{option}: {name!r} has no column {column!r}; its columns are {columns}.")
-    feature = dataset[train_split].features[label_column]
-    labels = (
-        feature.names
-        if isinstance(feature, datasets.ClassLabel)
-        else sorted(map(str, set(dataset[train_split][label_column])))
-    )
+    if not isinstance(dataset[train_split].features[label_column], datasets.ClassLabel):
+        dataset = dataset.class_encode_column(label_column)  # any label values -> 0..K-1, names kept
+    labels = dataset[train_split].features[label_column].names
 
     def prepare(split: datasets.Dataset) -> datasets.Dataset:
         split = split.select_columns([image_column, label_column])
@@ -119,8 +117,9 @@ class Augmentation:
 class Collate:
     """Decode, convert (grayscale, RGBA -> RGB), augment and process a list of dataset rows into a batch.
 
-    Unreadable images are skipped and counted in `skipped`. Augmentation draws from a generator seeded by
-    (seed, epoch, row), so a resumed run sees exactly the crops of an uninterrupted one.
+    An unreadable image is counted in `skipped` and replaced by a blank one labelled -100, which the loss and the
+    accuracy ignore: batches keep their size, so processes under accelerate stay in step. Augmentation draws from
+    a generator seeded by (seed, epoch, row), so a resumed run sees exactly the crops of an uninterrupted one.
     """
 
     processor: object
@@ -140,13 +139,13 @@ class Collate:
                 self.skipped += 1
                 if len(self.skipped_examples) < 10:
                     self.skipped_examples.append(f"row {index}: {type(error).__name__}: {error}")
+                images.append(Image.new(self.mode, (8, 8)))
+                labels.append(IGNORED)
                 continue
             if self.augmentation is not None:
                 image = self.augmentation(image, random.Random(f"{self.seed}-{self.epoch}-{index}"))
             images.append(image)
             labels.append(row["label"])
-        if not images:
-            return {"pixel_values": torch.empty(0), "labels": torch.empty(0, dtype=torch.long)}
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
         return {"pixel_values": pixel_values, "labels": torch.tensor(labels, dtype=torch.long)}
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import default_image_processor, save_checkpoint
-from .data import Augmentation, Collate, Indexed, load_image_data
+from .data import IGNORED, Augmentation, Collate, Indexed, load_image_data
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, preset_config
 from .tasks import TASKS, SinkTask, TokenRegressor
@@ -66,16 +66,25 @@ class TrainArguments:
 
 
 class TrainState:
-    """The step counter, saved with every checkpoint (accelerator.register_for_checkpointing)."""
+    """The step counter and the run's stability figures, saved with every checkpoint (so a resumed run's summary
+    covers the whole run)."""
 
     def __init__(self):
-        self.step = 0
+        self.step, self.spikes, self.largest_grad, self.largest_activation = 0, 0, 0.0, 0.0
+        self.recent_losses: list[float] = []
+
+    def record(self, loss: float, grad_norm: float | None, activation: float) -> None:
+        # A spike: a loss above twice the median of the last 50.
+        self.spikes += len(self.recent_losses) >= 10 and loss > 2 * statistics.median(self.recent_losses)
+        self.recent_losses = [*self.recent_losses, loss][-50:]
+        self.largest_grad = max(self.largest_grad, grad_norm or 0.0)
+        self.largest_activation = max(self.largest_activation, activation)
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return dict(vars(self))
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = state["step"]
+        vars(self).update(state)
 
 
 class ActivationMonitor:
@@ -118,13 +127,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         model = TokenRegressor(task.model_config(**VARIANTS[model_args.variant], **overrides))
         blocks = model.sink_vit.layers
     else:
-        data = load_image_data(
-            data_args.dataset,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-        )
+        with accelerator.main_process_first():  # one process prepares the data, the others read its cache
+            data = load_image_data(
+                data_args.dataset,
+                image_column=data_args.image_column,
+                label_column=data_args.label_column,
+                train_split=data_args.train_split,
+                eval_split=data_args.eval_split,
+            )
         labels = dict(enumerate(data.labels))
         config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
         model = SinkViTForImageClassification(config)
@@ -152,7 +162,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     if task is None:
         model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
-        steps_per_epoch = len(loader) // args.gradient_accumulation_steps
+        # accelerate also steps at the end of the loader, after a shorter last accumulation
+        steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
         if steps_per_epoch == 0:
             raise ValueError(
                 f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
@@ -171,6 +182,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     resume = _resume_path(args.resume_from_checkpoint, checkpoints)
     if resume is not None:
         accelerator.load_state(str(resume))
+        if accelerator.is_main_process:
+            _drop_log_lines_after(output_dir / "metrics.jsonl", state.step)
     if trackers:
         accelerator.init_trackers("sink-models", config=_flat_config(model_args, data_args, args))
 
@@ -178,32 +191,32 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     log_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    losses, largest_grad, largest_activation, spikes = [], 0.0, 0.0, 0
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
-    started, images_since = time.perf_counter(), 0
+    started, images_since, window = time.perf_counter(), 0, []
     while state.step < total_steps:
         for batch in _batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
-            if task is None and len(batch["labels"]) == 0:
-                continue  # every image of the batch was unreadable
             with accelerator.accumulate(model):
                 outputs = model(**batch)
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
+                if task is None and bool((batch["labels"] == IGNORED).all()):
+                    loss = outputs.logits.sum() * 0.0  # every image unreadable: same calls as the other ranks
                 accelerator.backward(loss)
                 grad_norm = None
                 if accelerator.sync_gradients:
-                    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
+                    norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    grad_norm = None if norm is None else float(norm)  # DeepSpeed clips by itself
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            window.append(loss.detach())
             images_since += len(batch["pixel_values"]) * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
             state.step += 1
-            step_loss = float(accelerator.reduce(loss.detach(), "mean"))
+            step_loss = float(accelerator.reduce(torch.stack(window).mean(), "mean"))  # the whole accumulation
+            window = []
             activation = monitor.take()
-            spikes += len(losses) >= 10 and step_loss > 2 * statistics.median(losses[-50:])
-            losses.append(step_loss)
-            largest_grad, largest_activation = max(largest_grad, grad_norm), max(largest_activation, activation)
+            state.record(step_loss, grad_norm, activation)
             metrics = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
             if state.step % args.logging_steps == 0 or state.step == total_steps:
                 elapsed = time.perf_counter() - started
@@ -228,12 +241,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     skipped = None if collate is None else int(accelerator.reduce(torch.tensor(collate.skipped), "sum"))
     summary = {
         "steps": state.step,
-        "final_loss": losses[-1] if losses else None,
+        "final_loss": state.recent_losses[-1] if state.recent_losses else None,
         "evaluation": evaluation,
         "stability": {
-            "loss_spikes": spikes,
-            "largest_grad_norm": largest_grad,
-            "largest_activation": largest_activation,
+            "loss_spikes": state.spikes,
+            "largest_grad_norm": state.largest_grad,
+            "largest_activation": state.largest_activation,
         },
         "skipped_images": skipped,
         "skipped_examples": [] if collate is None else collate.skipped_examples,
@@ -299,6 +312,13 @@ def _batches(task, loader, step: int, steps_per_epoch, args: TrainArguments, acc
     yield from accelerator.skip_first_batches(loader, skip) if skip else loader
 
 
+def _drop_log_lines_after(path: Path, step: int) -> None:
+    """A resumed run logs again the steps after its checkpoint: remove the interrupted run's lines for them."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
 def _save_state(accelerator, checkpoints: Path, step: int, keep: int) -> None:
     """accelerator.save_state into a temporary folder renamed into place: a killed run leaves no half checkpoint."""
     final, staging = checkpoints / f"step_{step}", checkpoints / f".staging_step_{step}"
@@ -329,12 +349,11 @@ def _evaluate(accelerator, model, task, eval_loader, data_args: DataArguments, a
             return {"mse": float(torch.stack(errors).mean())}
         correct = total = 0
         for batch in eval_loader:
-            if len(batch["labels"]) == 0:
-                continue
             predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
             predictions, labels = accelerator.gather_for_metrics((predictions, batch["labels"]))
-            correct += int((predictions == labels).sum())
-            total += len(labels)
+            readable = labels != IGNORED
+            correct += int((predictions == labels)[readable].sum())
+            total += int(readable.sum())
         return {"accuracy": correct / max(total, 1), "images": total}
     finally:
         model.train()

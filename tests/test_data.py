@@ -53,8 +53,11 @@ def test_imagefolder_with_grayscale_rgba_and_a_corrupt_file(tmp_path):
     assert data.labels == ["blue", "red"] and (len(data.train), len(data.eval)) == (7, 6)
     collate = Collate(default_image_processor(preset_config("plain", "toy")))
     batch = collate(list(enumerate(data.train)))
-    assert batch["pixel_values"].shape == (6, 3, 32, 32)  # the broken file is left out, the rest converted
-    assert collate.skipped == 1 and "row" in collate.skipped_examples[0]
+    assert batch["pixel_values"].shape == (7, 3, 32, 32)  # the batch keeps its size ...
+    ignored = batch["labels"] == -100  # ... and the broken file becomes a blank image the loss ignores
+    assert ignored.sum() == 1 and collate.skipped == 1 and "row" in collate.skipped_examples[0]
+    torch.testing.assert_close(batch["pixel_values"][ignored], torch.full((1, 3, 32, 32), -1.0))
+    batch = {name: value[~ignored] for name, value in batch.items()}
     colours = {"red": (200, 10, 10), "blue": (10, 10, 200)}
     seen = []
     for image, label in zip(batch["pixel_values"], batch["labels"], strict=True):

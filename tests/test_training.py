@@ -59,6 +59,29 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
 
 
+def test_resume_with_gradient_accumulation_in_a_later_epoch(tmp_path):
+    # 11 batches of 128 per epoch, 2 per step: 6 steps an epoch (the last one a single batch); resume in epoch 2.
+    fields = {"per_device_batch_size": 128, "gradient_accumulation_steps": 2, "max_steps": 14, "logging_steps": 1}
+    straight = train(*arguments(tmp_path / "straight", **fields))
+
+    def stop(step, metrics):
+        if step == 10:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(*arguments(tmp_path / "resumed", save_steps=8, **fields), on_step=stop)
+    resumed = train(*arguments(tmp_path / "resumed", save_steps=8, resume_from_checkpoint="auto", **fields))
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+    # The whole run's log and stability figures, not only the part after the resume.
+    assert resumed["stability"] == pytest.approx(straight["stability"], rel=1e-5)
+    logs = [(tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("straight", "resumed")]
+    steps = [[json.loads(line)["step"] for line in log] for log in logs]
+    assert steps[0] == steps[1] == list(range(1, 15))
+
+
 def test_saved_run_folder_loads_with_trust_remote_code(tmp_path):
     from transformers import AutoModelForImageClassification
 
@@ -111,7 +134,7 @@ def test_two_processes_train_in_sync(tmp_path):
         (["--variant", "gatedd"], "variant: got 'gatedd'; allowed: plain, gated"),
         (["--model_overrides", "{bad json"], "model_overrides: not a JSON object"),
         (["--model_overrides", '{"attention_gate": "x"}'], "attention_gate: got 'x'"),
-        (["--config", "nope.yaml"], "no file 'nope.yaml'; recipes here: broadcast-gated-headwise.yaml, "),
+        (["--config", "nope.yaml"], "no file 'nope.yaml'; recipes here: broadcast-"),
         (["--learning_rat", "0.1"], "unknown options"),
     ],
 )
