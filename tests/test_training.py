@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_data import make_folder
 
 from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
 
@@ -106,22 +107,28 @@ def free_port() -> int:
 
 
 def test_two_processes_train_in_sync(tmp_path):
+    # An imagefolder with an unreadable image in each split: the ranks must stay in step all the same.
+    images = tmp_path / "images"
+    make_folder(images, corrupt=True)
+    (images / "test" / "blue" / "broken.png").write_bytes(b"not an image")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
         "127.0.0.1", "--main_process_port", str(free_port()), str(ROOT / "train" / "run.py"),
-        "--config", str(ROOT / "train" / "recipes" / "digits-toy-plain.yaml"), "--max_steps", "4",
-        "--model_overrides", SMALL, "--output_dir", str(tmp_path), "--logging_steps", "2",
+        "--config", str(ROOT / "train" / "recipes" / "digits-toy-plain.yaml"), "--dataset", str(images),
+        "--max_steps", "6", "--per_device_batch_size", "2", "--model_overrides", SMALL,
+        "--output_dir", str(tmp_path / "run"), "--logging_steps", "2",
     ]  # fmt: skip
     env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["processes"] == 2
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["skipped_images"] >= 1
+    assert summary["evaluation"]["images"] == 6  # the 6 readable test images, each counted once
     assert len(set(summary["parameter_checksums"])) == 1  # both ranks hold the same weights
     from transformers import AutoModelForImageClassification
 
-    model = AutoModelForImageClassification.from_pretrained(tmp_path / "model", trust_remote_code=True)
+    model = AutoModelForImageClassification.from_pretrained(tmp_path / "run" / "model", trust_remote_code=True)
     assert sum(float(p.double().sum()) for p in model.parameters()) == pytest.approx(
         summary["parameter_checksums"][0], rel=1e-9
     )
