@@ -1,6 +1,6 @@
 """Training throughput of train/run.py's loop (sink_models.training.train) against a bare PyTorch loop.
 
-    python bench/train.py                 # toy gated-reg on digits, batch 64, 60 steps per run, 3 runs each
+    python bench/train.py                 # toy gated-reg on digits, batch 64, 60 steps per run, 5 runs each
 
 Both train the same model on the same data (the same DataLoader and collate, AdamW, warm-up + cosine, gradient
 clipping) in the same process, alternating. The figure compared is images/s over the second half of each run
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--variant", default="gated-reg")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     data = digits()
     bare, accelerated = [], []
