@@ -91,16 +91,18 @@ class ActivationMonitor:
     """The largest |activation| leaving any block since the last `take()` (forward hooks on the blocks)."""
 
     def __init__(self, blocks):
-        self.largest = 0.0
+        self.largest = None
         self.handles = [block.register_forward_hook(self._hook) for block in blocks]
 
     def _hook(self, module, args, output):
         tokens = output[0] if isinstance(output, tuple) else output
-        self.largest = max(self.largest, float(tokens.detach().abs().max()))
+        peak = tokens.detach().abs().amax()
+        # Stays on the device: one host sync per step (in take), not one per block.
+        self.largest = peak if self.largest is None else torch.maximum(self.largest, peak)
 
     def take(self) -> float:
-        largest, self.largest = self.largest, 0.0
-        return largest
+        largest, self.largest = self.largest, None
+        return 0.0 if largest is None else float(largest)
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, on_step=None) -> dict:

@@ -1,6 +1,7 @@
 """Shared fixtures: offline, a private HF_HOME, and the tiny configs every test builds on."""
 
 import os
+import socket
 import tempfile
 
 # Before anything imports huggingface_hub: its cache and remote-code modules go to a throwaway folder.
@@ -47,6 +48,13 @@ def images(config, batch: int = 3, seed: int = 0, size=None) -> torch.Tensor:
     height, width = size or ((config.image_size,) * 2 if isinstance(config.image_size, int) else config.image_size)
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch, config.num_channels, height, width, generator=generator)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for accelerate's rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

@@ -1,22 +1,16 @@
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from accelerate_diagnose import setup
+from conftest import free_port
 from test_diagnostics import assert_reports_equal
 
 from sink_models.diagnostics import SinkReport, diagnose
 
 SCRIPT = Path(__file__).with_name("accelerate_diagnose.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_give_the_single_process_report(tmp_path):

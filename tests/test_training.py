@@ -1,12 +1,12 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from safetensors.torch import load_file
 from test_data import make_folder
 
@@ -98,12 +98,6 @@ def test_saved_run_folder_loads_with_trust_remote_code(tmp_path):
     assert {"loss", "lr", "grad_norm", "images_per_s", "max_activation"} <= set(lines[0])
     assert summary["evaluation"]["images"] == 359 and set(summary["stability"]) == {
         "loss_spikes", "largest_grad_norm", "largest_activation"}  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_train_in_sync(tmp_path):
