@@ -5,12 +5,12 @@ import json
 import math
 import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_write
 from .metrics import Thresholds
 
 CLASSES = ("nop", "broadcast", "other")
@@ -158,7 +158,7 @@ class SinkReport:
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the whole report as JSON, atomically (a temporary file renamed into place)."""
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        return _atomic_write(Path(path), json.dumps(data, indent=1, allow_nan=False))
+        return atomic_write(Path(path), json.dumps(data, indent=1, allow_nan=False))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "SinkReport":
@@ -171,7 +171,7 @@ class SinkReport:
         writer = csv.DictWriter(lines, fieldnames=list(self.heads[0]))
         writer.writeheader()
         writer.writerows(self.heads)
-        return _atomic_write(Path(path), "".join(lines))
+        return atomic_write(Path(path), "".join(lines))
 
     def plot(self, folder: str | os.PathLike, layer: int | None = None) -> list[Path]:
         """Write the report's figures as PNGs into `folder` (see `plots.py`); returns their paths."""
@@ -196,16 +196,3 @@ def _per_image(events: list[dict], images: int) -> dict:
 class _CsvLines(list):
     def write(self, text: str) -> None:
         self.append(text)
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

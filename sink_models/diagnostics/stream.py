@@ -1,6 +1,6 @@
 """`diagnose`: stream batches through a model and measure the sinks of every layer and head."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -18,6 +18,7 @@ def diagnose(
     max_images: int | None = None,
     accelerator=None,
     attention_image: int = 0,
+    on_outputs: Callable[[object, object, int], None] | None = None,
 ) -> SinkReport:
     """Sink diagnostics (SCIENCE.md sections 2-3) of `model` on the images of `batches`.
 
@@ -28,6 +29,9 @@ def diagnose(
     adds) and the `accelerator`: the report is the one a single process gives on all the images, process 0's
     first. `max_images` then counts each process's images. The per-head inflow maps kept for `SinkReport.plot`
     are those of image number `attention_image` of the first process that has that many images.
+
+    `on_outputs(batch, outputs, count)` receives each batch, the model's outputs and the number of its images that
+    were used (fewer than the batch at `max_images`): accuracy and diagnostics then share one forward pass.
     """
     thresholds = Thresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, Thresholds):
@@ -84,7 +88,9 @@ def diagnose(
                 if acc.images <= attention_image < acc.images + len(pixel_values):
                     (height, width), (ph, pw) = pixel_values.shape[-2:], adapter.patch_size
                     kept["grid"] = [height // ph, width // pw]
-                model(pixel_values=pixel_values.to(device))
+                outputs = model(pixel_values=pixel_values.to(device))
+                if on_outputs is not None:
+                    on_outputs(batch, outputs, len(pixel_values))
                 acc.images += len(pixel_values)
                 if max_images is not None and acc.images >= max_images:
                     break

@@ -1,0 +1,282 @@
+"""Model cards from evaluation results: `model-index` metadata (accuracy and sink metrics), tables and figures.
+
+The card is rendered from model_cards/template.md with huggingface_hub's ModelCard. Everything the template
+generates sits between `<!-- sink-models:begin NAME -->` and `<!-- sink-models:end NAME -->` markers: a new run
+replaces those sections and the generated metadata keys, and keeps whatever a person wrote outside them.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .diagnostics import SinkReport
+from .files import atomic_write
+
+SECTION = re.compile(r"<!-- sink-models:begin (\w+) -->.*?<!-- sink-models:end \1 -->", re.DOTALL)
+# model-index entries of the sink metrics: (metric type, display name, value from the results' sink summary)
+SINK_METRICS = (
+    ("sinks_per_image", "Sink events per image", lambda s: s["sinks_per_image"]),
+    ("nop_per_image", "NOP sinks per image", lambda s: s["nop_per_image"]),
+    ("broadcast_per_image", "Broadcast sinks per image", lambda s: s["broadcast_per_image"]),
+    ("cls_sink_share", "Share of sinks on CLS", lambda s: s["sink_share"]["cls"]),
+    ("register_sink_share", "Share of sinks on registers", lambda s: s["sink_share"]["register"]),
+    ("patch_sink_share", "Share of sinks on patches", lambda s: s["sink_share"]["patch"]),
+)
+FIGURES = {
+    "events_by_head.png": "Sink events per layer and head, by mechanism",
+    "sink_types_by_layer.png": "Where the sinks sit, per layer (CLS / register / patch)",
+    "diagnostic_plane.png": "The diagnostic plane: ratio_out vs stable rank, one dot per sink event",
+}
+
+
+def hub_usage(result: dict, hub_org: str, hub_revision: str) -> tuple[str, str, bool]:
+    """(repo id, revision, remote code?) the card's snippet loads: the zoo's Hub repo for our models."""
+    ours = result["model"]["class"].startswith("SinkViT")
+    source = result["model"]["source"]
+    if ours and os.path.isdir(source):
+        return f"{hub_org}/{result['name']}", hub_revision, True
+    return source, result["model"]["revision"] or "main", ours
+
+
+def card_data(result: dict) -> ModelCardData:
+    """The card's metadata: `model-index` with top-1 / top-5 accuracy and the sink metrics on the dataset."""
+    dataset, split = result["dataset"]["name"], result["dataset"]["split"]
+    common = {"dataset_type": dataset, "dataset_name": dataset, "dataset_split": split}
+    results = []
+    for key, name in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy")):
+        if result["accuracy"] and key in result["accuracy"]:
+            value = result["accuracy"][key]
+            results.append(
+                EvalResult(
+                    task_type="image-classification",
+                    metric_type="accuracy",
+                    metric_name=name,
+                    metric_value=value,
+                    metric_config=key,
+                    **common,
+                )
+            )
+    for key, name, read in SINK_METRICS:
+        results.append(
+            EvalResult(
+                task_type="image-feature-extraction",
+                task_name="Attention-sink diagnostics",
+                metric_type=key,
+                metric_name=name,
+                metric_value=read(result["sinks"]),
+                **common,
+            )
+        )
+    ours = result["model"]["class"].startswith("SinkViT")
+    return ModelCardData(
+        model_name=result["name"],
+        library_name="transformers",
+        pipeline_tag="image-classification" if result["model"]["class"].endswith("Classification") else None,
+        tags=["vision", "attention-sinks", "sink-models"] + (["custom_code"] if ours else []),
+        license="apache-2.0" if ours else None,
+        eval_results=results,
+    )
+
+
+def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, hub_revision: str) -> ModelCard:
+    repo, revision, remote = hub_usage(result, hub_org, hub_revision)
+    return ModelCard.from_template(
+        card_data(result),
+        template_path=str(template),
+        title=result["name"],
+        description=_description(result),
+        usage=_usage(result, repo, revision, remote),
+        evaluation=_evaluation(result),
+        sinks=markdown_table(
+            [
+                "images",
+                "sinks / image",
+                "NOP / image",
+                "broadcast / image",
+                "other / image",
+                "CLS",
+                "register",
+                "patch",
+            ],
+            [[result["sinks"]["images"], *_sink_row(result["sinks"])]],
+        ),
+        layers=markdown_table(
+            ["layer", "events", "NOP", "broadcast", "other", "CLS", "register", "patch", "max token norm"],
+            [
+                [r["layer"], r["events"], r["nop"], r["broadcast"], r["other"], r["cls"], r["register"], r["patch"]]
+                + [r["token_norm_max"]]
+                for r in result["layers"]
+            ],
+        ),
+        heads=_heads(result["heads"]),
+        figures=_figures(report),
+        training=_training(result),
+        provenance=_provenance(result),
+    )
+
+
+def write_card(
+    result: dict, report: SinkReport, folder: str | os.PathLike, template: Path, hub_org: str, hub_revision: str
+) -> Path:
+    """Write folder/README.md and the report's PNGs; keeps text a person wrote outside the generated sections.
+
+    Every file is written under a temporary name and renamed into place.
+    """
+    folder = Path(folder)
+    card = render_card(result, report, template, hub_org, hub_revision)
+    path = folder / "README.md"
+    if path.exists():
+        card = merge_cards(ModelCard.load(path), card)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".figures.", dir=folder))
+    try:
+        written = {p.name for p in report.plot(staging)}
+        for stale in folder.glob("attention_layer*.png"):
+            if stale.name not in written:
+                stale.unlink()
+        for name in written:
+            os.replace(staging / name, folder / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return atomic_write(path, str(card))
+
+
+def merge_cards(old: ModelCard, new: ModelCard) -> ModelCard:
+    """`old` with the generated sections and metadata keys of `new`; everything else of `old` kept as it is."""
+    metadata = {**old.data.to_dict(), **new.data.to_dict()}
+    header = yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True)
+    return ModelCard(f"---\n{header}---\n{merge_sections(old.text, new.text)}")
+
+
+def merge_sections(old: str, new: str) -> str:
+    """`old` with each generated section replaced by the one of the same name in `new`; the rest of `old` kept.
+
+    A generated section that `old` lacks (a person deleted it, markers and all) is appended again.
+    """
+    fresh = {match.group(1): match.group(0) for match in SECTION.finditer(new)}
+    seen = set()
+
+    def replace(match: re.Match) -> str:
+        seen.add(match.group(1))
+        return fresh.get(match.group(1), match.group(0))
+
+    body = SECTION.sub(replace, old)
+    missing = [text for name, text in fresh.items() if name not in seen]
+    if missing:
+        body = body.rstrip("\n") + "\n\n" + "\n\n".join(missing) + "\n"
+    return body
+
+
+def _sink_row(summary: dict) -> list:
+    share = summary["sink_share"]
+    per_image = [summary[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast", "other")]
+    return [*per_image, share["cls"], share["register"], share["patch"]]
+
+
+def _description(result: dict) -> str:
+    model, training = result["model"], result["training"] or {}
+    parts = [f"A `{model['class']}` with {model['parameters']:,} parameters"]
+    if training:
+        variant, size = training["model"]["variant"], training["model"]["size"]
+        parts.append(f"(SinkViT variant `{variant}`, size `{size}`), trained on `{training['data']['dataset']}`")
+    text = " ".join(parts) + "."
+    text += (
+        " This card carries its accuracy and its attention sinks, classified per layer and head into adaptive NOPs"
+        " (a head routes to a token with a negligible value to do nothing) and broadcasts (a sink gathers global"
+        " information and hands it to every token), as measured by [sink-models](https://github.com/sink-models)."
+    )
+    return text
+
+
+def _usage(result: dict, repo: str, revision: str, remote: bool) -> str:
+    head = result["model"]["class"].endswith("Classification")
+    auto = "AutoModelForImageClassification" if head else "AutoModel"
+    remote_arg = ", trust_remote_code=True" if remote else ""
+    lines = [
+        f"from transformers import AutoImageProcessor, {auto}",
+        "",
+        f'model = {auto}.from_pretrained("{repo}"{remote_arg}, revision="{revision}")',
+        f'processor = AutoImageProcessor.from_pretrained("{repo}", revision="{revision}")',
+        'inputs = processor(images, return_tensors="pt")',
+        "outputs = model(**inputs)" + ("  # outputs.logits" if head else "  # outputs.last_hidden_state"),
+        "",
+        "# its sinks, with sink-models (pip install sink-models):",
+        "from sink_models.diagnostics import diagnose",
+        "",
+        'report = diagnose(model, [inputs["pixel_values"]])',
+        "print(report.summary)",
+    ]
+    return "\n".join(lines)
+
+
+def _evaluation(result: dict) -> str:
+    dataset = result["dataset"]
+    where = f"`{dataset['name']}`, split `{dataset['split']}`, {dataset['images']} images"
+    accuracy = result["accuracy"]
+    if accuracy is None:
+        return f"On {where}: no accuracy, {result['accuracy_note']}."
+    columns = ["dataset", "images", "top-1"] + (["top-5"] if "top5" in accuracy else [])
+    row = [f"`{dataset['name']}` ({dataset['split']})", accuracy["images"], f"{accuracy['top1']:.2%}"]
+    if "top5" in accuracy:
+        row.append(f"{accuracy['top5']:.2%}")
+    return markdown_table(columns, [row])
+
+
+def _heads(heads: list[dict]) -> str:
+    rows = [
+        [h["layer"], h["head"], h["events"], h["nop"], h["broadcast"], h["other"], h["cls"], h["register"], h["patch"]]
+        + [h["max_inflow"], h["ratio_out"], h["stable_rank"], h["gate_mean"]]
+        for h in heads
+        if h["events"]
+    ]
+    if not rows:
+        return "None: no head routes 90% of its queries to one token on these images."
+    columns = ["layer", "head", "events", "NOP", "broadcast", "other", "CLS", "register", "patch"]
+    return markdown_table(columns + ["max inflow", "median ratio_out", "median stable rank", "mean gate"], rows)
+
+
+def _figures(report: SinkReport) -> str:
+    lines = [f"![{caption}]({name})" for name, caption in FIGURES.items()]
+    if report.attention is not None:
+        per_layer = [row["events"] for row in report.layers]
+        layer = max(range(len(per_layer)), key=lambda i: (per_layer[i], i))
+        lines.append(f"![Mean attention each token receives, per head, layer {layer}](attention_layer{layer}.png)")
+    return "\n\n".join(lines)
+
+
+def _training(result: dict) -> str:
+    training = result["training"]
+    if not training:
+        return "Not trained by sink-models (no recorded recipe)."
+    recipe = {**training["model"], **training["data"], **training["train"]}
+    text = yaml.safe_dump(recipe, sort_keys=False).rstrip()
+    return f"Trained with `accelerate launch train/run.py` and these settings:\n\n```yaml\n{text}\n```"
+
+
+def _provenance(result: dict) -> str:
+    versions = ", ".join(f"{name} {value}" for name, value in result["versions"].items() if value)
+    return (
+        f"Generated by `accelerate launch eval/run.py` on {result['date']} ({versions}); config digest "
+        f"`{result['model']['config_digest'][:16]}`, attention backend `{result['model']['attn_implementation']}`. "
+        f"The numbers above are in `results/{result['name']}.json` of the sink-models repository."
+    )
+
+
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """A Markdown table; floats with 3 significant digits, None as '-'."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)

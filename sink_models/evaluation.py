@@ -1,0 +1,284 @@
+"""Evaluate a checkpoint: top-1 / top-5 accuracy and the sink diagnostics on the same images, in one forward pass.
+
+Used by eval/run.py. A checkpoint is a local folder or a Hub id: our SinkViT models (remote code) or a stock
+transformers ViT / DINOv2 (with or without registers, with or without a classification head).
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import date
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+from .data import IGNORED, Collate, Indexed, load_image_data
+from .diagnostics import SinkReport, diagnose
+from .diagnostics.capture import SUPPORTED
+
+PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
+
+
+@dataclass
+class EvalArguments:
+    model: list[str] = field(default_factory=list, metadata={"help": "local folders or Hub ids (default: the suite)"})
+    revision: str | None = field(default=None, metadata={"help": "branch, tag or commit of Hub ids"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run checkpoint code (zoo models: always)"})
+    dataset: str | None = field(default=None, metadata={"help": "digits, an imagefolder or Hub id (default: recipe's)"})
+    image_column: str | None = None
+    label_column: str | None = None
+    split: str | None = field(default=None, metadata={"help": "default: the recipe's held-out split, else 'test'"})
+    max_images: int | None = field(default=None, metadata={"help": "first N images of the split (default: all)"})
+    batch_size: int = 64
+    attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
+    results_dir: str = "results"
+    cards_dir: str = "model_cards"
+    hub_org: str = field(default="sink-models", metadata={"help": "org of the Hub repos in the cards' snippets"})
+    hub_revision: str = field(default="v1", metadata={"help": "the tag the cards' usage snippets pin"})
+    synthetic_models: list[str] = field(
+        default_factory=list, metadata={"help": "synthetic-task checkpoints to analyse (results/synthetic.md)"}
+    )
+    retrain_steps: int = field(default=0, metadata={"help": "retrain the synthetic models for N steps (0: as given)"})
+    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds of retrained synthetic models"})
+
+
+class EvalError(ValueError):
+    """Bad input to the evaluation: the message names what was wrong and what is allowed."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint and what was recorded about it."""
+
+    name: str
+    source: str
+    model: torch.nn.Module
+    processor: object
+    training_args: dict | None
+    revision: str | None
+    commit: str | None
+
+
+def checkpoint_name(source: str) -> str:
+    """results/<name>.json: a local folder's name, or `org--name` for a Hub id."""
+    if os.path.isdir(source):
+        return Path(source).resolve().name
+    return source.strip("/").replace("/", "--")
+
+
+def load_checkpoint(
+    source: str, *, revision: str | None, trust_remote_code: bool, attn_implementation: str = "sdpa"
+) -> Checkpoint:
+    """Load a checkpoint for evaluation; every way it can fail is an EvalError naming the cause."""
+    local = os.path.isdir(source)
+    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1 or os.path.exists(source)):
+        raise EvalError(f"model: {source!r} is not a folder; allowed: a checkpoint folder or a Hub id (org/name).")
+    if local and revision is not None:
+        raise EvalError(f"revision: {revision!r} given for the local folder {source!r}; it applies to Hub ids only.")
+    where = f"{source!r}" + ("" if revision is None else f" at revision {revision!r}")
+    if not local:
+        where = f"{where} (no local folder of that name; as a Hub id)"
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise EvalError(
+                f"model: {where} runs its own code (config model_type needs remote code); pass --trust_remote_code "
+                "if you trust it."
+            ) from None
+        raise EvalError(f"model: {where} could not be loaded: {_first_line(error)}") from None
+    except OSError as error:
+        raise EvalError(f"model: {where} could not be loaded: {_first_line(error)}") from None
+    architectures = config.architectures or []
+    usable = [name for name in architectures if name in SUPPORTED]
+    if not usable:
+        raise EvalError(
+            f"model: {where} is a {', '.join(architectures) or config.model_type} checkpoint; supported "
+            f"architectures: {', '.join(SUPPORTED)}."
+        )
+    head = usable[0].endswith("ForImageClassification")
+    auto = AutoModelForImageClassification if head else AutoModel
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "attn_implementation": attn_implementation}
+    try:
+        model = auto.from_pretrained(source, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(source, revision=revision)
+    except (OSError, ValueError) as error:
+        raise EvalError(f"model: {where} could not be loaded: {_first_line(error)}") from None
+    return Checkpoint(
+        name=checkpoint_name(source),
+        source=source,
+        model=model.eval(),
+        processor=processor,
+        training_args=_training_args(source, revision),
+        revision=revision,
+        commit=getattr(config, "_commit_hash", None) if not local else None,
+    )
+
+
+def _training_args(source: str, revision: str | None) -> dict | None:
+    """The training_args.json that train/run.py saves beside the weights, if the checkpoint has one."""
+    if os.path.isdir(source):
+        path = Path(source) / "training_args.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return json.loads(Path(hf_hub_download(source, "training_args.json", revision=revision)).read_text())
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+@dataclass
+class DataChoice:
+    dataset: str
+    split: str
+    image_column: str
+    label_column: str
+
+
+def data_choice(args: EvalArguments, checkpoint: Checkpoint) -> DataChoice:
+    """The dataset to evaluate on: the options given, else the one the checkpoint was trained on."""
+    recorded = (checkpoint.training_args or {}).get("data", {})
+    dataset = args.dataset or recorded.get("dataset")
+    if dataset is None:
+        raise EvalError(
+            f"dataset: {checkpoint.source!r} records no training dataset; pass --dataset (digits, an imagefolder "
+            "directory or a Hub dataset id)."
+        )
+    if dataset in ("nop", "broadcast"):
+        raise EvalError(
+            f"dataset: {checkpoint.source!r} was trained on the synthetic {dataset} task; analyse it with "
+            "--synthetic_models (or --suite synthetic), not as an image classifier."
+        )
+    same = args.dataset is None or args.dataset == recorded.get("dataset")
+    pick = lambda given, key, default: given or (recorded.get(key) if same else None) or default  # noqa: E731
+    return DataChoice(
+        dataset=dataset,
+        split=pick(args.split, "eval_split", "test"),
+        image_column=pick(args.image_column, "image_column", "image"),
+        label_column=pick(args.label_column, "label_column", "label"),
+    )
+
+
+def label_map(model: torch.nn.Module, labels: list[str]) -> tuple[list[int] | None, str | None]:
+    """Dataset label index -> model class index by name, or (None, why accuracy is not measured)."""
+    if not hasattr(model, "classifier"):
+        return None, "no classification head (diagnostics only)"
+    names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    index = {name: i for i, name in enumerate(names)}
+    missing = [label for label in labels if label not in index]
+    if missing:
+        return None, f"the dataset's labels {missing[:5]} are not among the model's classes (diagnostics only)"
+    return [index[label] for label in labels], None
+
+
+def evaluate_checkpoint(
+    checkpoint: Checkpoint, args: EvalArguments, metric, accelerator=None, show_progress: bool = False
+) -> tuple[dict, SinkReport]:
+    """Accuracy (when the model has a head for the dataset's labels) and the sink report: (results dict, report).
+
+    Each process takes a contiguous share of the images, so under accelerate the report equals a single
+    process's; predictions are gathered with `gather_for_metrics`.
+    """
+    choice = data_choice(args, checkpoint)
+    model = checkpoint.model
+    if accelerator is not None:
+        model = model.to(accelerator.device)
+    try:
+        data = load_image_data(
+            choice.dataset,
+            image_column=choice.image_column,
+            label_column=choice.label_column,
+            train_split=choice.split,
+            eval_split=choice.split,
+        )
+    except ValueError as error:
+        raise EvalError(str(error)) from None
+    images = data.eval
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise EvalError(f"max_images: got {args.max_images}; allowed: a positive number of images.")
+        images = images.select(range(min(args.max_images, len(images))))
+    mapping, no_accuracy = label_map(model, data.labels)
+    mode = "RGB" if model.config.num_channels == 3 else "L"
+    indices = list(range(len(images)))
+    if accelerator is not None and accelerator.num_processes > 1:
+        with accelerator.split_between_processes(indices) as mine:
+            indices = list(mine)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(Indexed(images), indices),
+        batch_size=args.batch_size,
+        collate_fn=Collate(checkpoint.processor, mode=mode),
+    )
+    progress = tqdm(total=len(indices), desc=checkpoint.name, unit="img", disable=not show_progress)
+    rows: list[tuple[list[int], int]] = []
+    top = min(5, model.config.num_labels) if mapping is not None else 0
+
+    def keep(batch, outputs, count):
+        progress.update(count)
+        if mapping is None:
+            return
+        ranked = outputs.logits[:count].topk(top, dim=-1).indices.cpu().tolist()
+        for ranking, label in zip(ranked, batch["labels"][:count].tolist(), strict=True):
+            if label != IGNORED:
+                rows.append((ranking, mapping[label]))
+
+    with progress:
+        report = diagnose(model, loader, accelerator=accelerator, on_outputs=keep)
+    accuracy = None
+    if mapping is not None:
+        if accelerator is not None:
+            rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
+        ks = [1, 5] if top >= 5 else [1]
+        accuracy = metric.compute(predictions=[r for r, _ in rows], references=[y for _, y in rows], k=ks)
+        accuracy["images"] = len(rows)
+    return {
+        "name": checkpoint.name,
+        "model": {
+            "source": checkpoint.source,
+            "revision": checkpoint.revision,
+            "commit": checkpoint.commit,
+            "class": type(model).__name__,
+            "config_digest": config_digest(model.config),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "attn_implementation": model.config._attn_implementation,
+        },
+        "dataset": {"name": choice.dataset, "split": choice.split, "images": report.summary["images"]},
+        "accuracy": accuracy,
+        "accuracy_note": no_accuracy,
+        "sinks": report.summary,
+        "layers": report.layers,
+        "heads": report.heads,
+        "thresholds": report.thresholds,
+        "training": checkpoint.training_args,
+        "versions": package_versions(),
+        "date": date.today().isoformat(),
+    }, report
+
+
+def config_digest(config) -> str:
+    """sha256 of the config's content (without its path and library version): equal configs, equal digests."""
+    content = config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "_commit_hash", "_attn_implementation_autoset"):
+        content.pop(key, None)
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def package_versions() -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions

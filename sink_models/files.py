@@ -1,0 +1,33 @@
+"""Atomic writes: a temporary file in the target's folder renamed into place, so a reader never sees half a file."""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write `data` to `path` (its folder created), replacing any old file only once the new one is complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb" if isinstance(data, bytes) else "w") as file:
+            file.write(data)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it owner-only; these are ordinary files
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """`data` as indented JSON (no NaN: undefined values must be None), atomically."""
+    return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

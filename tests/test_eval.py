@@ -1,0 +1,264 @@
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import free_port, images, tiny_config
+from huggingface_hub import ModelCard
+from PIL import Image
+from planted import plant
+from transformers import BitImageProcessorPil, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+from sink_models import SinkViTForImageClassification
+from sink_models.cards import merge_sections
+from sink_models.checkpoint import save_checkpoint
+from sink_models.data import digits
+from sink_models.training import DataArguments, ModelArguments, TrainArguments
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("eval_run", ROOT / "eval" / "run.py")
+eval_run = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(eval_run)
+LABELS = {i: str(i) for i in range(10)}
+
+
+def training_args(variant="plain", dataset="digits") -> dict:
+    return {
+        "model": asdict(ModelArguments(variant=variant)),
+        "data": asdict(DataArguments(dataset=dataset)),
+        "train": asdict(TrainArguments()),
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny SinkViT for the 10 digits with a planted NOP sink (head 0) and broadcast sink (head 1) on CLS."""
+    torch.manual_seed(0)
+    config = tiny_config("plain", num_labels=10, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    model = SinkViTForImageClassification(config).eval()
+    x = images(config, batch=2)
+    plant(model, x, head=0, target=0, kind="nop")
+    plant(model, x, head=1, target=0, kind="broadcast")
+    folder = tmp_path_factory.mktemp("ckpt") / "vit-planted"
+    save_checkpoint(model, folder)
+    (folder / "training_args.json").write_text(json.dumps(training_args()))
+    return folder
+
+
+def run(argv, capsys) -> tuple[int, str]:
+    code = eval_run.cli([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def outputs(tmp_path) -> list[str]:
+    return ["--results_dir", tmp_path / "results", "--cards_dir", tmp_path / "cards"]
+
+
+def test_top_k_metric_module_loads_by_path_and_counts():
+    import evaluate
+
+    metric = evaluate.load(str(ROOT / "eval" / "metrics" / "top_k_accuracy"))
+    ranked = [[3, 1, 0], [0, 2, 1], [2, 0, 1], [1, 2, 0]]
+    labels = [3, 1, 1, 2]
+    assert metric.compute(predictions=ranked, references=labels, k=[1, 2, 3]) == {
+        "top1": 1 / 4,
+        "top2": 2 / 4,
+        "top3": 4 / 4,
+    }
+    with pytest.raises(ValueError, match="k: got \\[1, 5\\]; allowed: values up to 3"):
+        metric.compute(predictions=ranked, references=labels, k=[1, 5])
+
+
+def test_end_to_end_results_and_card(checkpoint, tmp_path, capsys):
+    code, out = run(["--model", checkpoint, "--trust_remote_code", "--max_images", 24, *outputs(tmp_path)], capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "results" / "vit-planted.json").read_text())
+
+    # Accuracy against an independent pass: the model on the first 24 held-out digits.
+    model = SinkViTForImageClassification.from_pretrained(checkpoint).eval()
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(checkpoint)
+    test = digits().eval.select(range(24))
+    pictures = [Image.open(__import__("io").BytesIO(row["image"]["bytes"])).convert("RGB") for row in test]
+    with torch.no_grad():
+        logits = model(**processor(pictures, return_tensors="pt")).logits
+    labels = torch.tensor(test["label"])
+    assert result["accuracy"]["top1"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+    top5 = (logits.topk(5, dim=-1).indices == labels[:, None]).any(-1).float().mean()
+    assert result["accuracy"]["top5"] == pytest.approx(float(top5))
+    assert result["dataset"] == {"name": "digits", "split": "test", "images": 24}
+
+    # The planted sinks: one NOP and one broadcast event on CLS per image, in layer 0.
+    sinks = result["sinks"]
+    assert sinks["nop_per_image"] == 1.0 and sinks["broadcast_per_image"] == 1.0
+    assert sinks["sink_share"] == {"cls": 1.0, "register": 0.0, "patch": 0.0}
+    assert {k: result["versions"][k] for k in ("torch", "transformers")} == {
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+    }
+
+    # The card: model-index values equal the JSON's; figures beside it; the usage snippet pins the tag.
+    folder = tmp_path / "cards" / "vit-planted"
+    card = ModelCard.load(folder / "README.md")
+    values = {(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}
+    assert values[("accuracy", "top1")] == result["accuracy"]["top1"]
+    assert values[("accuracy", "top5")] == result["accuracy"]["top5"]
+    assert values[("nop_per_image", None)] == sinks["nop_per_image"]
+    assert values[("broadcast_per_image", None)] == sinks["broadcast_per_image"]
+    assert values[("cls_sink_share", None)] == 1.0 and values[("patch_sink_share", None)] == 0.0
+    assert 'from_pretrained("sink-models/vit-planted", trust_remote_code=True, revision="v1")' in card.text
+    assert {"events_by_head.png", "diagnostic_plane.png", "attention_layer0.png"} <= {p.name for p in folder.iterdir()}
+    assert "| vit-planted |" in out  # the printed comparison table
+
+
+def test_second_run_keeps_what_a_person_wrote(checkpoint, tmp_path, capsys):
+    argv = ["--model", checkpoint, "--trust_remote_code", *outputs(tmp_path)]
+    assert run([*argv, "--max_images", 8], capsys)[0] == 0
+    path = tmp_path / "cards" / "vit-planted" / "README.md"
+    card = ModelCard.load(path)
+    card.data.base_model = "someone/else"  # metadata a person added
+    text = str(card).replace(
+        "<!-- sink-models:begin usage -->", "## Notes\n\nHand-written.\n\n<!-- sink-models:begin usage -->"
+    )
+    path.write_text(text + "\nA closing remark.\n")
+    assert run([*argv, "--max_images", 16], capsys)[0] == 0
+    again = ModelCard.load(path)
+    assert "## Notes\n\nHand-written." in again.text and again.text.rstrip().endswith("A closing remark.")
+    assert again.data.base_model == "someone/else"
+    result = json.loads((tmp_path / "results" / "vit-planted.json").read_text())
+    assert result["dataset"]["images"] == 16
+    assert "| `digits` (test) | 16 |" in again.text and again.text.count("<!-- sink-models:begin usage -->") == 1
+
+
+def section(name: str, text: str) -> str:
+    return f"<!-- sink-models:begin {name} -->{text}<!-- sink-models:end {name} -->"
+
+
+def test_merge_sections_replaces_generated_text_only():
+    old = f"intro\n{section('a', 'old a')}\nmiddle\n{section('b', 'x')}\n"
+    merged = merge_sections(old, f"{section('a', 'new a')}\n{section('c', 'c')}")
+    assert merged.startswith(f"intro\n{section('a', 'new a')}\nmiddle\n{section('b', 'x')}\n")  # b: not generated now
+    assert merged.rstrip().endswith(section("c", "c"))  # a new section is appended
+
+
+def test_stock_dinov2_with_registers_without_remote_code(tmp_path, capsys):
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=16,
+        patch_size=4, num_register_tokens=2,
+    )  # fmt: skip
+    folder = tmp_path / "dinov2-reg"
+    Dinov2WithRegistersModel(config).save_pretrained(folder)
+    BitImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
+    argv = ["--model", folder, "--dataset", "digits", "--max_images", 10, *outputs(tmp_path)]
+    code, out = run(argv, capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "results" / "dinov2-reg.json").read_text())
+    assert result["accuracy"] is None and "no classification head" in result["accuracy_note"]
+    assert result["model"]["class"] == "Dinov2WithRegistersModel" and result["dataset"]["images"] == 10
+    assert len(result["heads"]) == 8 and len(result["layers"]) == 2
+    card = ModelCard.load(tmp_path / "cards" / "dinov2-reg" / "README.md")
+    assert "trust_remote_code" not in card.text and "no accuracy" in card.text
+    assert {r.metric_type for r in card.data.eval_results} >= {"sinks_per_image", "register_sink_share"}
+
+
+def test_two_processes_give_the_report_of_one(checkpoint, tmp_path, capsys):
+    argv = ["--model", checkpoint, "--trust_remote_code", "--max_images", 21, "--batch_size", 4]
+    assert run([*argv, *outputs(tmp_path / "one")], capsys)[0] == 0
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+        "127.0.0.1", "--main_process_port", str(free_port()), str(ROOT / "eval" / "run.py"),
+        *map(str, argv), *map(str, outputs(tmp_path / "two")),
+    ]  # fmt: skip
+    env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "results" / "vit-planted.json").read_text()) for n in ("one", "two"))
+    assert two["dataset"]["images"] == one["dataset"]["images"] == 21
+    assert two["accuracy"] == one["accuracy"]
+    assert two["sinks"] == one["sinks"]
+    for name in ("layers", "heads"):
+        for a, b in zip(one[name], two[name], strict=True):
+            assert b == pytest.approx(a, rel=1e-9, abs=1e-12)
+
+
+def hub_cache_model(checkpoint: Path, repo: str) -> None:
+    """Put a checkpoint into the (offline) Hub cache as `repo` at revision main, the way a download leaves it."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cache = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(checkpoint, cache / "snapshots" / sha, dirs_exist_ok=True)
+    (cache / "refs").mkdir(parents=True, exist_ok=True)
+    (cache / "refs" / "main").write_text(sha)
+
+
+def test_a_hub_id_from_the_cache_loads_and_a_missing_revision_is_refused(checkpoint, tmp_path, capsys):
+    hub_cache_model(checkpoint, "testorg/vit-planted")
+    argv = ["--model", "testorg/vit-planted", "--trust_remote_code", "--max_images", 4, *outputs(tmp_path)]
+    code, out = run(argv, capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "results" / "testorg--vit-planted.json").read_text())
+    assert result["model"]["source"] == "testorg/vit-planted" and result["training"] == training_args()
+    code, out = run([*argv, "--revision", "v9"], capsys)
+    assert code == 2 and "at revision 'v9'" in out and "could not be loaded" in out
+
+
+def imagefolder(root: Path) -> Path:
+    for split in ("train", "test"):
+        for name, colour in {"a": (200, 10, 10), "b": (10, 10, 200)}.items():
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (16, 16), colour).save(root / split / name / "0.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "model: '{tmp}/nowhere' is not a folder; allowed: a checkpoint folder or a Hub id"),
+        ("hub", "model: 'noorg/nomodel' (no local folder of that name; as a Hub id) could not be loaded"),
+        ("unsupported", "is a ViTMAEModel checkpoint; supported architectures: SinkViTModel"),
+        ("columns", "label_column: '{tmp}/images' has no column 'kind'; its columns are ['image', 'label']"),
+        ("remote", "runs its own code (config model_type needs remote code); pass --trust_remote_code"),
+        ("local-revision", "revision: 'v1' given for the local folder"),
+        ("suite", "--suite: no suite 'nosuch'; allowed: ['synthetic', 'zoo']"),
+    ],
+)
+def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoint, tmp_path, capsys):
+    from transformers import ViTMAEConfig, ViTMAEModel
+
+    argv = {
+        "missing": ["--model", tmp_path / "nowhere"],
+        "hub": ["--model", "noorg/nomodel"],
+        "unsupported": ["--model", tmp_path / "mae", "--dataset", "digits"],
+        "columns": ["--model", checkpoint, "--trust_remote_code", "--dataset", imagefolder(tmp_path / "images")]
+        + ["--label_column", "kind"],
+        "remote": ["--model", checkpoint],
+        "local-revision": ["--model", checkpoint, "--trust_remote_code", "--revision", "v1"],
+        "suite": ["--suite", "nosuch"],
+    }[case]
+    if case == "unsupported":
+        mae = ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+        ViTMAEModel(mae).save_pretrained(tmp_path / "mae")
+    code, out = run([*argv, *outputs(tmp_path)], capsys)
+    assert code != 0
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cards").exists()
+
+
+def test_the_command_line_exits_non_zero_with_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "eval" / "run.py"), "--model", str(tmp_path / "nowhere")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"error: model: '{tmp_path}/nowhere' is not a folder; allowed: a checkpoint folder or a Hub id (org/name)."
+    ]
