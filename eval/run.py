@@ -18,10 +18,16 @@ import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from sink_models.cards import markdown_table, write_card  # noqa: E402
-from sink_models.evaluation import EvalArguments, EvalError, evaluate_checkpoint, load_checkpoint  # noqa: E402
+from sink_models.cards import markdown_table, render_card, write_card  # noqa: E402
+from sink_models.evaluation import (  # noqa: E402
+    EvalArguments,
+    EvalError,
+    checkpoint_name,
+    evaluate_checkpoint,
+    load_checkpoint,
+)
 from sink_models.files import write_json  # noqa: E402
-from sink_models.synthetic import write_synthetic  # noqa: E402
+from sink_models.synthetic import synthetic_rows, write_synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = Path(__file__).with_name("suites")
@@ -31,24 +37,22 @@ TEMPLATE = ROOT / "model_cards" / "template.md"
 
 def parse(argv: list[str]) -> EvalArguments:
     parser = HfArgumentParser(EvalArguments, allow_abbrev=False)
-    parser.add_argument(
-        "--suite", default=None, help=f"one of {sorted(p.stem for p in SUITES.glob('*.yaml'))} or a YAML file"
-    )
-    suite = parser.parse_known_args(argv)[0].suite
-    if suite is None and "--model" not in argv:
-        suite = "zoo"  # no models named: the shipped zoo
+    suites = sorted(p.stem for p in SUITES.glob("*.yaml"))
+    parser.add_argument("--suite", default=None, help=f"one of {suites} or a YAML file")
+    known = parser.parse_known_args(argv)[0]
+    suite = known.suite or (None if known.model else "zoo")  # no models named: the shipped zoo
     if suite is not None:
-        path = Path(suite) if suite.endswith((".yaml", ".yml")) else SUITES / f"{suite}.yaml"
+        builtin = not suite.endswith((".yaml", ".yml"))
+        path = SUITES / f"{suite}.yaml" if builtin else Path(suite)
         if not path.is_file():
-            raise EvalError(
-                f"--suite: no suite {suite!r}; allowed: {sorted(p.stem for p in SUITES.glob('*.yaml'))} or a YAML file"
-            )
+            raise EvalError(f"--suite: no suite {suite!r}; allowed: {suites} or a YAML file")
         values = yaml.safe_load(path.read_text()) or {}
         unknown = sorted(set(values) - set(EvalArguments.__dataclass_fields__))
         if unknown:
-            raise EvalError(
-                f"{path}: unknown suite keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}"
-            )
+            raise EvalError(f"{path}: unknown keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}")
+        if builtin:  # the built-in suites name the repository's zoo, wherever the command runs
+            for key in ("model", "synthetic_models"):
+                values[key] = [str(ROOT / item) for item in values.get(key, [])]
         parser.set_defaults(**values)
     args, _, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)  # _: --suite
     if rest:
@@ -56,10 +60,8 @@ def parse(argv: list[str]) -> EvalArguments:
     return args
 
 
-def trusted(source: str, args: EvalArguments) -> bool:
-    """Remote code runs only with --trust_remote_code, or for the zoo this repository ships."""
-    zoo = ROOT / "zoo"
-    return args.trust_remote_code or (os.path.isdir(source) and zoo in Path(source).resolve().parents)
+def in_zoo(source: str) -> bool:
+    return os.path.isdir(source) and ROOT / "zoo" in Path(source).resolve().parents
 
 
 def main(argv: list[str]) -> int:
@@ -67,29 +69,37 @@ def main(argv: list[str]) -> int:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()  # one progress bar: the images evaluated
     accelerator = Accelerator()
-    main_process = accelerator.is_main_process
+    if args.retrain_steps and accelerator.num_processes > 1:
+        raise EvalError("retrain_steps: retrain the synthetic models with one process (python eval/run.py ...).")
+    names = [checkpoint_name(source) for source in args.model]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise EvalError(f"model: two checkpoints would both be written as {repeated}; evaluate them in separate runs.")
     metric = evaluate.load(str(METRIC))
-    results = []
+    # Everything is measured before anything is written: bad input anywhere leaves no file behind.
+    evaluated, cards = [], []
     for source in args.model:
+        trusted = args.trust_remote_code or in_zoo(source)  # remote code: asked for, or this repository's zoo
         checkpoint = load_checkpoint(
-            source,
-            revision=args.revision,
-            trust_remote_code=trusted(source, args),
-            attn_implementation=args.attn_implementation,
+            source, revision=args.revision, trust_remote_code=trusted, attn_implementation=args.attn_implementation
         )
         result, report = evaluate_checkpoint(checkpoint, args, metric, accelerator, accelerator.is_local_main_process)
-        if main_process:
-            write_json(Path(args.results_dir) / f"{checkpoint.name}.json", result)
-            write_card(
-                result, report, Path(args.cards_dir) / checkpoint.name, TEMPLATE, args.hub_org, args.hub_revision
-            )
-        results.append(result)
-    if args.synthetic_models and main_process:
-        write_synthetic(
-            args.synthetic_models, Path(args.results_dir), retrain_steps=args.retrain_steps, seeds=args.seeds
-        )
-    if results and main_process:
-        print(leaderboard(results))
+        result["model"]["zoo"] = in_zoo(source)
+        del checkpoint
+        if accelerator.is_main_process:
+            cards.append(render_card(result, report, TEMPLATE, args.hub_org, args.hub_revision))
+        evaluated.append((result, report))
+    synthetic = None
+    if args.synthetic_models and accelerator.is_main_process:
+        synthetic = synthetic_rows(args.synthetic_models, args.retrain_steps, args.seeds, Path(args.work_dir))
+    if accelerator.is_main_process:
+        for (result, report), card in zip(evaluated, cards, strict=True):
+            write_json(Path(args.results_dir) / f"{result['name']}.json", result)
+            write_card(card, report, Path(args.cards_dir) / result["name"])
+        if synthetic is not None:
+            write_synthetic(synthetic, Path(args.results_dir), args.retrain_steps)
+        if evaluated:
+            print(leaderboard([result for result, _ in evaluated]))
     accelerator.wait_for_everyone()
     return 0
 
@@ -97,13 +107,14 @@ def main(argv: list[str]) -> int:
 def leaderboard(results: list[dict]) -> str:
     """The comparison table of the evaluated models, best top-1 first."""
     columns = ["model", "top-1", "top-5", "sinks / img", "NOP / img", "broadcast / img", "CLS", "register", "patch"]
+    columns.append("CLS sink rate")
     rows = []
     for r in sorted(results, key=lambda r: -(r["accuracy"] or {}).get("top1", -1)):
         accuracy, sinks = r["accuracy"] or {}, r["sinks"]
         share = sinks["sink_share"]
         rows.append(
             [r["name"], accuracy.get("top1"), accuracy.get("top5"), sinks["sinks_per_image"], sinks["nop_per_image"]]
-            + [sinks["broadcast_per_image"], share["cls"], share["register"], share["patch"]]
+            + [sinks["broadcast_per_image"], share["cls"], share["register"], share["patch"], sinks["cls_sink_rate"]]
         )
     return markdown_table(columns, rows)
 
@@ -113,7 +124,8 @@ def cli(argv: list[str]) -> int:
     try:
         return main(argv)
     except ValueError as error:  # EvalError included
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process meets the same bad input; one of them says so
+            print(f"error: {error}", file=sys.stderr)
         return 2
 
 

@@ -27,6 +27,8 @@ SINK_METRICS = (
     ("register_sink_share", "Share of sinks on registers", lambda s: s["sink_share"]["register"]),
     ("patch_sink_share", "Share of sinks on patches", lambda s: s["sink_share"]["patch"]),
 )
+SINK_COLUMNS = ["images", "sinks / image", "NOP / image", "broadcast / image", "other / image"]
+SINK_COLUMNS += ["CLS", "register", "patch", "CLS sink rate"]
 FIGURES = {
     "events_by_head.png": "Sink events per layer and head, by mechanism",
     "sink_types_by_layer.png": "Where the sinks sit, per layer (CLS / register / patch)",
@@ -34,13 +36,17 @@ FIGURES = {
 }
 
 
-def hub_usage(result: dict, hub_org: str, hub_revision: str) -> tuple[str, str, bool]:
-    """(repo id, revision, remote code?) the card's snippet loads: the zoo's Hub repo for our models."""
-    ours = result["model"]["class"].startswith("SinkViT")
-    source = result["model"]["source"]
-    if ours and os.path.isdir(source):
-        return f"{hub_org}/{result['name']}", hub_revision, True
-    return source, result["model"]["revision"] or "main", ours
+def hub_usage(result: dict, hub_org: str, hub_revision: str) -> tuple[str, str | None, bool]:
+    """(repo id or folder, revision or None, remote code?) that the card's snippet loads.
+
+    A zoo model is published as `hub_org/<name>` under the tag `hub_revision`; any other checkpoint is loaded
+    from where it was evaluated.
+    """
+    model = result["model"]
+    ours = model["class"].startswith("SinkViT")
+    if model.get("zoo"):
+        return f"{hub_org}/{result['name']}", hub_revision, ours
+    return model["source"], model["revision"], ours
 
 
 def card_data(result: dict) -> ModelCardData:
@@ -92,19 +98,7 @@ def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, 
         description=_description(result),
         usage=_usage(result, repo, revision, remote),
         evaluation=_evaluation(result),
-        sinks=markdown_table(
-            [
-                "images",
-                "sinks / image",
-                "NOP / image",
-                "broadcast / image",
-                "other / image",
-                "CLS",
-                "register",
-                "patch",
-            ],
-            [[result["sinks"]["images"], *_sink_row(result["sinks"])]],
-        ),
+        sinks=markdown_table(SINK_COLUMNS, [[result["sinks"]["images"], *_sink_row(result["sinks"])]]),
         layers=markdown_table(
             ["layer", "events", "NOP", "broadcast", "other", "CLS", "register", "patch", "max token norm"],
             [
@@ -120,15 +114,10 @@ def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, 
     )
 
 
-def write_card(
-    result: dict, report: SinkReport, folder: str | os.PathLike, template: Path, hub_org: str, hub_revision: str
-) -> Path:
-    """Write folder/README.md and the report's PNGs; keeps text a person wrote outside the generated sections.
-
-    Every file is written under a temporary name and renamed into place.
-    """
+def write_card(card: ModelCard, report: SinkReport, folder: str | os.PathLike) -> Path:
+    """Write `card` as folder/README.md with the report's PNGs beside it, atomically; an existing card keeps the
+    text a person wrote outside the generated sections (see `merge_cards`)."""
     folder = Path(folder)
-    card = render_card(result, report, template, hub_org, hub_revision)
     path = folder / "README.md"
     if path.exists():
         card = merge_cards(ModelCard.load(path), card)
@@ -175,7 +164,7 @@ def merge_sections(old: str, new: str) -> str:
 def _sink_row(summary: dict) -> list:
     share = summary["sink_share"]
     per_image = [summary[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast", "other")]
-    return [*per_image, share["cls"], share["register"], share["patch"]]
+    return [*per_image, share["cls"], share["register"], share["patch"], summary["cls_sink_rate"]]
 
 
 def _description(result: dict) -> str:
@@ -193,15 +182,16 @@ def _description(result: dict) -> str:
     return text
 
 
-def _usage(result: dict, repo: str, revision: str, remote: bool) -> str:
+def _usage(result: dict, repo: str, revision: str | None, remote: bool) -> str:
     head = result["model"]["class"].endswith("Classification")
     auto = "AutoModelForImageClassification" if head else "AutoModel"
-    remote_arg = ", trust_remote_code=True" if remote else ""
+    options = (", trust_remote_code=True" if remote else "") + (f', revision="{revision}"' if revision else "")
+    pin = f', revision="{revision}"' if revision else ""
     lines = [
         f"from transformers import AutoImageProcessor, {auto}",
         "",
-        f'model = {auto}.from_pretrained("{repo}"{remote_arg}, revision="{revision}")',
-        f'processor = AutoImageProcessor.from_pretrained("{repo}", revision="{revision}")',
+        f'model = {auto}.from_pretrained("{repo}"{options})',
+        f'processor = AutoImageProcessor.from_pretrained("{repo}"{pin})',
         'inputs = processor(images, return_tensors="pt")',
         "outputs = model(**inputs)" + ("  # outputs.logits" if head else "  # outputs.last_hidden_state"),
         "",

@@ -43,6 +43,7 @@ class EvalArguments:
         default_factory=list, metadata={"help": "synthetic-task checkpoints to analyse (results/synthetic.md)"}
     )
     retrain_steps: int = field(default=0, metadata={"help": "retrain the synthetic models for N steps (0: as given)"})
+    work_dir: str = field(default="runs/synthetic", metadata={"help": "where retrained synthetic models go"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds of retrained synthetic models"})
 
 
@@ -64,9 +65,11 @@ class Checkpoint:
 
 
 def checkpoint_name(source: str) -> str:
-    """results/<name>.json: a local folder's name, or `org--name` for a Hub id."""
+    """results/<name>.json: a local folder's name (its run's name for train/run.py's `<run>/model`), or
+    `org--name` for a Hub id."""
     if os.path.isdir(source):
-        return Path(source).resolve().name
+        path = Path(source).resolve()
+        return path.parent.name if path.name == "model" and (path / "training_args.json").is_file() else path.name
     return source.strip("/").replace("/", "--")
 
 
@@ -82,6 +85,8 @@ def load_checkpoint(
     where = f"{source!r}" + ("" if revision is None else f" at revision {revision!r}")
     if not local:
         where = f"{where} (no local folder of that name; as a Hub id)"
+    training_args = _training_args(source, revision) if local else None
+    _refuse_task_models(source, training_args)
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except ValueError as error:
@@ -100,6 +105,9 @@ def load_checkpoint(
             f"model: {where} is a {', '.join(architectures) or config.model_type} checkpoint; supported "
             f"architectures: {', '.join(SUPPORTED)}."
         )
+    if not local:
+        training_args = _training_args(source, revision)
+        _refuse_task_models(source, training_args)
     head = usable[0].endswith("ForImageClassification")
     auto = AutoModelForImageClassification if head else AutoModel
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "attn_implementation": attn_implementation}
@@ -113,24 +121,40 @@ def load_checkpoint(
         source=source,
         model=model.eval(),
         processor=processor,
-        training_args=_training_args(source, revision),
+        training_args=training_args,
         revision=revision,
         commit=getattr(config, "_commit_hash", None) if not local else None,
     )
 
 
 def _training_args(source: str, revision: str | None) -> dict | None:
-    """The training_args.json that train/run.py saves beside the weights, if the checkpoint has one."""
+    """The training_args.json that train/run.py saves beside the weights; None if absent or of another layout."""
     if os.path.isdir(source):
         path = Path(source) / "training_args.json"
-        return json.loads(path.read_text()) if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+        text = path.read_text() if path.is_file() else None
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
+        try:
+            text = Path(hf_hub_download(source, "training_args.json", revision=revision)).read_text()
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            text = None
     try:
-        return json.loads(Path(hf_hub_download(source, "training_args.json", revision=revision)).read_text())
-    except (EntryNotFoundError, LocalEntryNotFoundError):
+        args = json.loads(text) if text else None
+    except json.JSONDecodeError:
         return None
+    groups = ("model", "data", "train")
+    return args if isinstance(args, dict) and all(isinstance(args.get(g), dict) for g in groups) else None
+
+
+def _refuse_task_models(source: str, training_args: dict | None) -> None:
+    dataset = (training_args or {}).get("data", {}).get("dataset")
+    if dataset in ("nop", "broadcast"):
+        raise EvalError(
+            f"model: {source!r} was trained on the synthetic {dataset} task, not on images; analyse it with "
+            "--synthetic_models (or --suite synthetic)."
+        )
 
 
 def _first_line(error: Exception) -> str:
@@ -154,11 +178,6 @@ def data_choice(args: EvalArguments, checkpoint: Checkpoint) -> DataChoice:
         raise EvalError(
             f"dataset: {checkpoint.source!r} records no training dataset; pass --dataset (digits, an imagefolder "
             "directory or a Hub dataset id)."
-        )
-    if dataset in ("nop", "broadcast"):
-        raise EvalError(
-            f"dataset: {checkpoint.source!r} was trained on the synthetic {dataset} task; analyse it with "
-            "--synthetic_models (or --suite synthetic), not as an image classifier."
         )
     same = args.dataset is None or args.dataset == recorded.get("dataset")
     pick = lambda given, key, default: given or (recorded.get(key) if same else None) or default  # noqa: E731
@@ -230,11 +249,24 @@ def evaluate_checkpoint(
             return
         ranked = outputs.logits[:count].topk(top, dim=-1).indices.cpu().tolist()
         for ranking, label in zip(ranked, batch["labels"][:count].tolist(), strict=True):
-            if label != IGNORED:
-                rows.append((ranking, mapping[label]))
+            rows.append((ranking, mapping[label]))
+
+    unreadable = [0]
+
+    def readable(batches):
+        """Unreadable images (blanks labelled IGNORED by Collate) are counted and left out of everything."""
+        for batch in batches:
+            fine = batch["labels"] != IGNORED
+            unreadable[0] += int((~fine).sum())
+            progress.update(int((~fine).sum()))
+            if fine.any():
+                yield batch if fine.all() else {name: value[fine] for name, value in batch.items()}
 
     with progress:
-        report = diagnose(model, loader, accelerator=accelerator, on_outputs=keep)
+        report = diagnose(model, readable(loader), accelerator=accelerator, on_outputs=keep)
+    skipped = unreadable[0]
+    if accelerator is not None and accelerator.num_processes > 1:
+        skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum"))
     accuracy = None
     if mapping is not None:
         if accelerator is not None:
@@ -253,7 +285,13 @@ def evaluate_checkpoint(
             "parameters": sum(p.numel() for p in model.parameters()),
             "attn_implementation": model.config._attn_implementation,
         },
-        "dataset": {"name": choice.dataset, "split": choice.split, "images": report.summary["images"]},
+        "dataset": {
+            "name": choice.dataset,
+            "split": choice.split,
+            "images": report.summary["images"],
+            "unreadable_images": skipped,
+        },
+        "processes": 1 if accelerator is None else accelerator.num_processes,
         "accuracy": accuracy,
         "accuracy_note": no_accuracy,
         "sinks": report.summary,

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from .cards import markdown_table, merge_sections
 from .configuration_sink_vit import SinkViTConfig
 from .diagnostics import Thresholds, diagnose
+from .evaluation import checkpoint_name
 from .files import atomic_write, write_json
 from .tasks import SinkTask, TokenRegressor
 
@@ -48,13 +49,14 @@ COLUMNS = (
 def load_task_model(folder: str | Path) -> tuple[TokenRegressor, SinkTask, dict]:
     """A synthetic-task checkpoint saved by train/run.py: the model, its task (same seed) and its training args."""
     folder = Path(folder)
-    args_path, weights = folder / "training_args.json", folder / "model.safetensors"
-    if not args_path.is_file() or not weights.is_file():
-        raise ValueError(
-            f"synthetic_models: {str(folder)!r} is not a synthetic-task checkpoint; allowed: a folder that "
-            "train/run.py wrote for dataset nop or broadcast (config.json, model.safetensors, training_args.json)."
-        )
-    args = json.loads(args_path.read_text())
+    allowed = (
+        "allowed: a folder that train/run.py wrote for dataset nop or broadcast (config.json, model.safetensors, "
+        "training_args.json)"
+    )
+    files = [folder / name for name in ("config.json", "model.safetensors", "training_args.json")]
+    if not all(path.is_file() for path in files):
+        raise ValueError(f"synthetic_models: {str(folder)!r} is not a synthetic-task checkpoint; {allowed}.")
+    args = json.loads(files[2].read_text())
     data = args["data"]
     if data["dataset"] not in ("nop", "broadcast"):
         raise ValueError(
@@ -64,7 +66,14 @@ def load_task_model(folder: str | Path) -> tuple[TokenRegressor, SinkTask, dict]
     config = SinkViTConfig.from_pretrained(folder)
     config._attn_implementation = "eager"  # the analysis reads attention maps
     model = TokenRegressor(config)
-    model.load_state_dict(load_file(weights))
+    try:
+        model.load_state_dict(load_file(files[1]))
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise ValueError(
+            f"synthetic_models: the weights in {str(folder)!r} do not fit this version's toy model ({first}); "
+            "retrain it with train/run.py."
+        ) from None
     task = SinkTask(data["dataset"], dim=data["task_dim"], length=data["task_length"], seed=args["train"]["seed"])
     return model.eval(), task, args
 
@@ -174,36 +183,37 @@ def retrain(folder: str | Path, steps: int, seed: int, output_dir: str | Path) -
     return Path(output_dir) / "model"
 
 
-def write_synthetic(
-    folders: list[str],
-    results_dir: Path,
-    *,
-    retrain_steps: int = 0,
-    seeds: list[int] = (0,),
-    work_dir: Path | None = None,
-) -> list[dict]:
-    """Analyse synthetic-task checkpoints into results_dir/synthetic.{json,md,png}; returns the table's rows.
+def synthetic_rows(folders: list[str], retrain_steps: int = 0, seeds=(0,), work_dir: Path | None = None) -> list[dict]:
+    """The table's rows for synthetic-task checkpoints, each checked before any work is done.
 
-    With `retrain_steps`, each checkpoint's recipe is first trained afresh for that many steps per seed (into
-    `work_dir`, default runs/synthetic). synthetic.md keeps any text outside its generated section.
+    With `retrain_steps`, each checkpoint's recipe is first trained afresh for that many steps per seed, into
+    `work_dir/<name>-seed<seed>` (default work_dir: runs/synthetic).
     """
-    runs = []
+    names = [checkpoint_name(folder) for folder in folders]
     for folder in folders:
-        if retrain_steps:
-            for seed in seeds:
-                out = Path(work_dir or "runs/synthetic") / f"{Path(folder).name}-seed{seed}"
-                load_task_model(folder)  # a bad folder fails before any training
-                runs.append(retrain(folder, retrain_steps, seed, out))
-        else:
-            runs.append(Path(folder))
+        load_task_model(folder)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"synthetic_models: two checkpoints are both named {repeated}; give each its own folder.")
+    runs = []
+    for folder, name in zip(folders, names, strict=True):
+        if not retrain_steps:
+            runs.append((name, Path(folder)))
+            continue
+        for seed in seeds:
+            out = Path(work_dir or "runs/synthetic") / f"{name}-seed{seed}"
+            runs.append((name, retrain(folder, retrain_steps, seed, out)))
     rows = []
-    for folder in runs:
+    for name, folder in runs:
         model, task, args = load_task_model(folder)
-        name = Path(folder).parent.name if retrain_steps else Path(folder).name
         rows.extend(analyse(model, task, name, args["model"]["variant"], args["train"]["seed"]))
-    rows.sort(key=lambda r: (r["task"] != "nop", r["variant"], r["seed"], r["layer"]))
-    settings = sorted({(r["task"], r["seed"]) for r in rows})
-    write_json(results_dir / "synthetic.json", {"rows": rows, "retrain_steps": retrain_steps, "runs": settings})
+    rows.sort(key=lambda r: (r["task"] != "nop", r["variant"], r["name"], r["seed"], r["layer"]))
+    return rows
+
+
+def write_synthetic(rows: list[dict], results_dir: Path, retrain_steps: int = 0) -> None:
+    """results_dir/synthetic.{json,md,png}; synthetic.md keeps any text outside its generated section."""
+    write_json(results_dir / "synthetic.json", {"retrain_steps": retrain_steps, "rows": rows})
     figure = plot_synthetic(rows, results_dir / "synthetic.png")
     generated = (
         "<!-- sink-models:begin table -->\n"
@@ -217,7 +227,6 @@ def write_synthetic(
     path = results_dir / "synthetic.md"
     old = path.read_text() if path.exists() else "# The paper's synthetic findings, measured\n\n"
     atomic_write(path, merge_sections(old, generated))
-    return rows
 
 
 def plot_synthetic(rows: list[dict], path: Path) -> Path:

@@ -70,18 +70,35 @@ class SinkTask:
 
 
 class TokenRegressor(nn.Module):
-    """A SinkViT plus a per-token linear read-out, trained with MSE on tokens 1..L (CLS and registers excluded)."""
+    """The paper's toy model on a SinkViT: the tokens x_i are the residual stream and the output tokens are the
+    predictions, O = x + W_O A V (+ MLP), trained with MSE on tokens 1..L (CLS and registers excluded).
 
-    def __init__(self, config: SinkViTConfig):
+    So the patch embedding is a fixed identity and there is no final norm and no read-out: a learned read-out
+    would let the model solve the NOP task in ways the paper's toy cannot (e.g. a gate that opens for NOP
+    queries). Position embeddings are learned, or fixed at zero with `learn_positions=False` (the NOP task).
+    """
+
+    def __init__(self, config: SinkViTConfig, learn_positions: bool = True):
         super().__init__()
+        if config.hidden_size != config.num_channels:
+            raise ValueError(
+                f"hidden_size: got {config.hidden_size}; the toy's residual stream is its tokens, so it must equal "
+                f"num_channels ({config.num_channels})."
+            )
         self.config = config
         self.sink_vit = SinkViTModel(config)
-        # The paper's toy reads the residual stream itself: O = x + W_O A V, with no final norm.
         self.sink_vit.layernorm = nn.Identity()
-        self.readout = nn.Linear(config.hidden_size, config.num_channels)
+        embeddings = self.sink_vit.embeddings
+        projection = embeddings.patch_embeddings.projection
+        with torch.no_grad():
+            projection.weight.copy_(torch.eye(config.num_channels).view(*projection.weight.shape))
+            projection.bias.zero_()
+            if not learn_positions:
+                embeddings.position_embeddings.zero_()
+        projection.requires_grad_(False)
+        embeddings.position_embeddings.requires_grad_(learn_positions)
 
     def forward(self, pixel_values: torch.Tensor, targets: torch.Tensor | None = None) -> dict:
-        tokens = self.sink_vit(pixel_values).last_hidden_state[:, self.config.num_prefix_tokens :]
-        predictions = self.readout(tokens)
+        predictions = self.sink_vit(pixel_values).last_hidden_state[:, self.config.num_prefix_tokens :]
         loss = None if targets is None else nn.functional.mse_loss(predictions, targets)
         return {"loss": loss, "predictions": predictions}

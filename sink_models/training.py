@@ -126,7 +126,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     task = data = collate = loader = eval_loader = processor = None
     if data_args.dataset in TASKS:
         task = SinkTask(data_args.dataset, dim=data_args.task_dim, length=data_args.task_length, seed=args.seed)
-        model = TokenRegressor(task.model_config(**VARIANTS[model_args.variant], **overrides))
+        config = task.model_config(**VARIANTS[model_args.variant], **overrides)
+        model = TokenRegressor(config, learn_positions=task.kind == "broadcast")  # as in the paper's two toys
         blocks = model.sink_vit.layers
     else:
         with accelerator.main_process_first():  # one process prepares the data, the others read its cache

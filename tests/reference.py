@@ -11,8 +11,10 @@ def _pair(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def reference_tokens(model, pixel_values: torch.Tensor) -> dict:
-    """Final normed tokens, per-layer attention maps and gates, computed from `model`'s parameters alone."""
+def reference_tokens(model, pixel_values: torch.Tensor, zero_values: dict | None = None) -> dict:
+    """Final normed tokens, the residual stream before that norm, per-layer attention maps and gates, computed from
+    `model`'s parameters alone. `zero_values={layer: tokens}` zeroes head 0's value of token tokens[i] of image i
+    in that layer (the causal check of SCIENCE.md section 6)."""
     config = model.config
     p = {name: t.detach().double() for name, t in model.base_model.named_parameters()}
     x = pixel_values.double()
@@ -60,6 +62,9 @@ def reference_tokens(model, pixel_values: torch.Tensor) -> dict:
         pre = f"layers.{i}."
         xn = norm(h, pre + "norm1")
         q, k, v = (linear(xn, pre + f"attention.{n}_proj") for n in "qkv")
+        if zero_values and i in zero_values:
+            v = v.clone()
+            v[torch.arange(batch), zero_values[i], :dh] = 0
         head_outputs, maps = [], []
         for j in range(heads):
             sl = slice(j * dh, (j + 1) * dh)
@@ -82,4 +87,5 @@ def reference_tokens(model, pixel_values: torch.Tensor) -> dict:
         if config.intermediate_size:
             mlp = linear(F.gelu(linear(norm(h, pre + "norm2"), pre + "mlp.fc1")), pre + "mlp.fc2")
             h = h + scale(mlp, pre + "layer_scale2")
-    return {"last_hidden_state": norm(h, "layernorm"), "attentions": attentions, "gates": gates}
+    final = norm(h, "layernorm") if "layernorm.weight" in p else h  # the task models read the residual stream
+    return {"last_hidden_state": final, "residual": h, "attentions": attentions, "gates": gates}

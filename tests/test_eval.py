@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("eval_run", ROOT / "eval" / "run.py")
 eval_run = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(eval_run)
-LABELS = {i: str(i) for i in range(10)}
+LABELS = {i: str(3 * i % 10) for i in range(10)}  # class i is digit 3i mod 10: accuracy must map labels by name
 
 
 def training_args(variant="plain", dataset="digits") -> dict:
@@ -90,11 +90,12 @@ def test_end_to_end_results_and_card(checkpoint, tmp_path, capsys):
     pictures = [Image.open(__import__("io").BytesIO(row["image"]["bytes"])).convert("RGB") for row in test]
     with torch.no_grad():
         logits = model(**processor(pictures, return_tensors="pt")).logits
-    labels = torch.tensor(test["label"])
-    assert result["accuracy"]["top1"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
-    top5 = (logits.topk(5, dim=-1).indices == labels[:, None]).any(-1).float().mean()
-    assert result["accuracy"]["top5"] == pytest.approx(float(top5))
-    assert result["dataset"] == {"name": "digits", "split": "test", "images": 24}
+    digit_of_class = torch.tensor([int(LABELS[i]) for i in range(10)])
+    ranked = digit_of_class[logits.topk(5, dim=-1).indices]  # the digits the model ranks first
+    labels = torch.tensor(test["label"])  # digits' label i is the digit i
+    assert result["accuracy"]["top1"] == pytest.approx(float((ranked[:, 0] == labels).float().mean()))
+    assert result["accuracy"]["top5"] == pytest.approx(float((ranked == labels[:, None]).any(-1).float().mean()))
+    assert result["dataset"] == {"name": "digits", "split": "test", "images": 24, "unreadable_images": 0}
 
     # The planted sinks: one NOP and one broadcast event on CLS per image, in layer 0.
     sinks = result["sinks"]
@@ -114,7 +115,7 @@ def test_end_to_end_results_and_card(checkpoint, tmp_path, capsys):
     assert values[("nop_per_image", None)] == sinks["nop_per_image"]
     assert values[("broadcast_per_image", None)] == sinks["broadcast_per_image"]
     assert values[("cls_sink_share", None)] == 1.0 and values[("patch_sink_share", None)] == 0.0
-    assert 'from_pretrained("sink-models/vit-planted", trust_remote_code=True, revision="v1")' in card.text
+    assert f'from_pretrained("{checkpoint}", trust_remote_code=True)' in card.text  # a local folder: itself
     assert {"events_by_head.png", "diagnostic_plane.png", "attention_layer0.png"} <= {p.name for p in folder.iterdir()}
     assert "| vit-planted |" in out  # the printed comparison table
 
@@ -183,6 +184,7 @@ def test_two_processes_give_the_report_of_one(checkpoint, tmp_path, capsys):
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = (json.loads((tmp_path / n / "results" / "vit-planted.json").read_text()) for n in ("one", "two"))
     assert two["dataset"]["images"] == one["dataset"]["images"] == 21
+    assert (one["processes"], two["processes"]) == (1, 2)
     assert two["accuracy"] == one["accuracy"]
     assert two["sinks"] == one["sinks"]
     for name in ("layers", "heads"):
@@ -262,3 +264,53 @@ def test_the_command_line_exits_non_zero_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"error: model: '{tmp_path}/nowhere' is not a folder; allowed: a checkpoint folder or a Hub id (org/name)."
     ]
+
+
+def test_a_later_bad_model_leaves_no_file_of_an_earlier_one(checkpoint, tmp_path, capsys):
+    argv = ["--model", checkpoint, tmp_path / "nowhere", "--trust_remote_code", "--max_images", 4]
+    code, out = run([*argv, *outputs(tmp_path)], capsys)
+    assert code == 2 and "nowhere' is not a folder" in out
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cards").exists()
+
+
+def test_the_model_equals_form_names_models_without_the_zoo_suite(checkpoint, tmp_path, capsys):
+    code, out = run([f"--model={checkpoint}", "--trust_remote_code", "--max_images", 4, *outputs(tmp_path)], capsys)
+    assert code == 0, out
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["vit-planted.json"]
+
+
+def test_a_synthetic_task_model_is_not_an_image_classifier(tmp_path, capsys):
+    code, out = run(["--model", ROOT / "zoo" / "nop-plain", *outputs(tmp_path)], capsys)
+    assert code == 2 and "was trained on the synthetic nop task, not on images; analyse it with" in out
+
+
+def test_a_training_run_folder_is_named_after_its_run(checkpoint, tmp_path, capsys):
+    run_folder = tmp_path / "my-run" / "model"
+    shutil.copytree(checkpoint, run_folder)
+    code, out = run(["--model", run_folder, "--trust_remote_code", "--max_images", 4, *outputs(tmp_path)], capsys)
+    assert code == 0, out
+    card = ModelCard.load(tmp_path / "cards" / "my-run" / "README.md")
+    assert f'from_pretrained("{run_folder}", trust_remote_code=True)' in card.text  # not a Hub repo: the folder
+
+
+def test_unreadable_images_are_counted_and_left_out(tmp_path, capsys):
+    folder = imagefolder(tmp_path / "images")
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(folder / "test" / "b" / "1.png")
+    (folder / "test" / "a" / "broken.png").write_bytes(b"not an image")
+    config = tiny_config("plain", num_labels=2, id2label={0: "b", 1: "a"}, label2id={"b": 0, "a": 1})
+    save_checkpoint(SinkViTForImageClassification(config), tmp_path / "ab")
+    argv = ["--model", tmp_path / "ab", "--trust_remote_code", "--dataset", folder, *outputs(tmp_path)]
+    code, out = run(argv, capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "results" / "ab.json").read_text())
+    assert result["dataset"]["unreadable_images"] == 1
+    assert result["dataset"]["images"] == result["accuracy"]["images"] == result["sinks"]["images"] == 3
+
+
+def test_zoo_models_run_their_code_by_default_and_their_cards_pin_the_hub_tag(tmp_path, capsys):
+    argv = ["--model", ROOT / "zoo" / "vit-gated-reg", "--max_images", 4, "--hub_org", "someorg", *outputs(tmp_path)]
+    code, out = run(argv, capsys)
+    assert code == 0, out
+    card = ModelCard.load(tmp_path / "cards" / "vit-gated-reg" / "README.md")
+    assert 'from_pretrained("someorg/vit-gated-reg", trust_remote_code=True, revision="v1")' in card.text
+    assert "variant: gated-reg" in card.text  # the training recipe

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from reference import reference_tokens
 
 from sink_models.tasks import SinkTask, TokenRegressor
 from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
@@ -47,17 +48,25 @@ def test_batches_are_reproducible_and_laid_out_as_tokens():
     torch.testing.assert_close(first["targets"], task.targets(tokens))
 
 
-def test_token_regressor_reads_the_residual_stream_of_tokens_1_to_L():
+def test_token_regressor_is_the_paper_toy_on_the_residual_stream():
     task = SinkTask("nop", dim=8, length=5)
-    model = TokenRegressor(task.model_config(num_register_tokens=2)).eval()
+    model = TokenRegressor(task.model_config(num_register_tokens=2), learn_positions=False).eval()
     batch = task.batch(0, 2)
     out = model(**batch)
     assert out["predictions"].shape == (2, 5, 8)
-    hidden = model.sink_vit(batch["pixel_values"], output_hidden_states=True).hidden_states[-1]
-    expected = model.readout(hidden[:, 3:])  # CLS + 2 registers come first
+    tokens = batch["pixel_values"][:, :, 0, :].transpose(1, 2)
+    embedded = model.sink_vit(batch["pixel_values"], output_hidden_states=True).hidden_states[0]
+    torch.testing.assert_close(embedded[:, 3:], tokens)  # the residual stream starts as the tokens x_i themselves
+    expected = reference_tokens(model.sink_vit, batch["pixel_values"])["residual"][:, 3:].float()  # O = x + W_O A V
     torch.testing.assert_close(out["predictions"], expected)
     torch.testing.assert_close(out["loss"], torch.nn.functional.mse_loss(expected, batch["targets"]))
     assert model.sink_vit.layers[0].mlp is None  # the NOP toy is attention only
+    embeddings = model.sink_vit.embeddings
+    assert not embeddings.patch_embeddings.projection.weight.requires_grad
+    assert not embeddings.position_embeddings.requires_grad
+    assert TokenRegressor(task.model_config()).sink_vit.embeddings.position_embeddings.requires_grad
+    with pytest.raises(ValueError, match="hidden_size: got 16; the toy's residual stream is its tokens"):
+        TokenRegressor(task.model_config(hidden_size=16))
 
 
 def test_a_short_nop_run_trains_the_loss_down(tmp_path):
@@ -65,7 +74,7 @@ def test_a_short_nop_run_trains_the_loss_down(tmp_path):
         ModelArguments(variant="plain"),
         DataArguments(dataset="nop", task_dim=16, task_length=8),
         TrainArguments(
-            output_dir=str(tmp_path), max_steps=150, learning_rate=3e-3, warmup_steps=20,
+            output_dir=str(tmp_path), max_steps=200, learning_rate=1e-2, warmup_steps=20,
             weight_decay=1e-4, per_device_batch_size=128, logging_steps=10,
         ),
     )  # fmt: skip
