@@ -32,6 +32,8 @@ COLUMNS = (
     ("null_attention_nop", "null attn, NOP queries"),
     ("null_attention_active", "null attn, active queries"),
     ("attention_jstar", "attn to j*"),
+    ("attention_registers", "attn to registers"),
+    ("loss_registers_zeroed", "loss, register values zeroed"),
     ("sink_cls", "sink on CLS"),
     ("sink_register", "sink on register"),
     ("sink_patch", "sink on patch"),
@@ -113,6 +115,12 @@ def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str 
             row["null_attention_nop"] = row["null_attention_active"] = None
             to_jstar = queries.gather(2, (prefix + jstar)[:, None, None].expand(-1, queries.shape[1], 1))
             row["attention_jstar"] = float(to_jstar.mean())
+        registers = config.num_register_tokens
+        row["attention_registers"] = row["loss_registers_zeroed"] = None
+        if registers:
+            row["attention_registers"] = float(queries[..., 1:prefix].sum(-1).mean())
+            every_register = torch.arange(1, prefix).expand(len(tokens), -1)
+            row["loss_registers_zeroed"] = _loss(model, batches, zero=(layer, every_register))
         for kind in ("cls", "register", "patch"):
             row[f"sink_{kind}"] = sum(r["token_type"] == kind for r in records) / len(records)
         for key in ("ratio_out", "stable_rank", "common_mode"):
@@ -133,7 +141,8 @@ def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str 
 
 
 def _loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Tensor] | None = None) -> float:
-    """Held-out MSE; with `zero=(layer, sinks)` each sequence's sink value (sinks[i], head 0) is zeroed in that layer.
+    """Held-out MSE; with `zero=(layer, tokens)` head 0's value of token tokens[i] (or of each token in the row
+    tokens[i]) of sequence i is zeroed in that layer.
 
     Attention weights depend on queries and keys only, so zeroing a value leaves them as they were (A held fixed).
     """
@@ -144,8 +153,9 @@ def _loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Ten
         offset = [0]
 
         def edit(module, args, output):
-            rows = torch.arange(len(output))
-            output[rows, sinks[offset[0] : offset[0] + len(output)], :width] = 0.0
+            chosen = sinks[offset[0] : offset[0] + len(output)]
+            rows = torch.arange(len(output)).view(-1, *([1] * (chosen.ndim - 1)))
+            output[rows, chosen, :width] = 0.0
             offset[0] += len(output)
             return output
 
@@ -236,7 +246,7 @@ def plot_synthetic(rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 2]})
     nop = [r for r in rows if r["task"] == "nop"]
     bars = (
         ("null_attention_nop", "null attn, NOP q"),
@@ -244,11 +254,15 @@ def plot_synthetic(rows: list[dict], path: Path) -> Path:
         ("gate_nop", "gate, NOP q"),
         ("gate_active", "gate, active q"),
     )
-    _bars(left, nop, bars, lambda r: f"{r['variant']}\ns{r['seed']}")
+    _bars(left, nop, bars, lambda r: f"{r['variant']} s{r['seed']}")
     left.set_title("NOP task: routing to the null token and the gate")
     broadcast = [r for r in rows if r["task"] == "broadcast"]
-    bars = (("attention_jstar", "attn to j*"), ("sink_register", "sink on register"), ("common_mode", "common-mode"))
-    _bars(right, broadcast, bars, lambda r: f"{r['variant']}\ns{r['seed']} L{r['layer']}")
+    bars = (
+        ("attention_jstar", "attn to j*"),
+        ("attention_registers", "attn to registers"),
+        ("common_mode", "common-mode"),
+    )
+    _bars(right, broadcast, bars, lambda r: f"{r['variant']} s{r['seed']} L{r['layer']}")
     right.set_title("Broadcast task: routing to j*, per layer")
     for axis in (left, right):
         axis.set_ylim(0, 1.05)
@@ -266,4 +280,4 @@ def _bars(axis, rows: list[dict], bars, label) -> None:
     for number, (key, name) in enumerate(bars):
         values = [r[key] if r[key] is not None else float("nan") for r in rows]
         axis.bar([i + number * width for i in range(len(rows))], values, width, label=name)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [label(r) for r in rows])
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [label(r) for r in rows], rotation=60, ha="right")

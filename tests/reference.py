@@ -13,8 +13,8 @@ def _pair(value):
 
 def reference_tokens(model, pixel_values: torch.Tensor, zero_values: dict | None = None) -> dict:
     """Final normed tokens, the residual stream before that norm, per-layer attention maps and gates, computed from
-    `model`'s parameters alone. `zero_values={layer: tokens}` zeroes head 0's value of token tokens[i] of image i
-    in that layer (the causal check of SCIENCE.md section 6)."""
+    `model`'s parameters alone. `zero_values={layer: tokens}` zeroes head 0's value of token tokens[i] (or of the
+    tokens in row tokens[i]) of image i in that layer (the causal check of SCIENCE.md section 6)."""
     config = model.config
     p = {name: t.detach().double() for name, t in model.base_model.named_parameters()}
     x = pixel_values.double()
@@ -64,7 +64,8 @@ def reference_tokens(model, pixel_values: torch.Tensor, zero_values: dict | None
         q, k, v = (linear(xn, pre + f"attention.{n}_proj") for n in "qkv")
         if zero_values and i in zero_values:
             v = v.clone()
-            v[torch.arange(batch), zero_values[i], :dh] = 0
+            chosen = zero_values[i]
+            v[torch.arange(batch).view(-1, *([1] * (chosen.ndim - 1))), chosen, :dh] = 0
         head_outputs, maps = [], []
         for j in range(heads):
             sl = slice(j * dh, (j + 1) * dh)

@@ -49,6 +49,7 @@ def test_the_suite_writes_a_table_with_every_field(task_models, tmp_path, capsys
     assert nop["attention_jstar"] is None
     assert all(r["attention_jstar"] is not None and r["null_attention_nop"] is None for r in broadcast)
     assert all(r["gate_nop"] is None and r["gate_active"] is None for r in broadcast)  # no gate
+    assert nop["attention_registers"] is None and nop["loss_registers_zeroed"] is None  # no registers
     text = (tmp_path / "synthetic.md").read_text()
     headings = [heading for _, heading in COLUMNS]
     assert "| " + " | ".join(headings) + " |" in text and text.count("| nop |") == 1
@@ -110,10 +111,17 @@ def test_attention_to_jstar_equals_an_independent_forward(task_models, tmp_path,
     assert run(argv, capsys)[0] == 0
     rows = json.loads((tmp_path / "synthetic.json").read_text())["rows"]
     model, task, _ = load_task_model(task_models["broadcast"])
-    pixels, _, tokens = held_out(task)
+    pixels, targets, tokens = held_out(task)
     prefix = model.config.num_prefix_tokens  # CLS + 4 registers
     jstar = (tokens @ task.direction).argmax(dim=1)
-    for row, attention in zip(rows, reference_tokens(model.sink_vit, pixels)["attentions"], strict=True):
+    for layer, (row, attention) in enumerate(
+        zip(rows, reference_tokens(model.sink_vit, pixels)["attentions"], strict=True)
+    ):
         queries = attention[:, 0, prefix:]  # images, task queries, keys
         expected = queries[torch.arange(len(jstar)), :, prefix + jstar].mean()
         assert row["attention_jstar"] == pytest.approx(float(expected), abs=1e-6)
+        assert row["attention_registers"] == pytest.approx(float(queries[..., 1:prefix].sum(-1).mean()), abs=1e-6)
+        registers = torch.arange(1, prefix).expand(len(pixels), -1)
+        residual = reference_tokens(model.sink_vit, pixels, zero_values={layer: registers})["residual"]
+        expected = torch.nn.functional.mse_loss(residual[:, prefix:].float(), targets)
+        assert row["loss_registers_zeroed"] == pytest.approx(float(expected), rel=1e-5)
