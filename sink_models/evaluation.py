@@ -123,8 +123,15 @@ def load_checkpoint(
         processor=processor,
         training_args=training_args,
         revision=revision,
-        commit=getattr(config, "_commit_hash", None) if not local else None,
+        commit=None if local else _snapshot_commit(source, revision),
     )
+
+
+def _snapshot_commit(source: str, revision: str | None) -> str:
+    """The commit a Hub revision resolved to: the name of the cache snapshot its config.json sits in."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(source, "config.json", revision=revision)).parent.name
 
 
 def _training_args(source: str, revision: str | None) -> dict | None:

@@ -192,9 +192,12 @@ def test_two_processes_give_the_report_of_one(checkpoint, tmp_path, capsys):
             assert b == pytest.approx(a, rel=1e-9, abs=1e-12)
 
 
+HUB_SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
 def hub_cache_model(checkpoint: Path, repo: str) -> None:
     """Put a checkpoint into the (offline) Hub cache as `repo` at revision main, the way a download leaves it."""
-    sha = "0123456789abcdef0123456789abcdef01234567"
+    sha = HUB_SHA
     cache = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo.replace('/', '--')}"
     shutil.copytree(checkpoint, cache / "snapshots" / sha, dirs_exist_ok=True)
     (cache / "refs").mkdir(parents=True, exist_ok=True)
@@ -208,6 +211,7 @@ def test_a_hub_id_from_the_cache_loads_and_a_missing_revision_is_refused(checkpo
     assert code == 0, out
     result = json.loads((tmp_path / "results" / "testorg--vit-planted.json").read_text())
     assert result["model"]["source"] == "testorg/vit-planted" and result["training"] == training_args()
+    assert result["model"]["commit"] == HUB_SHA
     code, out = run([*argv, "--revision", "v9"], capsys)
     assert code == 2 and "at revision 'v9'" in out and "could not be loaded" in out
 

@@ -1,0 +1,651 @@
+"""A Hub-compatible HTTP server for offline upload tests (stdlib only).
+
+It answers the routes listed in /work/shared/HUB_PROTOCOL.md, enough for the real `huggingface_hub` client
+(`HfApi`, `hf_hub_download`, `HfFileSystem`), `transformers.from_pretrained` and `datasets.load_dataset`:
+
+    with HubServer() as server:
+        api = HfApi(endpoint=server.url, token="hf_dummy")
+        api.create_repo("org/model")
+        ...
+        assert len(server.commits("org/model")) == 2
+
+Storage is in memory: repos of type model / dataset / space, each with branches and tags (ref -> commit oid)
+and commits (a full tree: path -> git blob oid); blob contents are shared in one content-addressed dict.
+Every request is recorded in `server.requests`, and `fail_next` / `fail_always` inject error answers.
+
+Not modelled: LFS / xet uploads (preupload always answers "regular", so contents travel inline in the commit),
+pull requests (`create_pr` answers 400), read access rules for private repos, deletions of repos / branches /
+tags, collections, Space settings, `cardData` parsed from README.md, and pagination (one page answers all).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+USER = "test-user"
+ORG = "test-org"
+REPO_TYPES = ("model", "dataset", "space")
+
+# What the Hub commits on repo creation (shortened): a new repo already has one commit on main.
+INITIAL_GITATTRIBUTES = b"""*.bin filter=lfs diff=lfs merge=lfs -text
+*.pt filter=lfs diff=lfs merge=lfs -text
+*.safetensors filter=lfs diff=lfs merge=lfs -text
+*.parquet filter=lfs diff=lfs merge=lfs -text
+*.arrow filter=lfs diff=lfs merge=lfs -text
+"""
+
+# /api/{type}s/{namespace}/{name}[/{action}[/{revision}[/{path}]]], as percent-encoded by the client.
+API_ROUTE = re.compile(r"/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/([^/]+)(?:/([^/]+)(?:/(.+))?)?)?")
+# [/datasets|/spaces]/{namespace}/{name}/resolve/{revision}/{path}; models have no prefix.
+RESOLVE_ROUTE = re.compile(r"/(?:(dataset|space)s/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+
+# The client turns a 401 carrying exactly this message into a plain HfHubHTTPError; any other 401 on a repo
+# route would read as RepositoryNotFoundError, which would hide a missing token.
+BAD_CREDENTIALS = "Invalid credentials in Authorization header"
+
+
+def git_blob_oid(content: bytes) -> str:
+    """The git blob oid of `content`, as `git hash-object` computes it (and as the client compares it)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def _now() -> str:
+    # The client's `parse_datetime` accepts only this layout.
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the server saw it. `mutated` is set when the request changed any repo state."""
+
+    method: str
+    path: str  # URL path as sent (percent-encoded), without the query string
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    status: int | None = None
+    mutated: bool = False
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+@dataclass
+class Commit:
+    oid: str
+    parent: str | None
+    title: str
+    message: str
+    date: str
+    tree: dict[str, str]  # path -> blob oid
+
+
+@dataclass
+class Repo:
+    repo_type: str
+    repo_id: str
+    private: bool
+    created_at: str
+    sdk: str | None = None
+    branches: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    commits: dict[str, Commit] = field(default_factory=dict)
+
+    @property
+    def url_prefix(self) -> str:
+        return _url_prefix(self.repo_type)
+
+
+@dataclass
+class _Fault:
+    status: int
+    route_contains: str
+    method: str | None
+    remaining: int | None  # None: until cleared
+
+
+class HubError(Exception):
+    """An error answer; `code` becomes the X-Error-Code header the client maps to its exception classes."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+@dataclass
+class _Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _url_prefix(repo_type: str) -> str:
+    """Web URLs of datasets and spaces carry a prefix, models none: /{prefix}{repo_id}."""
+    return "" if repo_type == "model" else f"{repo_type}s/"
+
+
+def _json(data: object, status: int = 200) -> _Response:
+    return _Response(status, json.dumps(data).encode(), {"Content-Type": "application/json"})
+
+
+def _parents(path: str) -> list[str]:
+    """The folders above `path`, deepest first: "a/b/c.txt" -> ["a/b", "a"]."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _folders(tree: dict[str, str]) -> set[str]:
+    return {folder for path in tree for folder in _parents(path)}
+
+
+def _folder_oid(tree: dict[str, str], folder: str) -> str | None:
+    """A stable id for a folder's content (not git's tree hash, which the client never checks); None if absent."""
+    entries = sorted((path, oid) for path, oid in tree.items() if path.startswith(folder + "/"))
+    return hashlib.sha1(json.dumps(entries).encode()).hexdigest() if entries else None
+
+
+def _entry_oid(tree: dict[str, str], path: str) -> str | None:
+    return tree.get(path) or _folder_oid(tree, path)
+
+
+class HubServer:
+    """An in-memory Hub on 127.0.0.1, served from a background thread; use as a context manager or start/stop."""
+
+    def __init__(self, port: int = 0):
+        self._port = port
+        self._lock = threading.Lock()
+        self._repos: dict[tuple[str, str], Repo] = {}
+        self._blobs: dict[str, bytes] = {git_blob_oid(INITIAL_GITATTRIBUTES): INITIAL_GITATTRIBUTES}
+        self._faults: list[_Fault] = []
+        self._sequence = itertools.count()  # makes commit oids unique even for identical commits in one millisecond
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.requests: list[RecordedRequest] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> HubServer:
+        # Port 0 lets the OS pick a free port at bind time, with no window for another process to take it.
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.hub = self  # type: ignore[attr-defined]
+        # A short poll interval keeps stop() quick: shutdown() waits for the serving loop's next poll.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="hub-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._thread.join()
+            self._httpd = self._thread = None
+
+    def __enter__(self) -> HubServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._httpd is None:
+            raise RuntimeError("HubServer is not started")
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    # ---- test helpers ----------------------------------------------------------------------------------------
+
+    def fail_next(
+        self, n: int = 1, status: int = 500, route_contains: str = "commit", method: str | None = None
+    ) -> None:
+        """Answer `status` to the next `n` requests whose URL path contains `route_contains` (and, if given,
+        whose method is `method`), before any routing or auth."""
+        with self._lock:
+            self._faults.append(_Fault(status, route_contains, method, n))
+
+    def fail_always(self, status: int = 500, route_contains: str = "commit", method: str | None = None) -> None:
+        """Answer `status` to every matching request until `clear_faults()`."""
+        with self._lock:
+            self._faults.append(_Fault(status, route_contains, method, None))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[str]:
+        """Commit oids reachable from `revision`, newest first."""
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            return [commit.oid for commit in self._history(repo, self._resolve(repo, revision))]
+
+    def files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, bytes]:
+        """The files of `revision`: path -> content."""
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            return {path: self._blobs[oid] for path, oid in self._resolve(repo, revision).tree.items()}
+
+    # ---- state -----------------------------------------------------------------------------------------------
+
+    def _repo(self, repo_type: str, repo_id: str) -> Repo:
+        try:
+            return self._repos[repo_type, repo_id]
+        except KeyError:
+            raise HubError(404, f"Repository not found: {repo_type} {repo_id}", "RepoNotFound") from None
+
+    def _resolve(self, repo: Repo, revision: str) -> Commit:
+        """A tag, a branch or a full commit oid -> its commit (a tag wins over a same-named branch, as in git)."""
+        oid = repo.tags.get(revision) or repo.branches.get(revision)
+        if oid is None and revision in repo.commits:
+            oid = revision
+        if oid is None:
+            raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+        return repo.commits[oid]
+
+    def _history(self, repo: Repo, commit: Commit) -> list[Commit]:
+        history = [commit]
+        while history[-1].parent is not None:
+            history.append(repo.commits[history[-1].parent])
+        return history
+
+    def _new_commit(self, repo: Repo, parent: Commit | None, tree: dict[str, str], title: str, message: str) -> Commit:
+        date = _now()
+        seed = json.dumps([parent and parent.oid, sorted(tree.items()), title, message, date, next(self._sequence)])
+        commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent and parent.oid, title, message, date, tree)
+        repo.commits[commit.oid] = commit
+        return commit
+
+    def _last_commit(self, repo: Repo, commit: Commit, path: str) -> dict[str, str]:
+        """The newest commit, going back from `commit`, that changed `path` (the tree's `expand` answer)."""
+        current = commit
+        while current.parent is not None:
+            parent = repo.commits[current.parent]
+            if _entry_oid(parent.tree, path) != _entry_oid(current.tree, path):
+                break
+            current = parent
+        return {"id": current.oid, "title": current.title, "date": current.date}
+
+    def _entry(self, repo: Repo, commit: Commit, path: str, expand: bool) -> dict[str, object]:
+        if path in commit.tree:
+            oid = commit.tree[path]
+            entry = {"type": "file", "oid": oid, "size": len(self._blobs[oid]), "path": path}
+        else:
+            entry = {"type": "directory", "oid": _folder_oid(commit.tree, path), "size": 0, "path": path}
+        if expand:
+            entry["lastCommit"] = self._last_commit(repo, commit, path)
+        return entry
+
+    # ---- request handling ------------------------------------------------------------------------------------
+
+    def _handle(self, request: RecordedRequest) -> _Response:
+        with self._lock:
+            self.requests.append(request)
+            fault = next(
+                (f for f in self._faults if f.route_contains in request.path and f.method in (None, request.method)),
+                None,
+            )
+            if fault is not None and fault.remaining is not None:
+                fault.remaining -= 1
+                if fault.remaining == 0:
+                    self._faults.remove(fault)
+        if fault is not None:
+            response = _json({"error": f"injected fault {fault.status}"}, fault.status)
+        else:
+            try:
+                response = self._route(request)
+            except HubError as error:
+                response = self._error(error)
+            except Exception as error:
+                # A malformed payload (or a bug here) answers 400, not 5xx: the client retries 5xx with backoff
+                # for ~20 s on most routes, which would turn a clear failure into a slow one.
+                response = self._error(HubError(400, f"Bad request: {error!r}"))
+        request.status = response.status
+        return response
+
+    def _error(self, error: HubError) -> _Response:
+        response = _json({"error": error.message}, error.status)
+        # Header values must be latin-1 on one line; paths in messages may be neither. JSON escaping makes them so.
+        response.headers |= {"X-Error-Message": json.dumps(error.message)[1:-1], **error.headers}
+        if error.code:
+            response.headers["X-Error-Code"] = error.code
+        return response
+
+    def _route(self, request: RecordedRequest) -> _Response:
+        method, path = request.method, request.path
+        if path == "/api/whoami-v2" and method == "GET":
+            self._require_token(request)
+            return _json(
+                {
+                    "type": "user",
+                    "id": "0" * 24,
+                    "name": USER,
+                    "fullname": "Test User",
+                    "orgs": [{"type": "org", "name": ORG, "fullname": "Test Org", "roleInOrg": "admin"}],
+                    "auth": {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}},
+                }
+            )
+        if path == "/api/agent-harnesses" and method == "GET":
+            # huggingface_hub fetches this registry from HF_ENDPOINT for its user-agent; an empty one detects nothing.
+            return _json({"standardEnvVars": [], "harnesses": {}})
+        if path == "/api/repos/create" and method == "POST":
+            return self._create_repo(request)
+        if path == "/api/validate-yaml" and method == "POST":
+            return _json({"errors": [], "warnings": []})
+        if match := API_ROUTE.fullmatch(path):
+            repo_type, repo_id, action, revision, subpath = match.groups()
+            revision = unquote(revision) if revision is not None else None
+            # Clients quote the path with safe="" (one segment) or leave its slashes: both arrive here.
+            subpath = unquote(subpath) if subpath is not None else ""
+            if action is None and method == "GET":
+                return self._info(repo_type, repo_id, "main")
+            if revision is not None:
+                handler = {
+                    ("GET", "revision"): self._info_at,
+                    ("GET", "tree"): self._tree,
+                    ("GET", "commits"): self._list_commits,
+                    ("POST", "paths-info"): self._paths_info,
+                    ("POST", "branch"): self._create_branch,
+                    ("POST", "tag"): self._create_tag,
+                    ("POST", "preupload"): self._preupload,
+                    ("POST", "commit"): self._commit,
+                }.get((method, action))
+                if handler is not None:
+                    return handler(request, repo_type, repo_id, revision, subpath)
+            if action == "refs" and revision is None and method == "GET":
+                return self._refs(request, repo_type, repo_id)
+        if method in ("GET", "HEAD") and (match := RESOLVE_ROUTE.fullmatch(path)):
+            repo_type, repo_id, revision, filename = match.groups()
+            return self._resolve_file(request, repo_type or "model", repo_id, unquote(revision), unquote(filename))
+        raise HubError(404, f"No route for {method} {path}")
+
+    def _require_token(self, request: RecordedRequest) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HubError(401, BAD_CREDENTIALS)
+
+    # ---- routes ----------------------------------------------------------------------------------------------
+
+    def _create_repo(self, request: RecordedRequest) -> _Response:
+        self._require_token(request)
+        payload = request.json()
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_TYPES:
+            raise HubError(400, f"Invalid repo type: {repo_type}")
+        repo_id = f"{payload.get('organization') or USER}/{payload['name']}"
+        with self._lock:
+            key = (repo_type, repo_id)
+            url = f"{self.url}/{_url_prefix(repo_type)}{repo_id}"
+            if key in self._repos:
+                return _json({"error": "You already created this repo", "url": url}, 409)
+            repo = Repo(
+                repo_type,
+                repo_id,
+                private=bool(payload.get("private")) or payload.get("visibility") == "private",
+                created_at=_now(),
+                sdk=payload.get("sdk"),
+            )
+            tree = {".gitattributes": git_blob_oid(INITIAL_GITATTRIBUTES)}
+            repo.branches["main"] = self._new_commit(repo, None, tree, "initial commit", "").oid
+            self._repos[key] = repo
+            request.mutated = True
+        return _json({"url": url, "name": repo_id, "id": hashlib.sha1(repr(key).encode()).hexdigest()[:24]})
+
+    def _info(self, repo_type: str, repo_id: str, revision: str) -> _Response:
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            commit = self._resolve(repo, revision)
+            siblings = [
+                {"rfilename": path, "blobId": oid, "size": len(self._blobs[oid])}
+                for path, oid in sorted(commit.tree.items())
+            ]
+        info = {
+            "id": repo_id,
+            "author": repo_id.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "createdAt": repo.created_at,
+            "private": repo.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
+        }
+        if repo.sdk is not None:
+            info["sdk"] = repo.sdk
+        return _json(info)
+
+    def _info_at(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, subpath: str):
+        if subpath:
+            raise HubError(404, f"No route for {request.method} {request.path}")
+        return self._info(repo_type, repo_id, revision)
+
+    def _tree(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, folder: str):
+        recursive = request.query.get("recursive", ["false"])[0].lower() in ("1", "true")
+        expand = request.query.get("expand", ["false"])[0].lower() in ("1", "true")
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            commit = self._resolve(repo, revision)
+            paths = set(commit.tree) | _folders(commit.tree)
+            if folder and folder not in _folders(commit.tree):
+                raise HubError(404, f"{folder} does not exist in {revision}", "EntryNotFound")
+            prefix = f"{folder}/" if folder else ""
+            below = [p for p in paths if p.startswith(prefix)]
+            if not recursive:
+                below = [p for p in below if "/" not in p[len(prefix) :]]
+            return _json([self._entry(repo, commit, p, expand) for p in sorted(below)])
+
+    def _paths_info(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, subpath: str):
+        # A form, not JSON: `paths=a&paths=b&expand=False`.
+        form = parse_qs(request.body.decode())
+        paths, expand = form.get("paths", []), form.get("expand", ["false"])[0].lower() in ("1", "true")
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            commit = self._resolve(repo, revision)
+            existing = set(commit.tree) | _folders(commit.tree)
+            # Missing paths are left out, not errors: that is how the client tests existence.
+            return _json([self._entry(repo, commit, p.strip("/"), expand) for p in paths if p.strip("/") in existing])
+
+    def _refs(self, request: RecordedRequest, repo_type: str, repo_id: str) -> _Response:
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": o} for n, o in repo.branches.items()]
+            tags = [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": o} for n, o in repo.tags.items()]
+        refs = {"branches": branches, "converts": [], "tags": tags}
+        if request.query.get("include_prs"):
+            refs["pullRequests"] = []
+        return _json(refs)
+
+    def _list_commits(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, subpath: str):
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            history = self._history(repo, self._resolve(repo, revision))
+        return _json(
+            [
+                {"id": c.oid, "title": c.title, "message": c.message, "date": c.date, "authors": [{"user": USER}]}
+                for c in history
+            ]
+        )
+
+    def _create_branch(self, request: RecordedRequest, repo_type: str, repo_id: str, branch: str, subpath: str):
+        self._require_token(request)
+        starting_point = (request.json() if request.body else {}).get("startingPoint") or "main"
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            if branch in repo.branches:
+                raise HubError(409, f"Reference already exists: refs/heads/{branch}")
+            repo.branches[branch] = self._resolve(repo, starting_point).oid
+            request.mutated = True
+        return _json({})
+
+    def _create_tag(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, subpath: str):
+        self._require_token(request)
+        tag = request.json()["tag"]
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            target = self._resolve(repo, revision)
+            if tag in repo.tags:
+                raise HubError(409, f"Reference already exists: refs/tags/{tag}")
+            repo.tags[tag] = target.oid
+            request.mutated = True
+        return _json({})
+
+    def _preupload(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, subpath: str):
+        self._require_token(request)
+        self._refuse_pull_requests(request)
+        files = request.json()["files"]
+        with self._lock:
+            tree = self._resolve(self._repo(repo_type, repo_id), revision).tree
+        # "regular" makes the client send contents inline in the commit: no LFS batch API, no xet CAS needed.
+        # The oid of the current file lets the client drop unchanged files and skip a commit with nothing left.
+        return _json(
+            {
+                "files": [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(f["path"])}
+                    for f in files
+                ]
+            }
+        )
+
+    def _refuse_pull_requests(self, request: RecordedRequest) -> None:
+        # Not modelled: failing loudly beats silently committing a "PR" to the branch.
+        if request.query.get("create_pr"):
+            raise HubError(400, "create_pr is not supported by this test server")
+
+    def _commit(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, subpath: str):
+        self._require_token(request)
+        self._refuse_pull_requests(request)
+        lines = [json.loads(line) for line in request.body.splitlines() if line.strip()]
+        if not lines or lines[0].get("key") != "header":
+            raise HubError(400, "The commit payload must start with a header line")
+        header = lines[0]["value"]
+        new_blobs: dict[str, bytes] = {}
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            if revision not in repo.branches:
+                self._resolve(repo, revision)  # 404 RevisionNotFound for an unknown revision
+                raise HubError(400, f"Can only commit to a branch, not to {revision}")
+            parent = repo.commits[repo.branches[revision]]
+            if header.get("parentCommit") not in (None, parent.oid):
+                raise HubError(412, f"parentCommit {header['parentCommit']} is not the head of {revision}")
+            # Atomic: the new tree is built aside and the branch moves only once every operation has applied.
+            tree = dict(parent.tree)
+            for line in lines[1:]:
+                key, value = line.get("key"), line.get("value", {})
+                path = value.get("path", "").strip("/")
+                if not path or any(part in ("", ".", "..") for part in path.split("/")):
+                    raise HubError(400, f"Invalid path in commit: {value.get('path')!r}")
+                if key == "file":
+                    if value.get("encoding", "base64") != "base64":
+                        raise HubError(400, f"Unsupported encoding {value['encoding']}")
+                    content = base64.b64decode(value["content"])
+                    oid = git_blob_oid(content)
+                    new_blobs[oid] = content
+                    tree[path] = oid
+                elif key == "deletedFile":
+                    if tree.pop(path, None) is None:
+                        raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+                elif key == "deletedFolder":
+                    inside = [p for p in tree if p.startswith(path + "/")]
+                    if not inside:
+                        raise HubError(404, f"A folder with this name doesn't exist: {path}", "EntryNotFound")
+                    for p in inside:
+                        del tree[p]
+                else:
+                    # lfsFile never comes: preupload always answers "regular".
+                    raise HubError(400, f"Unsupported commit operation: {key}")
+            if clash := sorted(set(tree) & _folders(tree)):
+                raise HubError(400, f"Paths used both as a file and a folder: {clash}")
+            self._blobs.update(new_blobs)
+            commit = self._new_commit(repo, parent, tree, header.get("summary", ""), header.get("description", ""))
+            repo.branches[revision] = commit.oid
+            request.mutated = True
+        return _json(
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": f"{self.url}/{repo.url_prefix}{repo_id}/commit/{commit.oid}",
+                "pullRequestUrl": None,
+            }
+        )
+
+    def _resolve_file(self, request: RecordedRequest, repo_type: str, repo_id: str, revision: str, filename: str):
+        with self._lock:
+            commit = self._resolve(self._repo(repo_type, repo_id), revision)
+            oid = commit.tree.get(filename)
+            content = self._blobs[oid] if oid is not None else None
+        if content is None:
+            # X-Repo-Commit on the 404 lets hf_hub_download cache the file's absence for that commit.
+            raise HubError(404, f"Entry not found: {filename}", "EntryNotFound", {"X-Repo-Commit": commit.oid})
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{oid}"',
+            "X-Repo-Commit": commit.oid,
+            "Accept-Ranges": "bytes",
+        }
+        # HfFileSystem reads files by ranges ("bytes=a-b", "bytes=a-") and treats 416 as end of file.
+        ranged = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", ""))
+        if ranged is None or request.method == "HEAD":
+            return _Response(200, content, headers)
+        first, last = ranged.groups()
+        if first:
+            start, end = int(first), min(int(last), len(content) - 1) if last else len(content) - 1
+        else:  # "bytes=-n": the last n bytes
+            start, end = max(len(content) - int(last or 0), 0), len(content) - 1
+        if start >= len(content) or start > end:
+            return _Response(416, b"", headers | {"Content-Range": f"bytes */{len(content)}"})
+        headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
+        return _Response(206, content[start : end + 1], headers)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 keeps connections alive, as the client's pooled httpx session expects; every answer sets
+    # Content-Length so the connection stays usable.
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the second waits for a delayed ACK (~40 ms a request).
+    disable_nagle_algorithm = True
+
+    def _serve(self) -> None:
+        split = urlsplit(self.path)
+        request = RecordedRequest(
+            method=self.command,
+            path=split.path,
+            query=parse_qs(split.query),
+            headers={name.lower(): value for name, value in self.headers.items()},
+            body=self._read_body(),
+        )
+        response = self.server.hub._handle(request)  # type: ignore[attr-defined]
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # streamed uploads
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silent: tests read `HubServer.requests` instead."""
