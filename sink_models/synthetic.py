@@ -255,7 +255,7 @@ def plot_synthetic(rows: list[dict], path: Path) -> Path:
         ("gate_active", "gate, active q"),
     )
     _bars(left, nop, bars, lambda r: f"{r['variant']} s{r['seed']}")
-    left.set_title("NOP task: routing to the null token and the gate")
+    left.set_title("NOP task: routing to the null token and the gate", pad=42)
     broadcast = [r for r in rows if r["task"] == "broadcast"]
     bars = (
         ("attention_jstar", "attn to j*"),
@@ -263,10 +263,10 @@ def plot_synthetic(rows: list[dict], path: Path) -> Path:
         ("common_mode", "common-mode"),
     )
     _bars(right, broadcast, bars, lambda r: f"{r['variant']} s{r['seed']} L{r['layer']}")
-    right.set_title("Broadcast task: routing to j*, per layer")
+    right.set_title("Broadcast task: routing to j*, per layer", pad=42)
     for axis in (left, right):
         axis.set_ylim(0, 1.05)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         axis.tick_params(axis="x", labelsize=7)
     figure.tight_layout()
     staging = path.with_name(f".{path.name}.tmp.png")
