@@ -52,7 +52,7 @@ def parse(argv: list[str]) -> EvalArguments:
             raise EvalError(f"{path}: unknown keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}")
         if builtin:  # the built-in suites name the repository's zoo, wherever the command runs
             for key in ("model", "synthetic_models"):
-                values[key] = [str(ROOT / item) for item in values.get(key, [])]
+                values[key] = [os.path.relpath(ROOT / item) for item in values.get(key, [])]
         parser.set_defaults(**values)
     args, _, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)  # _: --suite
     if rest:

@@ -223,7 +223,9 @@ def synthetic_rows(folders: list[str], retrain_steps: int = 0, seeds=(0,), work_
 
 def write_synthetic(rows: list[dict], results_dir: Path, retrain_steps: int = 0) -> None:
     """results_dir/synthetic.{json,md,png}; synthetic.md keeps any text outside its generated section."""
-    write_json(results_dir / "synthetic.json", {"retrain_steps": retrain_steps, "rows": rows})
+    # 6 significant digits: the last bits of a float32 loss differ between runs with other thread counts.
+    rounded = [{k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    write_json(results_dir / "synthetic.json", {"retrain_steps": retrain_steps, "rows": rounded})
     figure = plot_synthetic(rows, results_dir / "synthetic.png")
     generated = (
         "<!-- sink-models:begin table -->\n"
