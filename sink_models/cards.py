@@ -167,6 +167,13 @@ def _sink_row(summary: dict) -> list:
     return [*per_image, share["cls"], share["register"], share["patch"], summary["cls_sink_rate"]]
 
 
+def usage_section(result: dict, repo: str, revision: str) -> str:
+    """The card's generated usage section for a checkpoint published as `repo` at `revision`."""
+    remote = result["model"]["class"].startswith("SinkViT")
+    text = _usage(result, repo, revision, remote)
+    return f"<!-- sink-models:begin usage -->\n## Usage\n\n```python\n{text}\n```\n<!-- sink-models:end usage -->"
+
+
 def _description(result: dict) -> str:
     model, training = result["model"], result["training"] or {}
     parts = [f"A `{model['class']}` with {model['parameters']:,} parameters"]

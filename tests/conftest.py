@@ -11,6 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hub_server import HubServer  # noqa: E402
+from huggingface_hub import constants  # noqa: E402
+from huggingface_hub.utils import _detect_agent  # noqa: E402
 
 from sink_models import VARIANTS, preset_config  # noqa: E402
 
@@ -60,3 +63,16 @@ def free_port() -> int:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    # Every other test runs offline (above); these talk to a local Hub-compatible server only.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    # Once online, the client's user-agent code fetches an agent registry from constants.ENDPOINT, which is
+    # huggingface.co in this process (HF_ENDPOINT is read at import): pin it empty so nothing leaves 127.0.0.1.
+    monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
+    with HubServer() as server:
+        yield server

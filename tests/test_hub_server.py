@@ -8,31 +8,17 @@ import urllib.error
 import urllib.request
 
 import pytest
-from hub_server import HubServer, git_blob_oid
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, HfFileSystem, constants, hf_hub_download
+from hub_server import git_blob_oid
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, HfFileSystem, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import _detect_agent
 
 TOKEN = "hf_test_token_do_not_leak"
 REPO = "test-org/tiny"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    # conftest.py makes every test offline; these talk to the local server only.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    # Once online, the client's user-agent code fetches an agent registry from constants.ENDPOINT, which is
-    # huggingface.co in this process (HF_ENDPOINT is read at import): pin it empty so nothing leaves 127.0.0.1.
-    monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
-    with HubServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,0 +1,226 @@
+"""Publish the reference zoo to the Hub with the real `huggingface_hub` client: one model repo per checkpoint (code,
+weights, card, results, recipe) under a version tag, and the results dataset.
+
+Each repo changes by one atomic commit (`upload_folder`), and the client sends only files whose git oid differs
+from the server's, so pushing the same content again makes no commit. Transient server errors (5xx) are retried;
+a failure names the repo and the step. Before a model repo's commit, the staged folder is reloaded with
+`trust_remote_code` in a fresh process and must reproduce the local model's logits.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+from .cards import merge_sections, usage_section
+from .files import atomic_write
+
+ZOO_VERSION = "v1"  # the tag every model repo gets, and that the model cards' usage snippets pin
+RESULTS_DATASET = "sink-zoo-results"
+MODEL_FILES = (
+    "config.json",
+    "configuration_sink_vit.py",
+    "modeling_sink_vit.py",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "training_args.json",
+)
+PARITY_TOLERANCE = 1e-5
+
+
+class PushError(RuntimeError):
+    """A push step failed: the message names the repo and the step; earlier commits stay as they were."""
+
+
+@dataclass
+class Change:
+    """What a push would do to one repo: create it, and which files it would add or change."""
+
+    repo_id: str
+    repo_type: str
+    exists: bool
+    changed: list[str] = field(default_factory=list)
+    tag: str | None = None
+
+    def describe(self) -> str:
+        kind = "" if self.repo_type == "model" else f"{self.repo_type} "
+        if not self.exists:
+            text = f"create {kind}{self.repo_id} with {len(self.changed)} files: {', '.join(self.changed)}"
+        elif self.changed:
+            text = f"update {kind}{self.repo_id}: {', '.join(self.changed)}"
+        else:
+            text = f"unchanged {kind}{self.repo_id}"
+        return text + (f"; tag {self.tag}" if self.tag else "")
+
+
+def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
+    """The folder a zoo model's repo holds: zoo/<name> (safetensors weights, config with auto_map, the two code
+    files, image processor, recipe), model_cards/<name> (README.md with its PNGs) and results/<name>.json."""
+    source, card = root / "zoo" / name, root / "model_cards" / name
+    missing = [str(p) for p in (source, card / "README.md", root / "results" / f"{name}.json") if not p.exists()]
+    if missing:
+        raise PushError(f"{name}: missing {missing}; build the zoo (zoo/build.sh) and run eval/run.py first.")
+    if any(source.glob("*.bin")) or any(source.glob("*.pt")):
+        raise PushError(f"{name}: pickled weights in {source}; only safetensors are published.")
+    folder = staging / name
+    folder.mkdir(parents=True)
+    for file in MODEL_FILES:
+        shutil.copy2(source / file, folder / file)
+    for file in [card / "README.md", *sorted(card.glob("*.png"))]:
+        shutil.copy2(file, folder / file.name)
+    shutil.copy2(root / "results" / f"{name}.json", folder / "results.json")
+    # The card's usage snippet names the repo it is pushed to, pinned to the version tag.
+    result = json.loads((folder / "results.json").read_text())
+    readme = folder / "README.md"
+    readme.write_text(merge_sections(readme.read_text(), usage_section(result, repo_id, ZOO_VERSION)))
+    return folder
+
+
+def parity_check(staged: Path, local: Path) -> float:
+    """Reload `staged` through trust_remote_code in a fresh process (its own HF_HOME) and return the largest
+    difference of its logits from the library's model loaded from `local`; PushError above PARITY_TOLERANCE."""
+    env = {**os.environ, "HF_HOME": str(staged.parent / ".parity-hf-home"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sink_models.parity", str(staged), str(local)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PushError(f"{staged.name}: parity check: the staged folder does not load ({last}).")
+    difference = json.loads(done.stdout.strip().splitlines()[-1])["max_abs_diff"]
+    if difference > PARITY_TOLERANCE:
+        raise PushError(
+            f"{staged.name}: parity check: the staged folder's logits differ from the local model's by "
+            f"{difference:.3g} (allowed: {PARITY_TOLERANCE})."
+        )
+    return difference
+
+
+def git_blob_oid(content: bytes) -> str:
+    """The oid the Hub lists for a file stored in git (as `git hash-object` computes it)."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def plan(api: HfApi, repo_id: str, folder: Path, repo_type: str = "model", tag: str | None = None) -> Change:
+    """What pushing `folder` to `repo_id` would change, from read-only requests."""
+    try:
+        remote = {
+            entry.path: entry
+            for entry in api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True)
+            if hasattr(entry, "blob_id")
+        }
+    except RepositoryNotFoundError:
+        return Change(repo_id, repo_type, exists=False, changed=_files(folder), tag=tag)
+    changed = [path for path in _files(folder) if not _same(folder / path, remote.get(path))]
+    if tag is not None and tag in {ref.name for ref in api.list_repo_refs(repo_id, repo_type=repo_type).tags}:
+        tag = None
+    return Change(repo_id, repo_type, exists=True, changed=changed, tag=tag)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _same(path: Path, entry) -> bool:
+    if entry is None:
+        return False
+    content = path.read_bytes()
+    if getattr(entry, "lfs", None) is not None:  # LFS files are listed by the sha256 of their content
+        return hashlib.sha256(content).hexdigest() == entry.lfs.sha256
+    return git_blob_oid(content) == entry.blob_id
+
+
+def retried(call: Callable, what: str, attempts: int = 4, wait: float = 2.0):
+    """`call()`, retried on server errors (5xx) with a doubling wait; PushError naming `what` if it keeps failing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except HfHubHTTPError as error:
+            status = getattr(error.response, "status_code", None)
+            if status is None or status < 500 or attempt == attempts:
+                raise PushError(f"{what}: {_reason(error)} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
+            time.sleep(wait * 2 ** (attempt - 1))
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def push_folder(
+    api: HfApi, repo_id: str, folder: Path, *, repo_type: str = "model", message: str, private: bool = False, **retry
+) -> str:
+    """Create the repo if needed and commit `folder` as one commit (none if nothing changed); returns the head sha."""
+    retried(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True), f"{repo_id}: create")
+    info = retried(
+        lambda: api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message),
+        f"{repo_id}: commit",
+        **retry,
+    )
+    return info.oid
+
+
+def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str, *, repo_type: str = "model", **retry) -> bool:
+    """Put `tag` on `commit`; False if it is there already. PushError if it points at another commit: a published
+    version never moves (raise ZOO_VERSION for new content)."""
+    try:
+        tagged = retried(lambda: api.list_repo_refs(repo_id, repo_type=repo_type), f"{repo_id}: refs", **retry)
+    except RevisionNotFoundError:
+        tagged = None
+    current = {ref.name: ref.target_commit for ref in tagged.tags} if tagged else {}
+    if tag in current:
+        if current[tag] != commit:
+            raise PushError(
+                f"{repo_id}: tag {tag} already marks commit {current[tag][:12]}, not the new head {commit[:12]}; "
+                "a published version never moves: raise sink_models.hub.ZOO_VERSION."
+            )
+        return False
+    retried(lambda: api.create_tag(repo_id, tag=tag, revision=commit, repo_type=repo_type), f"{repo_id}: tag", **retry)
+    return True
+
+
+def leaderboard_record(result: dict, repo_id: str, commit: str) -> dict:
+    """One checkpoint in the demo-leaderboard format, plus the sink metrics and what the table shows."""
+    accuracy = result["accuracy"] or {}
+    sinks = result["sinks"]
+    training = result.get("training") or {}
+    return {
+        "config": {"model_name": repo_id, "model_sha": commit, "model_dtype": "float32"},
+        "results": {
+            result["dataset"]["name"]: {key: accuracy[key] for key in ("top1", "top5") if key in accuracy},
+            "sinks": {
+                "sinks_per_image": sinks["sinks_per_image"],
+                "nop_per_image": sinks["nop_per_image"],
+                "broadcast_per_image": sinks["broadcast_per_image"],
+                "cls_share": sinks["sink_share"]["cls"],
+                "register_share": sinks["sink_share"]["register"],
+                "patch_share": sinks["sink_share"]["patch"],
+                "cls_sink_rate": sinks["cls_sink_rate"],
+            },
+        },
+        "model": {
+            "variant": training.get("model", {}).get("variant"),
+            "size": training.get("model", {}).get("size"),
+            "dataset": result["dataset"]["name"],
+            "parameters": result["model"]["parameters"],
+            "date": result["date"],
+        },
+    }
+
+
+def append_push_log(path: Path, record: dict) -> None:
+    """The pushed commit shas, one JSON object per repo and run, in a local log that is never uploaded."""
+    old = path.read_text() if path.exists() else ""
+    atomic_write(path, old + json.dumps(record) + "\n")

@@ -1,0 +1,133 @@
+"""upload/push.py against the local Hub-compatible server: the real huggingface_hub client, in a fresh process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from test_hub_server import TOKEN, subprocess_env
+
+from sink_models import SinkViTForImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME, ORG = "vit-gated-reg", "testorg"
+REPO = f"{ORG}/{NAME}"
+
+
+def push(hub, tmp_path, *options, names=(NAME,)):
+    command = [sys.executable, str(ROOT / "upload" / "push.py"), "--org", ORG, "--retry-wait", "0.01", *options]
+    env = subprocess_env(hub, tmp_path)
+    return subprocess.run([*command, *names], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+
+
+def in_fresh_process(hub, tmp_path, code: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=subprocess_env(hub, tmp_path)
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def pushed(hub, tmp_path):
+    done = push(hub, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_a_pushed_model_loads_with_remote_code_at_its_tag_and_carries_its_card(hub, pushed, tmp_path):
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(images, tmp_path / "images.pt")
+    loaded = in_fresh_process(
+        hub,
+        tmp_path,
+        f"""
+import json, torch
+from huggingface_hub import ModelCard
+from transformers import AutoModelForImageClassification
+model = AutoModelForImageClassification.from_pretrained("{REPO}", trust_remote_code=True, revision="v1").eval()
+with torch.no_grad():
+    logits = model(torch.load("{tmp_path / "images.pt"}")).logits
+card = ModelCard.load("{REPO}")
+metrics = {{(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}}
+print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), "text": card.text,
+                  "top1": metrics[("accuracy", "top1")], "sinks": metrics[("sinks_per_image", None)]}}))
+""",
+    )
+    assert loaded["module"].startswith("transformers_modules")  # the repo's own code ran
+    local = SinkViTForImageClassification.from_pretrained(ROOT / "zoo" / NAME).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(loaded["logits"]), local(images).logits, atol=1e-5, rtol=0)
+    result = json.loads((ROOT / "results" / f"{NAME}.json").read_text())
+    assert loaded["top1"] == result["accuracy"]["top1"] and loaded["sinks"] == result["sinks"]["sinks_per_image"]
+    assert f'from_pretrained("{REPO}", trust_remote_code=True, revision="v1")' in loaded["text"]
+    files = hub.files(REPO)
+    assert {"model.safetensors", "modeling_sink_vit.py", "results.json", "events_by_head.png"} <= set(files)
+    assert not any(path.endswith((".bin", ".pt", ".pth")) for path in files)
+
+
+def test_the_results_dataset_loads_with_datasets(hub, pushed, tmp_path):
+    rows = in_fresh_process(
+        hub,
+        tmp_path,
+        f"""
+import json, datasets
+rows = datasets.load_dataset("{ORG}/sink-zoo-results", split="train")
+print(json.dumps(rows.to_list(), default=str))
+""",
+    )
+    heads = hub.commits(REPO)
+    assert [row["config"]["model_name"] for row in rows] == [REPO]
+    assert rows[0]["config"]["model_sha"] == heads[0]
+    result = json.loads((ROOT / "results" / f"{NAME}.json").read_text())
+    assert rows[0]["results"]["digits"]["top1"] == result["accuracy"]["top1"]
+    assert rows[0]["results"]["sinks"]["nop_per_image"] == result["sinks"]["nop_per_image"]
+
+
+def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed, tmp_path):
+    before = {repo: hub.commits(*repo) for repo in ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset"))}
+    again = push(hub, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {repo: hub.commits(*repo) for repo in before} == before
+    assert "tag v1 present" in again.stdout
+    seen = len(hub.requests)
+    dry = push(hub, tmp_path, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert not any(request.mutated for request in hub.requests[seen:])
+    assert f"unchanged {REPO}" in dry.stdout and f"unchanged dataset {ORG}/sink-zoo-results" in dry.stdout
+
+
+def test_a_dry_run_on_an_empty_hub_lists_what_it_would_create(hub, tmp_path):
+    dry = push(hub, tmp_path, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"create {REPO} with" in dry.stdout and "; tag v1" in dry.stdout
+    assert not any(request.mutated for request in hub.requests)
+
+
+def test_the_token_is_never_uploaded_or_printed(hub, pushed, tmp_path):
+    for repo, kind in ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset")):
+        assert not any(TOKEN.encode() in content for content in hub.files(repo, kind).values())
+    assert TOKEN not in pushed.stdout + pushed.stderr
+    assert all(TOKEN not in path.read_text() for path in (tmp_path / "hf-home").rglob("*.json"))
+
+
+def test_transient_server_errors_are_retried(hub, tmp_path):
+    hub.fail_next(2, status=500, route_contains="/commit/")
+    done = push(hub, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(hub.commits(REPO)) == 2  # the initial commit and the pushed one
+
+
+def test_a_server_that_keeps_failing_stops_the_push_cleanly(hub, tmp_path):
+    hub.fail_always(status=500, route_contains="/commit/")
+    done = push(hub, tmp_path)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: {REPO}: commit: HfHubHTTPError") and "after 4 attempts" in lines[-1]
+    hub.clear_faults()
+    assert len(hub.commits(REPO)) == 1 and set(hub.files(REPO)) == {".gitattributes"}  # nothing half-pushed
+    assert HfApi(endpoint=hub.url, token=TOKEN).list_repo_refs(REPO).tags == []
+    assert not any("sink-zoo-results" in request.path for request in hub.requests)  # it stopped at the model

@@ -1,0 +1,129 @@
+"""Publish the zoo: `python upload/push.py --org ORG [--endpoint URL] [--private] [--dry-run] [NAMES ...]`.
+
+One model repo per zoo checkpoint (ORG/<name>: weights, config, remote code, image processor, card with its
+figures, results, recipe) tagged with the zoo's version, then the results dataset ORG/sink-zoo-results. The token
+comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads. Pushed commits are
+logged to runs/push_log.jsonl (not uploaded).
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from sink_models.hub import (
+    RESULTS_DATASET,
+    ZOO_VERSION,
+    PushError,
+    append_push_log,
+    leaderboard_record,
+    parity_check,
+    plan,
+    push_folder,
+    stage_model,
+    tag_commit,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+# The zoo's image classifiers: the folders with their own remote code (the synthetic-task models have none).
+ZOO = sorted(p.parent.name for p in (ROOT / "zoo").glob("*/modeling_sink_vit.py"))
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("names", nargs="*", metavar="NAMES", help=f"zoo models (default: all of {', '.join(ZOO)})")
+    parser.add_argument("--org", required=True, help="the user or organisation to publish under")
+    parser.add_argument("--endpoint", default=None, help="a Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
+    parser.add_argument("--private", action="store_true", help="create the repos private")
+    parser.add_argument("--dry-run", action="store_true", help="print what would be created or changed; change nothing")
+    parser.add_argument("--retry-wait", type=float, default=2.0, help="seconds before the first retry (doubling)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in ZOO]
+    if unknown:
+        parser.error(f"unknown zoo models {unknown}; allowed: {', '.join(ZOO)}")
+    args.names = args.names or ZOO
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    token = get_token()  # HF_TOKEN, else the `hf auth login` store
+    if token is None and not args.dry_run:
+        raise PushError("no token: set HF_TOKEN or run `hf auth login` (a write token for the org).")
+    api = HfApi(endpoint=args.endpoint, token=token)
+    retry = {"wait": args.retry_wait}
+    log = ROOT / "runs" / "push_log.jsonl"
+    with tempfile.TemporaryDirectory(prefix="sink-models-push-") as staging:
+        staging = Path(staging)
+        records = {}
+        for name in args.names:
+            repo_id = f"{args.org}/{name}"
+            folder = stage_model(name, repo_id, ROOT, staging)
+            result = json.loads((folder / "results.json").read_text())
+            if args.dry_run:
+                print(plan(api, repo_id, folder, tag=ZOO_VERSION).describe())
+                records[name] = leaderboard_record(result, repo_id, _head(api, repo_id) or "(new)")
+                continue
+            difference = parity_check(folder, ROOT / "zoo" / name)
+            commit = push_folder(
+                api, repo_id, folder, message=f"sink-models zoo {ZOO_VERSION}: {name}", private=args.private, **retry
+            )
+            tagged = tag_commit(api, repo_id, ZOO_VERSION, commit, **retry)
+            append_push_log(log, _entry(repo_id, "model", commit, ZOO_VERSION))
+            print(f"{repo_id}: at {commit[:12]} (parity {difference:.1e}); tag {ZOO_VERSION} {'created' if tagged else 'present'}")
+            records[name] = leaderboard_record(result, repo_id, commit)
+
+        dataset_id = f"{args.org}/{RESULTS_DATASET}"
+        folder = staging / RESULTS_DATASET
+        folder.mkdir()
+        for name, record in records.items():
+            (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (folder / "README.md").write_text(_dataset_card(args.org))
+        if args.dry_run:
+            print(plan(api, dataset_id, folder, repo_type="dataset").describe())
+            return 0
+        commit = push_folder(
+            api, dataset_id, folder, repo_type="dataset", message="sink-models zoo results", private=args.private, **retry
+        )
+        append_push_log(log, _entry(dataset_id, "dataset", commit, None))
+        print(f"{dataset_id}: at {commit[:12]}")
+    return 0
+
+
+def _head(api: HfApi, repo_id: str) -> str | None:
+    try:
+        return api.model_info(repo_id).sha
+    except RepositoryNotFoundError:
+        return None
+
+
+def _entry(repo_id: str, repo_type: str, commit: str, tag: str | None) -> dict:
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"repo_id": repo_id, "repo_type": repo_type, "commit": commit, "tag": tag, "date": when}
+
+
+def _dataset_card(org: str) -> str:
+    return (
+        "---\nlicense: apache-2.0\ntags:\n- attention-sinks\n- leaderboard\nconfigs:\n- config_name: default\n"
+        "  data_files: '*.json'\n---\n\n# sink-zoo-results\n\n"
+        f"Accuracy and attention-sink metrics of the `{org}` sink-models zoo, one JSON file per checkpoint in the "
+        "demo-leaderboard format (`config`: model name, sha and dtype; `results`: per task, per metric), plus the "
+        "sink metrics (sinks, NOP and broadcast sinks per image; CLS / register / patch shares).\n"
+    )
+
+
+def cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except PushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))
