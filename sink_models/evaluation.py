@@ -7,6 +7,7 @@ transformers ViT / DINOv2 (with or without registers, with or without a classifi
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import date
 from importlib.metadata import PackageNotFoundError, version
@@ -292,6 +293,7 @@ def evaluate_checkpoint(
             "parameters": sum(p.numel() for p in model.parameters()),
             "attn_implementation": model.config._attn_implementation,
         },
+        "cost": measure_cost(model, next(iter(loader))["pixel_values"] if len(loader) else None),
         "dataset": {
             "name": choice.dataset,
             "split": choice.split,
@@ -309,6 +311,37 @@ def evaluate_checkpoint(
         "versions": package_versions(),
         "date": date.today().isoformat(),
     }, report
+
+
+@torch.no_grad()
+def measure_cost(model: torch.nn.Module, pixel_values: torch.Tensor | None, rounds: int = 3) -> dict:
+    """GFLOPs of one image's forward (torch's FLOP counter) and forward images/s (best of `rounds` timed batches of
+    real images, on the model's device): the cost columns of the leaderboard."""
+    if pixel_values is None:
+        return {"gflops": None, "images_per_s": None}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    pixel_values = pixel_values.to(device)
+    counter = FlopCounterMode(display=False)
+    backend = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # the counter misses the fused CPU sdpa kernels' matmuls
+    try:
+        with counter:
+            model(pixel_values=pixel_values[:1])
+    finally:
+        model.set_attn_implementation(backend)
+    model(pixel_values=pixel_values)  # warm-up
+    best = float("inf")
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        model(pixel_values=pixel_values)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return {"gflops": counter.get_total_flops() / 1e9, "images_per_s": len(pixel_values) / best}
 
 
 def config_digest(config) -> str:

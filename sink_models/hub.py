@@ -26,6 +26,8 @@ from .files import atomic_write
 
 ZOO_VERSION = "v1"  # the tag every model repo gets, and that the model cards' usage snippets pin
 RESULTS_DATASET = "sink-zoo-results"
+SPACE = "sink-zoo-leaderboard"
+COLLECTION = "Attention-sink ViT zoo"
 MODEL_FILES = (
     "config.json",
     "configuration_sink_vit.py",
@@ -83,6 +85,44 @@ def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
     readme = folder / "README.md"
     readme.write_text(merge_sections(readme.read_text(), usage_section(result, repo_id, ZOO_VERSION)))
     return folder
+
+
+def stage_space(app: Path, results_repo: str, folder: Path) -> Path:
+    """The leaderboard Space: upload/space/ (app, README with the Space config, requirements), a copy of
+    sink_models/leaderboard.py (the Space runs without this package) and the name of the results dataset."""
+    shutil.copytree(app, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(Path(__file__).with_name("leaderboard.py"), folder / "leaderboard.py")
+    (folder / "results_repo.txt").write_text(results_repo + "\n")
+    return folder
+
+
+def collection_plan(api: HfApi, org: str, items: list[tuple[str, str]]) -> str:
+    """What add_to_collection would do, from read-only requests."""
+    found = _find_collection(api, org)
+    if found is None:
+        return f"create collection {COLLECTION!r} with {len(items)} items"
+    present = {(item.item_id, item.item_type) for item in found.items}
+    missing = [item_id for item_id, kind in items if (item_id, kind) not in present]
+    return f"collection {COLLECTION!r}: add {missing}" if missing else f"unchanged collection {COLLECTION!r}"
+
+
+def _find_collection(api: HfApi, org: str):
+    listed = next((c for c in api.list_collections(owner=org, limit=100) if c.title == COLLECTION), None)
+    return None if listed is None else api.get_collection(listed.slug)  # listings show only the first items
+
+
+def add_to_collection(api: HfApi, org: str, items: list[tuple[str, str]], **retry) -> int:
+    """Create the org's collection if needed and add the items it lacks; returns how many were added."""
+    what = f"collection {COLLECTION!r}"
+    found = retried(
+        lambda: api.create_collection(COLLECTION, namespace=org, exists_ok=True), f"{what}: create", **retry
+    )
+    present = {(item.item_id, item.item_type) for item in found.items}
+    missing = [(item_id, kind) for item_id, kind in items if (item_id, kind) not in present]
+    for item_id, kind in missing:
+        add = lambda item_id=item_id, kind=kind: api.add_collection_item(found.slug, item_id, kind, exists_ok=True)  # noqa: E731
+        retried(add, f"{what}: add {item_id}", **retry)
+    return len(missing)
 
 
 def parity_check(staged: Path, local: Path) -> float:
@@ -163,7 +203,11 @@ def push_folder(
     api: HfApi, repo_id: str, folder: Path, *, repo_type: str = "model", message: str, private: bool = False, **retry
 ) -> str:
     """Create the repo if needed and commit `folder` as one commit (none if nothing changed); returns the head sha."""
-    retried(lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True), f"{repo_id}: create")
+    sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}  # the leaderboard Space is a Gradio app
+    retried(
+        lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk),
+        f"{repo_id}: create",
+    )
     info = retried(
         lambda: api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message),
         f"{repo_id}: commit",
@@ -189,35 +233,6 @@ def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str, *, repo_type: st
         return False
     retried(lambda: api.create_tag(repo_id, tag=tag, revision=commit, repo_type=repo_type), f"{repo_id}: tag", **retry)
     return True
-
-
-def leaderboard_record(result: dict, repo_id: str, commit: str) -> dict:
-    """One checkpoint in the demo-leaderboard format, plus the sink metrics and what the table shows."""
-    accuracy = result["accuracy"] or {}
-    sinks = result["sinks"]
-    training = result.get("training") or {}
-    return {
-        "config": {"model_name": repo_id, "model_sha": commit, "model_dtype": "float32"},
-        "results": {
-            result["dataset"]["name"]: {key: accuracy[key] for key in ("top1", "top5") if key in accuracy},
-            "sinks": {
-                "sinks_per_image": sinks["sinks_per_image"],
-                "nop_per_image": sinks["nop_per_image"],
-                "broadcast_per_image": sinks["broadcast_per_image"],
-                "cls_share": sinks["sink_share"]["cls"],
-                "register_share": sinks["sink_share"]["register"],
-                "patch_share": sinks["sink_share"]["patch"],
-                "cls_sink_rate": sinks["cls_sink_rate"],
-            },
-        },
-        "model": {
-            "variant": training.get("model", {}).get("variant"),
-            "size": training.get("model", {}).get("size"),
-            "dataset": result["dataset"]["name"],
-            "parameters": result["model"]["parameters"],
-            "date": result["date"],
-        },
-    }
 
 
 def append_push_log(path: Path, record: dict) -> None:

@@ -15,7 +15,8 @@ Every request is recorded in `server.requests`, and `fail_next` / `fail_always` 
 
 Not modelled: LFS / xet uploads (preupload always answers "regular", so contents travel inline in the commit),
 pull requests (`create_pr` answers 400), read access rules for private repos, deletions of repos / branches /
-tags, collections, Space settings, `cardData` parsed from README.md, and pagination (one page answers all).
+tags, collection edits beyond creating one and adding items, Space settings, `cardData` parsed from README.md,
+and pagination (one page answers all).
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class HubServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.requests: list[RecordedRequest] = []
+        self._collections: dict[str, dict] = {}  # slug -> the collection as the API answers it
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -341,6 +343,8 @@ class HubServer:
             return self._create_repo(request)
         if path == "/api/validate-yaml" and method == "POST":
             return _json({"errors": [], "warnings": []})
+        if path.startswith("/api/collections"):
+            return self._collection_route(request)
         if match := API_ROUTE.fullmatch(path):
             repo_type, repo_id, action, revision, subpath = match.groups()
             revision = unquote(revision) if revision is not None else None
@@ -367,6 +371,62 @@ class HubServer:
             repo_type, repo_id, revision, filename = match.groups()
             return self._resolve_file(request, repo_type or "model", repo_id, unquote(revision), unquote(filename))
         raise HubError(404, f"No route for {method} {path}")
+
+    def _collection_route(self, request: RecordedRequest) -> _Response:
+        """POST /api/collections, GET /api/collections/{slug}, POST /api/collections/{slug}/items: 409 for a title
+        the namespace already has (with its slug, which `exists_ok` reads) and for an item already in it."""
+        parts = request.path.removeprefix("/api/collections").strip("/")
+        with self._lock:
+            if request.method == "POST" and not parts:
+                self._require_token(request)
+                payload = request.json()
+                namespace, title = payload["namespace"], payload["title"]
+                for slug, collection in self._collections.items():
+                    if collection["owner"]["name"] == namespace and collection["title"] == title:
+                        return _json({"error": "Collection already exists", "slug": slug}, 409)
+                slug = f"{namespace}/{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')}-{next(self._sequence):024x}"
+                self._collections[slug] = {
+                    "slug": slug,
+                    "title": title,
+                    "description": payload.get("description"),
+                    "owner": {"name": namespace, "type": "org"},
+                    "items": [],
+                    "lastUpdated": _now(),
+                    "position": 0,
+                    "private": bool(payload.get("private")),
+                    "theme": "indigo",
+                    "upvotes": 0,
+                }
+                request.mutated = True
+                return _json(self._collections[slug])
+            if request.method == "GET" and not parts:
+                owner = (request.query.get("owner") or [None])[0]
+                listed = [c for c in self._collections.values() if owner in (None, c["owner"]["name"])]
+                # Like the Hub: a preview of the items, and no position (the client numbers the listing itself).
+                return _json(
+                    [{k: v for k, v in c.items() if k != "position"} | {"items": c["items"][:4]} for c in listed]
+                )
+            slug, _, action = parts.partition("/items") if parts.endswith("/items") else (parts, "", "")
+            collection = self._collections.get(slug)
+            if collection is None:
+                raise HubError(404, f"Collection {slug} not found")
+            if request.method == "GET" and not action:
+                return _json(collection)
+            if request.method == "POST" and parts.endswith("/items"):
+                self._require_token(request)
+                item = request.json()["item"]
+                if any(i["id"] == item["id"] and i["type"] == item["type"] for i in collection["items"]):
+                    return _json({"error": "Item already in the collection"}, 409)
+                entry = {"_id": f"{next(self._sequence):024x}", "position": len(collection["items"]), **item}
+                collection["items"].append(entry)
+                request.mutated = True
+                return _json(collection)
+        raise HubError(404, f"No route for {request.method} {request.path}")
+
+    def collection(self, namespace: str, title: str) -> dict | None:
+        """The collection of that title in that namespace, as the API answers it (None if there is none)."""
+        found = [c for c in self._collections.values() if c["owner"]["name"] == namespace and c["title"] == title]
+        return found[0] if found else None
 
     def _require_token(self, request: RecordedRequest) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

@@ -96,6 +96,13 @@ def test_end_to_end_results_and_card(checkpoint, tmp_path, capsys):
     assert result["accuracy"]["top1"] == pytest.approx(float((ranked[:, 0] == labels).float().mean()))
     assert result["accuracy"]["top5"] == pytest.approx(float((ranked == labels[:, None]).any(-1).float().mean()))
     assert result["dataset"] == {"name": "digits", "split": "test", "images": 24, "unreadable_images": 0}
+    # One image's forward, counted by hand: patch embedding, per layer q/k/v/o, QK^T and AV, the MLP; the head.
+    config = model.config
+    patches, d, width = 16, config.hidden_size, config.intermediate_size
+    tokens = patches + 1
+    layer = 2 * tokens * d * 4 * d + 4 * tokens * tokens * d + 2 * 2 * tokens * d * width
+    flops = 2 * patches * 3 * 4 * 4 * d + config.num_hidden_layers * layer + 2 * d * 10
+    assert result["cost"]["gflops"] == pytest.approx(flops / 1e9, rel=1e-9) and result["cost"]["images_per_s"] > 0
 
     # The planted sinks: one NOP and one broadcast event on CLS per image, in layer 0.
     sinks = result["sinks"]

@@ -88,7 +88,8 @@ print(json.dumps(rows.to_list(), default=str))
 
 
 def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed, tmp_path):
-    before = {repo: hub.commits(*repo) for repo in ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset"))}
+    repos = ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset"), (f"{ORG}/sink-zoo-leaderboard", "space"))
+    before = {repo: hub.commits(*repo) for repo in repos}
     again = push(hub, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {repo: hub.commits(*repo) for repo in before} == before
@@ -98,6 +99,8 @@ def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert not any(request.mutated for request in hub.requests[seen:])
     assert f"unchanged {REPO}" in dry.stdout and f"unchanged dataset {ORG}/sink-zoo-results" in dry.stdout
+    assert f"unchanged space {ORG}/sink-zoo-leaderboard" in dry.stdout
+    assert "unchanged collection 'Attention-sink ViT zoo'" in dry.stdout
 
 
 def test_a_dry_run_on_an_empty_hub_lists_what_it_would_create(hub, tmp_path):
@@ -108,7 +111,11 @@ def test_a_dry_run_on_an_empty_hub_lists_what_it_would_create(hub, tmp_path):
 
 
 def test_the_token_is_never_uploaded_or_printed(hub, pushed, tmp_path):
-    for repo, kind in ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset")):
+    for repo, kind in (
+        (REPO, "model"),
+        (f"{ORG}/sink-zoo-results", "dataset"),
+        (f"{ORG}/sink-zoo-leaderboard", "space"),
+    ):
         assert not any(TOKEN.encode() in content for content in hub.files(repo, kind).values())
     assert TOKEN not in pushed.stdout + pushed.stderr
     assert all(TOKEN not in path.read_text() for path in (tmp_path / "hf-home").rglob("*.json"))
@@ -131,3 +138,20 @@ def test_a_server_that_keeps_failing_stops_the_push_cleanly(hub, tmp_path):
     assert len(hub.commits(REPO)) == 1 and set(hub.files(REPO)) == {".gitattributes"}  # nothing half-pushed
     assert HfApi(endpoint=hub.url, token=TOKEN).list_repo_refs(REPO).tags == []
     assert not any("sink-zoo-results" in request.path for request in hub.requests)  # it stopped at the model
+
+
+def test_the_space_and_the_collection(hub, pushed, tmp_path):
+    space = hub.files(f"{ORG}/sink-zoo-leaderboard", "space")
+    assert {"app.py", "leaderboard.py", "requirements.txt", "README.md"} <= set(space)
+    assert space["results_repo.txt"].decode().strip() == f"{ORG}/sink-zoo-results"
+    assert space["leaderboard.py"] == (ROOT / "sink_models" / "leaderboard.py").read_bytes()
+    assert b"sdk: gradio" in space["README.md"]
+    collection = hub.collection(ORG, "Attention-sink ViT zoo")
+    assert [(item["id"], item["type"]) for item in collection["items"]] == [
+        (REPO, "model"),
+        (f"{ORG}/sink-zoo-results", "dataset"),
+        (f"{ORG}/sink-zoo-leaderboard", "space"),
+    ]
+    again = push(hub, tmp_path)
+    assert "collection 'Attention-sink ViT zoo': 0 item(s) added, 3 present" in again.stdout
+    assert len(hub.collection(ORG, "Attention-sink ViT zoo")["items"]) == 3

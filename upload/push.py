@@ -1,9 +1,10 @@
 """Publish the zoo: `python upload/push.py --org ORG [--endpoint URL] [--private] [--dry-run] [NAMES ...]`.
 
 One model repo per zoo checkpoint (ORG/<name>: weights, config, remote code, image processor, card with its
-figures, results, recipe) tagged with the zoo's version, then the results dataset ORG/sink-zoo-results. The token
-comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads. Pushed commits are
-logged to runs/push_log.jsonl (not uploaded).
+figures, results, recipe) tagged with the zoo's version, then the results dataset ORG/sink-zoo-results, the
+leaderboard Space ORG/sink-zoo-leaderboard (upload/space/) and the collection "Attention-sink ViT zoo" of them all.
+The token comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads.
+Pushed commits are logged to runs/push_log.jsonl (not uploaded).
 """
 
 import argparse
@@ -17,17 +18,22 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from sink_models.hub import (
+    COLLECTION,
     RESULTS_DATASET,
+    SPACE,
     ZOO_VERSION,
     PushError,
+    add_to_collection,
     append_push_log,
-    leaderboard_record,
+    collection_plan,
     parity_check,
     plan,
     push_folder,
     stage_model,
+    stage_space,
     tag_commit,
 )
+from sink_models.leaderboard import leaderboard_record
 
 ROOT = Path(__file__).resolve().parents[1]
 # The zoo's image classifiers: the folders with their own remote code (the synthetic-task models have none).
@@ -75,7 +81,8 @@ def main(argv: list[str]) -> int:
             )
             tagged = tag_commit(api, repo_id, ZOO_VERSION, commit, **retry)
             append_push_log(log, _entry(repo_id, "model", commit, ZOO_VERSION))
-            print(f"{repo_id}: at {commit[:12]} (parity {difference:.1e}); tag {ZOO_VERSION} {'created' if tagged else 'present'}")
+            state = "created" if tagged else "present"
+            print(f"{repo_id}: at {commit[:12]} (parity {difference:.1e}); tag {ZOO_VERSION} {state}")
             records[name] = leaderboard_record(result, repo_id, commit)
 
         dataset_id = f"{args.org}/{RESULTS_DATASET}"
@@ -84,14 +91,24 @@ def main(argv: list[str]) -> int:
         for name, record in records.items():
             (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
         (folder / "README.md").write_text(_dataset_card(args.org))
+        space_id = f"{args.org}/{SPACE}"
+        space = stage_space(ROOT / "upload" / "space", dataset_id, staging / SPACE)
+        items = [(f"{args.org}/{name}", "model") for name in args.names]
+        items += [(dataset_id, "dataset"), (space_id, "space")]
         if args.dry_run:
             print(plan(api, dataset_id, folder, repo_type="dataset").describe())
+            print(plan(api, space_id, space, repo_type="space").describe())
+            print(collection_plan(api, args.org, items))
             return 0
-        commit = push_folder(
-            api, dataset_id, folder, repo_type="dataset", message="sink-models zoo results", private=args.private, **retry
-        )
-        append_push_log(log, _entry(dataset_id, "dataset", commit, None))
-        print(f"{dataset_id}: at {commit[:12]}")
+        for repo_id, kind, source, message in (
+            (dataset_id, "dataset", folder, "sink-models zoo results"),
+            (space_id, "space", space, "sink-models leaderboard"),
+        ):
+            commit = push_folder(api, repo_id, source, repo_type=kind, message=message, private=args.private, **retry)
+            append_push_log(log, _entry(repo_id, kind, commit, None))
+            print(f"{kind} {repo_id}: at {commit[:12]}")
+        added = add_to_collection(api, args.org, items, **retry)
+        print(f"collection {COLLECTION!r}: {added} item(s) added, {len(items) - added} present")
     return 0
 
 
