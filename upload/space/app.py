@@ -69,7 +69,7 @@ def build(records: list[dict], pictures) -> gr.Blocks:
         with gr.Row():
             with gr.Column():
                 model = gr.Dropdown(choices=list(frame["model"]), value=frame["model"].iloc[0], label="Model")
-                gallery = gr.Gallery(label="Sink pictures", columns=3, height="auto")
+                gallery = gr.Gallery(label="Sink pictures", columns=3, height=300)
             gr.ScatterPlot(frame, x="sinks / img", y="top-1", color="variant", title="Top-1 vs sinks / img")
         model.change(pictures, model, gallery)
         app.load(pictures, model, gallery)
