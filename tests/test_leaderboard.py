@@ -78,7 +78,7 @@ def test_the_app_shows_every_pushed_model_and_sorts(hub, tmp_path):
         sys.path.pop(0)
     records = load_records(f"{ORG}/sink-zoo-results", endpoint=hub.url)
     port = free_port()
-    demo = space.build(records, space.pictures_for(None, hub.url))
+    demo = space.build(records, space.pictures_for(None, hub.url), link=hub.url)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as playwright:
@@ -88,6 +88,8 @@ def test_the_app_shows_every_pushed_model_and_sorts(hub, tmp_path):
             page.wait_for_selector("#leaderboard [role=row].virtual-row", timeout=60_000)
             headings = [h for h, _ in COLUMNS]
             shown = {row[0]: row for row in page_rows(page)}
+            for name in NAMES:  # the model column links to each repo
+                assert page.locator(f'#leaderboard .virtual-row a[href="{hub.url}/{ORG}/{name}"]').count() == 1
             assert sorted(shown) == sorted(f"{ORG}/{n}" for n in NAMES)
             for name in NAMES:
                 result = results(name)

@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-from huggingface_hub import hf_hub_download  # noqa: E402
+from huggingface_hub import constants, hf_hub_download  # noqa: E402
 
 try:
     from sink_models.leaderboard import FIGURES, load_records, table
@@ -48,22 +48,27 @@ def pictures_for(cards: Path | None, endpoint: str | None):
     return pictures
 
 
-def build(records: list[dict], pictures) -> gr.Blocks:
+def build(records: list[dict], pictures, link: str | None = None) -> gr.Blocks:
+    """The app; with `link` (a Hub URL) each model name links to its repo."""
     frame = pd.DataFrame(table(records))
+    shown = frame.copy()
+    if link:
+        shown["model"] = [f"[{name}]({link.rstrip('/')}/{name})" for name in frame["model"]]
     variants = sorted(v for v in frame["variant"].dropna().unique())
 
     def filtered(text: str, chosen: list[str]) -> pd.DataFrame:
         keep = frame["model"].str.contains(text or "", case=False, regex=False)
         if chosen:
             keep &= frame["variant"].isin(chosen)
-        return frame[keep]
+        return shown[keep]
 
     with gr.Blocks(title="Attention-sink ViT zoo") as app:
         gr.Markdown(INTRO)
         with gr.Row():
             search = gr.Textbox(label="Filter by model name", elem_id="search")
             variant = gr.Dropdown(choices=variants, multiselect=True, label="Variant", elem_id="variant")
-        board = gr.Dataframe(value=frame, interactive=False, elem_id="leaderboard", wrap=True)
+        kinds = ["markdown" if link else "str"] + ["str"] * (len(frame.columns) - 1)
+        board = gr.Dataframe(value=shown, datatype=kinds, interactive=False, elem_id="leaderboard", wrap=True)
         search.change(filtered, [search, variant], board)
         variant.change(filtered, [search, variant], board)
         with gr.Row():
@@ -93,7 +98,9 @@ def main() -> None:
         parser.error("--results (or the RESULTS variable): a results dataset id or a folder of records")
     records = load_records(args.results, endpoint=args.endpoint)
     cards = Path(args.cards) if args.cards else None
-    build(records, pictures_for(cards, args.endpoint)).launch(server_name="127.0.0.1", server_port=args.port)
+    link = None if Path(args.results).is_dir() else (args.endpoint or constants.ENDPOINT)
+    app = build(records, pictures_for(cards, args.endpoint), link)
+    app.launch(server_name="127.0.0.1", server_port=args.port)
 
 
 if __name__ == "__main__":
