@@ -19,15 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from .cards import merge_sections, usage_section
+
+try:  # the HTTP library under huggingface_hub 2.x; its connection errors are not OSErrors
+    from httpx2 import TransportError as _TransportError
+except ImportError:  # pragma: no cover -- other huggingface_hub versions
+    _TransportError = ConnectionError
 from .files import atomic_write
 
 ZOO_VERSION = "v1"  # the tag every model repo gets, and that the model cards' usage snippets pin
 RESULTS_DATASET = "sink-zoo-results"
 SPACE = "sink-zoo-leaderboard"
 COLLECTION = "Attention-sink ViT zoo"
+SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 MODEL_FILES = (
     "config.json",
     "configuration_sink_vit.py",
@@ -68,7 +74,8 @@ def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
     """The folder a zoo model's repo holds: zoo/<name> (safetensors weights, config with auto_map, the two code
     files, image processor, recipe), model_cards/<name> (README.md with its PNGs) and results/<name>.json."""
     source, card = root / "zoo" / name, root / "model_cards" / name
-    missing = [str(p) for p in (source, card / "README.md", root / "results" / f"{name}.json") if not p.exists()]
+    needed = [*(source / f for f in MODEL_FILES), card / "README.md", root / "results" / f"{name}.json"]
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         raise PushError(f"{name}: missing {missing}; build the zoo (zoo/build.sh) and run eval/run.py first.")
     if any(source.glob("*.bin")) or any(source.glob("*.pt")):
@@ -90,7 +97,9 @@ def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
 def stage_space(app: Path, results_repo: str, folder: Path) -> Path:
     """The leaderboard Space: upload/space/ (app, README with the Space config, requirements), a copy of
     sink_models/leaderboard.py (the Space runs without this package) and the name of the results dataset."""
-    shutil.copytree(app, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    folder.mkdir(parents=True)
+    for name in SPACE_FILES:
+        shutil.copy2(app / name, folder / name)
     shutil.copy2(Path(__file__).with_name("leaderboard.py"), folder / "leaderboard.py")
     (folder / "results_repo.txt").write_text(results_repo + "\n")
     return folder
@@ -111,11 +120,13 @@ def _find_collection(api: HfApi, org: str):
     return None if listed is None else api.get_collection(listed.slug)  # listings show only the first items
 
 
-def add_to_collection(api: HfApi, org: str, items: list[tuple[str, str]], **retry) -> int:
+def add_to_collection(api: HfApi, org: str, items: list[tuple[str, str]], private: bool = False, **retry) -> int:
     """Create the org's collection if needed and add the items it lacks; returns how many were added."""
     what = f"collection {COLLECTION!r}"
     found = retried(
-        lambda: api.create_collection(COLLECTION, namespace=org, exists_ok=True), f"{what}: create", **retry
+        lambda: api.create_collection(COLLECTION, namespace=org, private=private, exists_ok=True),
+        f"{what}: create",
+        **retry,
     )
     present = {(item.item_id, item.item_type) for item in found.items}
     missing = [(item_id, kind) for item_id, kind in items if (item_id, kind) not in present]
@@ -129,14 +140,17 @@ def parity_check(staged: Path, local: Path) -> float:
     """Reload `staged` through trust_remote_code in a fresh process (its own HF_HOME) and return the largest
     difference of its logits from the library's model loaded from `local`; PushError above PARITY_TOLERANCE."""
     env = {**os.environ, "HF_HOME": str(staged.parent / ".parity-hf-home"), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "sink_models.parity", str(staged), str(local)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    if done.returncode != 0:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sink_models.parity", str(staged), str(local)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        raise PushError(f"{staged.name}: parity check: no answer in 600 s.") from None
+    if done.returncode != 0 or not done.stdout.strip():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise PushError(f"{staged.name}: parity check: the staged folder does not load ({last}).")
     difference = json.loads(done.stdout.strip().splitlines()[-1])["max_abs_diff"]
@@ -182,16 +196,24 @@ def _same(path: Path, entry) -> bool:
     return git_blob_oid(content) == entry.blob_id
 
 
+TRANSIENT = {408, 429}  # besides 5xx: timeouts and rate limits pass too
+
+
 def retried(call: Callable, what: str, attempts: int = 4, wait: float = 2.0):
-    """`call()`, retried on server errors (5xx) with a doubling wait; PushError naming `what` if it keeps failing."""
+    """`call()`, retried on transient failures (5xx, 408, 429, lost connections) with a doubling wait; any failure
+    that stays becomes a PushError naming `what`."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except HfHubHTTPError as error:
             status = getattr(error.response, "status_code", None)
-            if status is None or status < 500 or attempt == attempts:
-                raise PushError(f"{what}: {_reason(error)} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
-            time.sleep(wait * 2 ** (attempt - 1))
+            transient = status is not None and (status >= 500 or status in TRANSIENT)
+            failure = error
+        except (OSError, _TransportError) as error:  # a refused or dropped connection, a timeout
+            transient, failure = True, error
+        if not transient or attempt == attempts:
+            raise PushError(f"{what}: {_reason(failure)} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
+        time.sleep(wait * 2 ** (attempt - 1))
 
 
 def _reason(error: Exception) -> str:
@@ -219,11 +241,8 @@ def push_folder(
 def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str, *, repo_type: str = "model", **retry) -> bool:
     """Put `tag` on `commit`; False if it is there already. PushError if it points at another commit: a published
     version never moves (raise ZOO_VERSION for new content)."""
-    try:
-        tagged = retried(lambda: api.list_repo_refs(repo_id, repo_type=repo_type), f"{repo_id}: refs", **retry)
-    except RevisionNotFoundError:
-        tagged = None
-    current = {ref.name: ref.target_commit for ref in tagged.tags} if tagged else {}
+    tagged = retried(lambda: api.list_repo_refs(repo_id, repo_type=repo_type), f"{repo_id}: refs", **retry)
+    current = {ref.name: ref.target_commit for ref in tagged.tags}
     if tag in current:
         if current[tag] != commit:
             raise PushError(

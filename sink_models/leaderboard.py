@@ -67,7 +67,7 @@ def leaderboard_record(result: dict, repo_id: str, commit: str | None) -> dict:
         "model": {
             "variant": training.get("model", {}).get("variant"),
             "size": training.get("model", {}).get("size"),
-            "dataset": result["dataset"]["name"],
+            "dataset": training.get("data", {}).get("dataset"),  # what it was trained on (None: not by us)
             "parameters": result["model"]["parameters"],
             "gflops": (result.get("cost") or {}).get("gflops"),
             "images_per_s": (result.get("cost") or {}).get("images_per_s"),
@@ -95,8 +95,8 @@ def markdown(rows: list[dict], link: str | None = None) -> str:
 
 
 def _top1(record: dict) -> float | None:
-    task = record["model"].get("dataset")
-    value = record["results"].get(task, {}).get("top1")
+    tasks = [name for name in record["results"] if name != "sinks"]  # the dataset evaluated on
+    value = record["results"][tasks[0]].get("top1") if tasks else None
     return None if value is None else round(100 * value, 2)
 
 

@@ -18,7 +18,8 @@ REPO = f"{ORG}/{NAME}"
 
 
 def push(hub, tmp_path, *options, names=(NAME,)):
-    command = [sys.executable, str(ROOT / "upload" / "push.py"), "--org", ORG, "--retry-wait", "0.01", *options]
+    command = [sys.executable, str(ROOT / "upload" / "push.py"), "--org", ORG, "--retry-wait", "0.01"]
+    command += ["--log", str(tmp_path / "push_log.jsonl"), *options]
     env = subprocess_env(hub, tmp_path)
     return subprocess.run([*command, *names], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
 
@@ -97,7 +98,7 @@ def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed
     seen = len(hub.requests)
     dry = push(hub, tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert not any(request.mutated for request in hub.requests[seen:])
+    assert {request.method for request in hub.requests[seen:]} <= {"GET", "HEAD"}  # it only reads
     assert f"unchanged {REPO}" in dry.stdout and f"unchanged dataset {ORG}/sink-zoo-results" in dry.stdout
     assert f"unchanged space {ORG}/sink-zoo-leaderboard" in dry.stdout
     assert "unchanged collection 'Attention-sink ViT zoo'" in dry.stdout
@@ -107,7 +108,22 @@ def test_a_dry_run_on_an_empty_hub_lists_what_it_would_create(hub, tmp_path):
     dry = push(hub, tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert f"create {REPO} with" in dry.stdout and "; tag v1" in dry.stdout
-    assert not any(request.mutated for request in hub.requests)
+    assert {request.method for request in hub.requests} <= {"GET", "HEAD"}
+
+
+def test_changed_content_under_a_published_tag_is_refused_before_any_write(hub, pushed, tmp_path):
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.upload_file(path_or_fileobj=b"edited on the Hub", path_in_repo="README.md", repo_id=REPO)
+    heads = hub.commits(REPO)
+    done = push(hub, tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {REPO}: README.md changed, but tag v1 is already published; a version never moves: raise "
+        "sink_models.hub.ZOO_VERSION."
+    )
+    assert hub.commits(REPO) == heads
+    dry = push(hub, tmp_path, "--dry-run")
+    assert f"update {REPO}: README.md (refused: tag v1 is published)" in dry.stdout
 
 
 def test_the_token_is_never_uploaded_or_printed(hub, pushed, tmp_path):
@@ -118,6 +134,9 @@ def test_the_token_is_never_uploaded_or_printed(hub, pushed, tmp_path):
     ):
         assert not any(TOKEN.encode() in content for content in hub.files(repo, kind).values())
     assert TOKEN not in pushed.stdout + pushed.stderr
+    log = [json.loads(line) for line in (tmp_path / "push_log.jsonl").read_text().splitlines()]
+    assert [entry["repo_id"] for entry in log] == [REPO, f"{ORG}/sink-zoo-results", f"{ORG}/sink-zoo-leaderboard"]
+    assert log[0]["commit"] == hub.commits(REPO)[0] and TOKEN not in json.dumps(log)
     assert all(TOKEN not in path.read_text() for path in (tmp_path / "hf-home").rglob("*.json"))
 
 

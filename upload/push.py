@@ -29,6 +29,7 @@ from sink_models.hub import (
     parity_check,
     plan,
     push_folder,
+    retried,
     stage_model,
     stage_space,
     tag_commit,
@@ -48,6 +49,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--private", action="store_true", help="create the repos private")
     parser.add_argument("--dry-run", action="store_true", help="print what would be created or changed; change nothing")
     parser.add_argument("--retry-wait", type=float, default=2.0, help="seconds before the first retry (doubling)")
+    parser.add_argument(
+        "--log", default=str(ROOT / "runs" / "push_log.jsonl"), help="the local push log (not uploaded)"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in ZOO]
     if unknown:
@@ -63,7 +67,7 @@ def main(argv: list[str]) -> int:
         raise PushError("no token: set HF_TOKEN or run `hf auth login` (a write token for the org).")
     api = HfApi(endpoint=args.endpoint, token=token)
     retry = {"wait": args.retry_wait}
-    log = ROOT / "runs" / "push_log.jsonl"
+    log = Path(args.log)
     with tempfile.TemporaryDirectory(prefix="sink-models-push-") as staging:
         staging = Path(staging)
         records = {}
@@ -72,9 +76,18 @@ def main(argv: list[str]) -> int:
             folder = stage_model(name, repo_id, ROOT, staging)
             result = json.loads((folder / "results.json").read_text())
             if args.dry_run:
-                print(plan(api, repo_id, folder, tag=ZOO_VERSION).describe())
-                records[name] = leaderboard_record(result, repo_id, _head(api, repo_id) or "(new)")
+                change = retried(lambda: plan(api, repo_id, folder, tag=ZOO_VERSION), f"{repo_id}: read")  # noqa: B023
+                stuck = change.exists and change.changed and change.tag is None
+                print(change.describe() + (f" (refused: tag {ZOO_VERSION} is published)" if stuck else ""))
+                head = retried(lambda: _head(api, repo_id), f"{repo_id}: read")  # noqa: B023
+                records[name] = leaderboard_record(result, repo_id, "(new)" if change.changed else head)
                 continue
+            change = retried(lambda: plan(api, repo_id, folder, tag=ZOO_VERSION), f"{repo_id}: read")  # noqa: B023
+            if change.exists and change.changed and change.tag is None:  # checked before anything is written
+                raise PushError(
+                    f"{repo_id}: {', '.join(change.changed)} changed, but tag {ZOO_VERSION} is already published; "
+                    "a version never moves: raise sink_models.hub.ZOO_VERSION."
+                )
             difference = parity_check(folder, ROOT / "zoo" / name)
             commit = push_folder(
                 api, repo_id, folder, message=f"sink-models zoo {ZOO_VERSION}: {name}", private=args.private, **retry
@@ -96,9 +109,9 @@ def main(argv: list[str]) -> int:
         items = [(f"{args.org}/{name}", "model") for name in args.names]
         items += [(dataset_id, "dataset"), (space_id, "space")]
         if args.dry_run:
-            print(plan(api, dataset_id, folder, repo_type="dataset").describe())
-            print(plan(api, space_id, space, repo_type="space").describe())
-            print(collection_plan(api, args.org, items))
+            for repo_id, kind, source in ((dataset_id, "dataset", folder), (space_id, "space", space)):
+                print(retried(lambda: plan(api, repo_id, source, repo_type=kind), f"{repo_id}: read").describe())  # noqa: B023
+            print(retried(lambda: collection_plan(api, args.org, items), f"collection {COLLECTION!r}: read"))
             return 0
         for repo_id, kind, source, message in (
             (dataset_id, "dataset", folder, "sink-models zoo results"),
@@ -107,7 +120,7 @@ def main(argv: list[str]) -> int:
             commit = push_folder(api, repo_id, source, repo_type=kind, message=message, private=args.private, **retry)
             append_push_log(log, _entry(repo_id, kind, commit, None))
             print(f"{kind} {repo_id}: at {commit[:12]}")
-        added = add_to_collection(api, args.org, items, **retry)
+        added = add_to_collection(api, args.org, items, private=args.private, **retry)
         print(f"collection {COLLECTION!r}: {added} item(s) added, {len(items) - added} present")
     return 0
 
@@ -137,7 +150,7 @@ def _dataset_card(org: str) -> str:
 def cli(argv: list[str]) -> int:
     try:
         return main(argv)
-    except PushError as error:
+    except (PushError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -100,7 +100,8 @@ def main() -> None:
     cards = Path(args.cards) if args.cards else None
     link = None if Path(args.results).is_dir() else (args.endpoint or constants.ENDPOINT)
     app = build(records, pictures_for(cards, args.endpoint), link)
-    app.launch(server_name="127.0.0.1", server_port=args.port)
+    # On a Space, GRADIO_SERVER_NAME is 0.0.0.0; locally the app listens on this machine only.
+    app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=args.port)
 
 
 if __name__ == "__main__":
