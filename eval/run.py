@@ -18,7 +18,7 @@ import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from sink_models.cards import markdown_table, render_card, write_card  # noqa: E402
+from sink_models.cards import render_card, write_card  # noqa: E402
 from sink_models.evaluation import (  # noqa: E402
     EvalArguments,
     EvalError,
@@ -27,6 +27,7 @@ from sink_models.evaluation import (  # noqa: E402
     load_checkpoint,
 )
 from sink_models.files import write_json  # noqa: E402
+from sink_models.leaderboard import leaderboard_record, markdown, table  # noqa: E402
 from sink_models.synthetic import synthetic_rows, write_synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,24 +100,10 @@ def main(argv: list[str]) -> int:
         if synthetic is not None:
             write_synthetic(synthetic, Path(args.results_dir), args.retrain_steps)
         if evaluated:
-            print(leaderboard([result for result, _ in evaluated]))
+            records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
+            print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table
     accelerator.wait_for_everyone()
     return 0
-
-
-def leaderboard(results: list[dict]) -> str:
-    """The comparison table of the evaluated models, best top-1 first."""
-    columns = ["model", "top-1", "top-5", "sinks / img", "NOP / img", "broadcast / img", "CLS", "register", "patch"]
-    columns.append("CLS sink rate")
-    rows = []
-    for r in sorted(results, key=lambda r: -(r["accuracy"] or {}).get("top1", -1)):
-        accuracy, sinks = r["accuracy"] or {}, r["sinks"]
-        share = sinks["sink_share"]
-        rows.append(
-            [r["name"], accuracy.get("top1"), accuracy.get("top5"), sinks["sinks_per_image"], sinks["nop_per_image"]]
-            + [sinks["broadcast_per_image"], share["cls"], share["register"], share["patch"], sinks["cls_sink_rate"]]
-        )
-    return markdown_table(columns, rows)
 
 
 def cli(argv: list[str]) -> int:

@@ -170,8 +170,7 @@ def _sink_row(summary: dict) -> list:
 def usage_section(result: dict, repo: str, revision: str) -> str:
     """The card's generated usage section for a checkpoint published as `repo` at `revision`."""
     remote = result["model"]["class"].startswith("SinkViT")
-    text = _usage(result, repo, revision, remote)
-    return f"<!-- sink-models:begin usage -->\n## Usage\n\n```python\n{text}\n```\n<!-- sink-models:end usage -->"
+    return f"<!-- sink-models:begin usage -->\n{_usage(result, repo, revision, remote)}\n<!-- sink-models:end usage -->"
 
 
 def _description(result: dict) -> str:
@@ -208,7 +207,7 @@ def _usage(result: dict, repo: str, revision: str | None, remote: bool) -> str:
         'report = diagnose(model, [inputs["pixel_values"]])',
         "print(report.summary)",
     ]
-    return "\n".join(lines)
+    return "## Usage\n\n```python\n" + "\n".join(lines) + "\n```"
 
 
 def _evaluation(result: dict) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from transformers import ViTImageProcessorPil
 
 from .configuration_sink_vit import as_pair
+from .files import umask
 from .modeling_sink_vit import SinkViTPreTrainedModel
 
 
@@ -38,9 +39,7 @@ def save_checkpoint(model: SinkViTPreTrainedModel, folder: str | os.PathLike, im
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a saved model is an ordinary folder
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes it owner-only; a saved model is an ordinary folder
     try:
         model.save_pretrained(staging, safe_serialization=True)
         (image_processor or default_image_processor(model.config)).save_pretrained(staging)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import first_line
+
 DIGITS = "digits"
 IGNORED = -100  # the label of an unreadable image: cross-entropy and the accuracy leave it out
 
@@ -43,7 +45,7 @@ def load_image_data(
             dataset = datasets.load_dataset(name)
     except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "no such dataset here"
         raise ValueError(
-            f"dataset: {name!r} could not be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            f"dataset: {name!r} could not be loaded ({first_line(error, 200)}); "
             "allowed: 'digits', 'nop', 'broadcast', a local imagefolder directory or a Hub dataset id."
         ) from error
     for split in (train_split, eval_split):

@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .data import IGNORED, Collate, Indexed, load_image_data
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import SUPPORTED
+from .errors import first_line
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -96,9 +97,9 @@ def load_checkpoint(
                 f"model: {where} runs its own code (config model_type needs remote code); pass --trust_remote_code "
                 "if you trust it."
             ) from None
-        raise EvalError(f"model: {where} could not be loaded: {_first_line(error)}") from None
+        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
     except OSError as error:
-        raise EvalError(f"model: {where} could not be loaded: {_first_line(error)}") from None
+        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
     architectures = config.architectures or []
     usable = [name for name in architectures if name in SUPPORTED]
     if not usable:
@@ -116,7 +117,7 @@ def load_checkpoint(
         model = auto.from_pretrained(source, **kwargs)
         processor = AutoImageProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as error:
-        raise EvalError(f"model: {where} could not be loaded: {_first_line(error)}") from None
+        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
     return Checkpoint(
         name=checkpoint_name(source),
         source=source,
@@ -163,11 +164,6 @@ def _refuse_task_models(source: str, training_args: dict | None) -> None:
             f"model: {source!r} was trained on the synthetic {dataset} task, not on images; analyse it with "
             "--synthetic_models (or --suite synthetic)."
         )
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 @dataclass

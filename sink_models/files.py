@@ -14,7 +14,7 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     try:
         with os.fdopen(handle, "wb" if isinstance(data, bytes) else "w") as file:
             file.write(data)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it owner-only; these are ordinary files
+        os.chmod(temporary, 0o666 & ~umask())  # mkstemp makes it owner-only; these are ordinary files
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -27,7 +27,8 @@ def write_json(path: str | os.PathLike, data) -> Path:
     return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

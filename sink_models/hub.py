@@ -27,6 +27,7 @@ try:  # the HTTP library under huggingface_hub 2.x; its connection errors are no
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover -- other huggingface_hub versions
     _TransportError = ConnectionError
+from .errors import first_line
 from .files import atomic_write
 
 ZOO_VERSION = "v1"  # the tag every model repo gets, and that the model cards' usage snippets pin
@@ -212,13 +213,8 @@ def retried(call: Callable, what: str, attempts: int = 4, wait: float = 2.0):
         except (OSError, _TransportError) as error:  # a refused or dropped connection, a timeout
             transient, failure = True, error
         if not transient or attempt == attempts:
-            raise PushError(f"{what}: {_reason(failure)} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
+            raise PushError(f"{what}: {first_line(failure)} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
         time.sleep(wait * 2 ** (attempt - 1))
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 def push_folder(

@@ -5,7 +5,6 @@ events by class, the gate, the task loss, and the causal check (the loss with th
 """
 
 import json
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +15,8 @@ from safetensors.torch import load_file
 from .cards import markdown_table, merge_sections
 from .configuration_sink_vit import SinkViTConfig
 from .diagnostics import Thresholds, diagnose
+from .diagnostics.report import median
+from .errors import first_line
 from .evaluation import checkpoint_name
 from .files import atomic_write, write_json
 from .tasks import SinkTask, TokenRegressor
@@ -71,9 +72,9 @@ def load_task_model(folder: str | Path) -> tuple[TokenRegressor, SinkTask, dict]
     try:
         model.load_state_dict(load_file(files[1]))
     except RuntimeError as error:
-        first = str(error).splitlines()[0]
         raise ValueError(
-            f"synthetic_models: the weights in {str(folder)!r} do not fit this version's toy model ({first}); "
+            f"synthetic_models: the weights in {str(folder)!r} do not fit this version's toy model "
+            f"({first_line(error)}); "
             "retrain it with train/run.py."
         ) from None
     task = SinkTask(data["dataset"], dim=data["task_dim"], length=data["task_length"], seed=args["train"]["seed"])
@@ -95,7 +96,8 @@ def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str 
     outputs = [model.sink_vit(p, output_attentions=True, output_gate_values=True) for p in pixels]
     # Every (image, layer, head) as a record: the dominant key, ratio_out, stable rank, common-mode fraction.
     every = diagnose(model.sink_vit, pixels, thresholds=Thresholds(event=0.0)).events
-    events = diagnose(model.sink_vit, pixels).events  # the paper's rule
+    # The paper's rule picks the records whose routed share reaches its threshold; nothing else depends on it.
+    events = [r for r in every if r["routed_frac"] >= Thresholds().event]
     loss = _loss(model, batches)
 
     rows = []
@@ -124,7 +126,7 @@ def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str 
         for kind in ("cls", "register", "patch"):
             row[f"sink_{kind}"] = sum(r["token_type"] == kind for r in records) / len(records)
         for key in ("ratio_out", "stable_rank", "common_mode"):
-            row[key] = _median([r[key] for r in records])
+            row[key] = median([r[key] for r in records])
         layer_events = [e for e in events if e["layer"] == layer and e["head"] == 0]
         for kind in ("nop", "broadcast", "other"):
             row[f"events_{kind}"] = sum(e["class"] == kind for e in layer_events) / len(records)
@@ -166,14 +168,6 @@ def _loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Ten
         if handle is not None:
             handle.remove()
     return sum(losses) / len(losses)
-
-
-def _median(values: list) -> float | None:
-    values = sorted(v for v in values if v is not None and math.isfinite(v))
-    if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def table(rows: list[dict]) -> str:

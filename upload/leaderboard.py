@@ -6,6 +6,7 @@ import sys
 
 from huggingface_hub import constants
 
+from sink_models.errors import first_line
 from sink_models.hub import RESULTS_DATASET
 from sink_models.leaderboard import load_records, markdown, table
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
     try:
         records = load_records(args.results or f"{args.org}/{RESULTS_DATASET}", endpoint=args.endpoint)
     except Exception as error:  # noqa: BLE001 -- any failure to read the results is reported in one line
-        print(f"error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}", file=sys.stderr)
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return 1
     print(markdown(table(records), link=(args.endpoint or constants.ENDPOINT) if args.org else None))
     return 0
