@@ -103,6 +103,7 @@ def main(argv: list[str]) -> int:
             records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
             print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # a live process group at exit can abort a rank in gloo's teardown
     return 0
 
 

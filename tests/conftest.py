@@ -60,6 +60,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def assert_nested_close(x, y, rel: float, abs: float = 1e-9, where: str = "") -> None:
+    """x == y for nested dicts / lists, floats to `rel` / `abs`; None, ints and strings exactly.
+
+    pytest.approx on a mapping holding None raises a TypeError under pytest >= 9.2, so walk the values here."""
+    if isinstance(x, dict):
+        assert isinstance(y, dict) and x.keys() == y.keys(), where
+        for key in x:
+            assert_nested_close(x[key], y[key], rel, abs, f"{where}.{key}")
+    elif isinstance(x, list | tuple):
+        assert isinstance(y, list | tuple) and len(x) == len(y), where
+        for i, (p, q) in enumerate(zip(x, y, strict=True)):
+            assert_nested_close(p, q, rel, abs, f"{where}[{i}]")
+    elif isinstance(x, float) or isinstance(y, float):
+        assert isinstance(x, int | float) and isinstance(y, int | float), where
+        assert y == pytest.approx(x, rel=rel, abs=abs), where
+    else:
+        assert x == y, where
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, images, tiny_config
+from conftest import assert_nested_close, free_port, images, tiny_config
 from huggingface_hub import ModelCard
 from PIL import Image
 from planted import plant
@@ -195,8 +195,7 @@ def test_two_processes_give_the_report_of_one(checkpoint, tmp_path, capsys):
     assert two["accuracy"] == one["accuracy"]
     assert two["sinks"] == one["sinks"]
     for name in ("layers", "heads"):
-        for a, b in zip(one[name], two[name], strict=True):
-            assert b == pytest.approx(a, rel=1e-9, abs=1e-12)
+        assert_nested_close(one[name], two[name], rel=1e-9, abs=1e-12, where=name)
 
 
 HUB_SHA = "0123456789abcdef0123456789abcdef01234567"

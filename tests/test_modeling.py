@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,10 +85,26 @@ def test_attentions_and_gates_equal_reference(name):
         assert out.gate_values[0].shape[-1] == model.config.num_attention_heads
 
 
-def test_output_attentions_under_sdpa_is_an_error():
-    model = build("plain", attn="sdpa")
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        model(images(model.config), output_attentions=True)
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "flex_attention"])
+def test_output_attentions_on_any_backend_returns_the_eager_maps(attn, caplog):
+    model = build("gated-reg", attn=attn)
+    x = images(model.config)
+    reference = reference_tokens(model, x)
+    logging.Logger.warning_once.cache_clear()
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        first = model(x, output_attentions=True)
+        second = model(x, output_attentions=True)
+    assert model.config._attn_implementation == attn  # the backend is left as it was
+    assert first.attentions is not None and len(first.attentions) == model.config.num_hidden_layers
+    for got, again, want in zip(first.attentions, second.attentions, reference["attentions"], strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-4)
+        assert torch.equal(got, again)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        torch.testing.assert_close(first.logits, model(x).logits, atol=0, rtol=0)
+    warnings = [r.getMessage() for r in caplog.records if "output_attentions=True" in r.getMessage()]
+    assert len(warnings) == (0 if attn == "eager" else 1)  # once per process, not once per call
+    assert all(repr(attn) in w for w in warnings)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -17,8 +17,11 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
 from .configuration_sink_vit import SinkViTConfig, as_pair
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -164,16 +167,21 @@ class SinkViTAttention(nn.Module):
         gate_size = {"none": 0, "headwise": self.num_heads, "elementwise": config.hidden_size}[config.attention_gate]
         self.gate_proj = nn.Linear(config.hidden_size, gate_size) if gate_size else None
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`output_attentions=True` runs this call through the eager function, the only one that returns maps."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        attention_interface: Callable = eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -263,10 +271,12 @@ class SinkViTLayer(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.drop_path = SinkViTDropPath(config.drop_path_rate) if config.drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Returns the new tokens, the attention weights (eager only) and the gate values (gated models only)."""
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns the new tokens, the attention weights (with `output_attentions`) and the gate values (if gated)."""
         normed = self.norm1(hidden_states)
-        update, attn_weights, gate = self.attention(normed)
+        update, attn_weights, gate = self.attention(normed, output_attentions=output_attentions)
         if self.global_pathway is not None:
             update = update + self.global_pathway(normed)
         hidden_states = hidden_states + self.drop_path(self.layer_scale1(self.dropout(update)))
@@ -357,7 +367,8 @@ class SinkViTModel(SinkViTPreTrainedModel):
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`): the images.
         interpolate_pos_encoding (`bool`, *optional*): resize the position embeddings to the input size; defaults to
             `config.interpolate_pos_encoding`.
-        output_attentions (`bool`, *optional*): per-layer attention maps; needs `attn_implementation="eager"`.
+        output_attentions (`bool`, *optional*): per-layer attention maps. Only the eager function returns them, so
+            under sdpa, flex or flash attention this call runs eager attention (same outputs, slower; warned once).
         output_hidden_states (`bool`, *optional*): the embeddings and every layer's output (before the final norm).
         output_gate_values (`bool`, *optional*): per-layer gate values (empty for models without a gate).
         There is no `**kwargs`: a misspelt or unsupported keyword (`head_mask`, `attention_mask`) is an error,
@@ -373,9 +384,10 @@ class SinkViTModel(SinkViTPreTrainedModel):
             interpolate_pos_encoding = config.interpolate_pos_encoding
         implementation = config._attn_implementation
         if output_attentions and implementation not in (None, "eager"):
-            raise ValueError(
-                f"output_attentions=True needs attn_implementation='eager' (this model uses {implementation!r}): "
-                "load it with attn_implementation='eager' or call model.set_attn_implementation('eager')."
+            # Attention visualisers call output_attentions=True without switching backends: give them the maps.
+            logger.warning_once(
+                f"output_attentions=True: {implementation!r} attention returns no maps, so calls that ask for them run "
+                "eager attention; load the model with attn_implementation='eager' to make that the default."
             )
 
         hidden_states = self.embeddings(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
@@ -383,7 +395,7 @@ class SinkViTModel(SinkViTPreTrainedModel):
         all_attentions = [] if output_attentions else None
         all_gates = [] if output_gate_values else None
         for layer in self.layers:
-            hidden_states, attn_weights, gate = layer(hidden_states)
+            hidden_states, attn_weights, gate = layer(hidden_states, output_attentions=bool(output_attentions))
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
             if output_attentions:
