@@ -1,10 +1,11 @@
 """Publish the reference zoo to the Hub with the real `huggingface_hub` client: one model repo per checkpoint (code,
 weights, card, results, recipe) under a version tag, and the results dataset.
 
-Each repo changes by one atomic commit (`upload_folder`), and the client sends only files whose git oid differs
-from the server's, so pushing the same content again makes no commit. Transient server errors (5xx) are retried;
-a failure names the repo and the step. Before a model repo's commit, the staged folder is reloaded with
-`trust_remote_code` in a fresh process and must reproduce the local model's logits.
+Each repo changes by one atomic commit (`upload_folder`) and only when `plan()` finds a file that differs from the
+Hub's (by git blob oid, or by sha256 for the weights and figures the Hub stores through LFS), so pushing the same
+content again makes no commit. Transient server errors (5xx) are retried; a failure, or an answer the client
+cannot read, names the repo and the step in one line. Before a model repo's commit, the staged folder is reloaded
+with `trust_remote_code` in a fresh process and must reproduce the local model's logits.
 """
 
 import hashlib
@@ -59,6 +60,7 @@ class Change:
     exists: bool
     changed: list[str] = field(default_factory=list)
     tag: str | None = None
+    head: str | None = None  # the commit the plan read (None: no repo yet)
 
     def describe(self) -> str:
         kind = "" if self.repo_type == "model" else f"{self.repo_type} "
@@ -123,17 +125,16 @@ def _find_collection(api: HfApi, org: str):
 
 def add_to_collection(api: HfApi, org: str, items: list[tuple[str, str]], private: bool = False, **retry) -> int:
     """Create the org's collection if needed and add the items it lacks; returns how many were added."""
-    what = f"collection {COLLECTION!r}"
     found = retried(
         lambda: api.create_collection(COLLECTION, namespace=org, private=private, exists_ok=True),
-        f"{what}: create",
+        f"{org}: collection create",
         **retry,
     )
     present = {(item.item_id, item.item_type) for item in found.items}
     missing = [(item_id, kind) for item_id, kind in items if (item_id, kind) not in present]
     for item_id, kind in missing:
         add = lambda item_id=item_id, kind=kind: api.add_collection_item(found.slug, item_id, kind, exists_ok=True)  # noqa: E731
-        retried(add, f"{what}: add {item_id}", **retry)
+        retried(add, f"{org}: collection add {item_id}", **retry)
     return len(missing)
 
 
@@ -169,19 +170,17 @@ def git_blob_oid(content: bytes) -> str:
 
 
 def plan(api: HfApi, repo_id: str, folder: Path, repo_type: str = "model", tag: str | None = None) -> Change:
-    """What pushing `folder` to `repo_id` would change, from read-only requests."""
+    """What pushing `folder` to `repo_id` would change, from read-only requests: the files of the head commit (with
+    their oids) and, for `tag`, whether it is published already."""
     try:
-        remote = {
-            entry.path: entry
-            for entry in api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True)
-            if hasattr(entry, "blob_id")
-        }
+        info = api.repo_info(repo_id, repo_type=repo_type, files_metadata=True)
     except RepositoryNotFoundError:
         return Change(repo_id, repo_type, exists=False, changed=_files(folder), tag=tag)
+    remote = {sibling.rfilename: sibling for sibling in info.siblings}
     changed = [path for path in _files(folder) if not _same(folder / path, remote.get(path))]
     if tag is not None and tag in {ref.name for ref in api.list_repo_refs(repo_id, repo_type=repo_type).tags}:
         tag = None
-    return Change(repo_id, repo_type, exists=True, changed=changed, tag=tag)
+    return Change(repo_id, repo_type, exists=True, changed=changed, tag=tag, head=info.sha)
 
 
 def _files(folder: Path) -> list[str]:
@@ -198,33 +197,51 @@ def _same(path: Path, entry) -> bool:
 
 
 TRANSIENT = {408, 429}  # besides 5xx: timeouts and rate limits pass too
+# What huggingface_hub raises on a 200 answer it cannot read (an HTML page, cut-off JSON, JSON of another shape):
+# JSONDecodeError and its own "malformed response" errors are ValueErrors, and its parsers fail on missing keys
+# and wrong types with KeyError, TypeError, AttributeError or IndexError.
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
 def retried(call: Callable, what: str, attempts: int = 4, wait: float = 2.0):
     """`call()`, retried on transient failures (5xx, 408, 429, lost connections) with a doubling wait; any failure
-    that stays becomes a PushError naming `what`."""
+    that stays, and any answer the client cannot read, becomes a PushError naming `what`."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
-        except HfHubHTTPError as error:
-            status = getattr(error.response, "status_code", None)
-            transient = status is not None and (status >= 500 or status in TRANSIENT)
-            failure = error
-        except (OSError, _TransportError) as error:  # a refused or dropped connection, a timeout
-            transient, failure = True, error
+        except Exception as error:  # noqa: BLE001 -- _failure sorts it out and re-raises what is no Hub failure
+            transient, summary = _failure(error)
         if not transient or attempt == attempts:
-            raise PushError(f"{what}: {first_line(failure)} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
+            raise PushError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
         time.sleep(wait * 2 ** (attempt - 1))
+
+
+def _failure(error: Exception) -> tuple[bool, str]:
+    """(worth retrying, one-line summary) of a failed call to the Hub; anything else is re-raised."""
+    cause, context = error, ""
+    # An LFS upload wraps its failure: RuntimeError("Error while uploading 'model.safetensors' to the Hub.").
+    if type(error) is RuntimeError and isinstance(error.__cause__, Exception):
+        cause, context = error.__cause__, f"{error} "
+    if isinstance(cause, HfHubHTTPError):  # before OSError, which it is
+        status = getattr(cause.response, "status_code", None)
+        return status is not None and (status >= 500 or status in TRANSIENT), context + first_line(cause)
+    if isinstance(cause, (OSError, _TransportError)):  # a refused or dropped connection, a timeout
+        return True, context + first_line(cause)
+    if isinstance(cause, UNREADABLE):
+        return False, f"{context}unexpected answer from the server: {first_line(cause)}"
+    raise error
 
 
 def push_folder(
     api: HfApi, repo_id: str, folder: Path, *, repo_type: str = "model", message: str, private: bool = False, **retry
 ) -> str:
-    """Create the repo if needed and commit `folder` as one commit (none if nothing changed); returns the head sha."""
+    """Create the repo if needed and commit `folder` as one commit (the client makes none if nothing changed: the
+    head is then the commit it was at); returns the head sha."""
     sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}  # the leaderboard Space is a Gradio app
     retried(
         lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk),
         f"{repo_id}: create",
+        **retry,
     )
     info = retried(
         lambda: api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message),

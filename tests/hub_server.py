@@ -11,9 +11,13 @@ It answers the routes listed in /work/shared/HUB_PROTOCOL.md, enough for the rea
 
 Storage is in memory: repos of type model / dataset / space, each with branches and tags (ref -> commit oid)
 and commits (a full tree: path -> git blob oid); blob contents are shared in one content-addressed dict.
-Every request is recorded in `server.requests`, and `fail_next` / `fail_always` inject error answers.
+Binaries, files the repo's .gitattributes tracks and files over 10 MiB go through LFS as on the Hub: preupload
+answers "lfs", the client uploads them through the batch API (basic transfer: PUT, then verify) and commits
+`lfsFile` entries, which the tree stores as git-lfs pointer files; `resolve` answers the object itself.
+Every request is recorded in `server.requests`, and `fail_next` / `fail_always` inject error answers or
+malformed 200 answers (HTML, cut-off JSON, JSON without the expected keys).
 
-Not modelled: LFS / xet uploads (preupload always answers "regular", so contents travel inline in the commit),
+Not modelled: xet uploads (tests set HF_HUB_DISABLE_XET=1), multipart LFS uploads (no `chunk_size` is offered),
 pull requests (`create_pr` answers 400), read access rules for private repos, deletions of repos / branches /
 tags, collection edits beyond creating one and adding items, Space settings, `cardData` parsed from README.md,
 and pagination (one page answers all).
@@ -22,6 +26,7 @@ and pagination (one page answers all).
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import itertools
 import json
@@ -38,16 +43,36 @@ REPO_TYPES = ("model", "dataset", "space")
 
 # What the Hub commits on repo creation (shortened): a new repo already has one commit on main.
 INITIAL_GITATTRIBUTES = b"""*.bin filter=lfs diff=lfs merge=lfs -text
+*.ckpt filter=lfs diff=lfs merge=lfs -text
+*.h5 filter=lfs diff=lfs merge=lfs -text
+*.npy filter=lfs diff=lfs merge=lfs -text
+*.onnx filter=lfs diff=lfs merge=lfs -text
 *.pt filter=lfs diff=lfs merge=lfs -text
+*.pth filter=lfs diff=lfs merge=lfs -text
 *.safetensors filter=lfs diff=lfs merge=lfs -text
 *.parquet filter=lfs diff=lfs merge=lfs -text
 *.arrow filter=lfs diff=lfs merge=lfs -text
+*.zip filter=lfs diff=lfs merge=lfs -text
+*.jpg filter=lfs diff=lfs merge=lfs -text
+*.png filter=lfs diff=lfs merge=lfs -text
 """
+LFS_MIN_SIZE = 10 * 1024 * 1024  # larger files go through LFS whatever their name
 
 # /api/{type}s/{namespace}/{name}[/{action}[/{revision}[/{path}]]], as percent-encoded by the client.
 API_ROUTE = re.compile(r"/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/([^/]+)(?:/([^/]+)(?:/(.+))?)?)?")
 # [/datasets|/spaces]/{namespace}/{name}/resolve/{revision}/{path}; models have no prefix.
 RESOLVE_ROUTE = re.compile(r"/(?:(dataset|space)s/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+# [/datasets|/spaces]/{namespace}/{name}.git/info/lfs/objects/{batch | verify | sha256}: the git-lfs API. The Hub's
+# upload hrefs are presigned storage URLs; here the object's own URL takes the PUT.
+LFS_ROUTE = re.compile(r"/(?:(dataset|space)s/)?([^/]+/[^/]+)\.git/info/lfs/objects/(batch|verify|[0-9a-f]{64})")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# 200 answers a misbehaving server, mirror or proxy may give, for `fail_next(..., status=200, body=...)`.
+MALFORMED = {
+    "html": ("text/html", b"<!DOCTYPE html><html><body><h1>Hub mirror</h1><p>Read-only.</p></body></html>"),
+    "json": ("application/json", b'{"files": [{"path": "README.md", '),  # cut off
+    "keys": ("application/json", b'{"unexpected": true}'),
+}
 
 # The client turns a 401 carrying exactly this message into a plain HfHubHTTPError; any other 401 on a repo
 # route would read as RepositoryNotFoundError, which would hide a missing token.
@@ -57,6 +82,11 @@ BAD_CREDENTIALS = "Invalid credentials in Authorization header"
 def git_blob_oid(content: bytes) -> str:
     """The git blob oid of `content`, as `git hash-object` computes it (and as the client compares it)."""
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def lfs_pointer(oid: str, size: int) -> bytes:
+    """The git-lfs pointer file that git stores in place of an LFS object (git-lfs spec v1)."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
 
 
 def _now() -> str:
@@ -100,6 +130,8 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
+    lfs: set[str] = field(default_factory=set)  # sha256 of the verified LFS objects this repo's commits may use
+    lfs_uploads: dict[str, bytes | None] = field(default_factory=dict)  # announced by a batch call -> bytes PUT
 
     @property
     def url_prefix(self) -> str:
@@ -112,6 +144,7 @@ class _Fault:
     route_contains: str
     method: str | None
     remaining: int | None  # None: until cleared
+    body: str  # "error" (a JSON error message) or a key of MALFORMED
 
 
 class HubError(Exception):
@@ -166,6 +199,8 @@ class HubServer:
         self._lock = threading.Lock()
         self._repos: dict[tuple[str, str], Repo] = {}
         self._blobs: dict[str, bytes] = {git_blob_oid(INITIAL_GITATTRIBUTES): INITIAL_GITATTRIBUTES}
+        self._lfs: dict[str, bytes] = {}  # sha256 -> verified LFS object
+        self._pointers: dict[str, str] = {}  # git oid of a pointer file -> sha256 of its LFS object
         self._faults: list[_Fault] = []
         self._sequence = itertools.count()  # makes commit oids unique even for identical commits in one millisecond
         self._httpd: ThreadingHTTPServer | None = None
@@ -209,17 +244,26 @@ class HubServer:
     # ---- test helpers ----------------------------------------------------------------------------------------
 
     def fail_next(
-        self, n: int = 1, status: int = 500, route_contains: str = "commit", method: str | None = None
+        self,
+        n: int = 1,
+        status: int = 500,
+        route_contains: str = "commit",
+        method: str | None = None,
+        body: str = "error",
     ) -> None:
         """Answer `status` to the next `n` requests whose URL path contains `route_contains` (and, if given,
-        whose method is `method`), before any routing or auth."""
+        whose method is `method`), before any routing or auth, with a JSON error message (`body="error"`) or a
+        malformed body: "html", "json" (cut off) or "keys" (JSON without the expected keys)."""
+        if body != "error" and body not in MALFORMED:
+            raise ValueError(f"body={body!r}; allowed: 'error', {', '.join(map(repr, MALFORMED))}")
         with self._lock:
-            self._faults.append(_Fault(status, route_contains, method, n))
+            self._faults.append(_Fault(status, route_contains, method, n, body))
 
-    def fail_always(self, status: int = 500, route_contains: str = "commit", method: str | None = None) -> None:
-        """Answer `status` to every matching request until `clear_faults()`."""
-        with self._lock:
-            self._faults.append(_Fault(status, route_contains, method, None))
+    def fail_always(
+        self, status: int = 500, route_contains: str = "commit", method: str | None = None, body: str = "error"
+    ) -> None:
+        """Answer like `fail_next` to every matching request until `clear_faults()`."""
+        self.fail_next(None, status, route_contains, method, body)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -235,7 +279,13 @@ class HubServer:
         """The files of `revision`: path -> content."""
         with self._lock:
             repo = self._repo(repo_type, repo_id)
-            return {path: self._blobs[oid] for path, oid in self._resolve(repo, revision).tree.items()}
+            return {path: self._content(oid) for path, oid in self._resolve(repo, revision).tree.items()}
+
+    def lfs_paths(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> set[str]:
+        """The files of `revision` stored as LFS objects (the tree holds their pointer files)."""
+        with self._lock:
+            tree = self._resolve(self._repo(repo_type, repo_id), revision).tree
+            return {path for path, oid in tree.items() if oid in self._pointers}
 
     # ---- state -----------------------------------------------------------------------------------------------
 
@@ -253,6 +303,17 @@ class HubServer:
         if oid is None:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return repo.commits[oid]
+
+    def _content(self, oid: str) -> bytes:
+        """A file's content: the blob itself, or the LFS object its pointer names."""
+        return self._lfs[self._pointers[oid]] if oid in self._pointers else self._blobs[oid]
+
+    def _lfs_info(self, oid: str) -> dict[str, object] | None:
+        """An LFS file's `lfs` entry in trees (None for a regular file); siblings name `oid` "sha256"."""
+        if oid not in self._pointers:
+            return None
+        sha256 = self._pointers[oid]
+        return {"oid": sha256, "size": len(self._lfs[sha256]), "pointerSize": len(self._blobs[oid])}
 
     def _history(self, repo: Repo, commit: Commit) -> list[Commit]:
         history = [commit]
@@ -280,7 +341,9 @@ class HubServer:
     def _entry(self, repo: Repo, commit: Commit, path: str, expand: bool) -> dict[str, object]:
         if path in commit.tree:
             oid = commit.tree[path]
-            entry = {"type": "file", "oid": oid, "size": len(self._blobs[oid]), "path": path}
+            entry = {"type": "file", "oid": oid, "size": len(self._content(oid)), "path": path}
+            if lfs := self._lfs_info(oid):
+                entry["lfs"] = lfs
         else:
             entry = {"type": "directory", "oid": _folder_oid(commit.tree, path), "size": 0, "path": path}
         if expand:
@@ -300,8 +363,11 @@ class HubServer:
                 fault.remaining -= 1
                 if fault.remaining == 0:
                     self._faults.remove(fault)
-        if fault is not None:
+        if fault is not None and fault.body == "error":
             response = _json({"error": f"injected fault {fault.status}"}, fault.status)
+        elif fault is not None:
+            content_type, body = MALFORMED[fault.body]
+            response = _Response(fault.status, body, {"Content-Type": content_type})
         else:
             try:
                 response = self._route(request)
@@ -367,6 +433,13 @@ class HubServer:
                     return handler(request, repo_type, repo_id, revision, subpath)
             if action == "refs" and revision is None and method == "GET":
                 return self._refs(request, repo_type, repo_id)
+        if match := LFS_ROUTE.fullmatch(path):
+            repo_type, repo_id, action = match.groups()
+            handler = {("POST", "batch"): self._lfs_batch, ("POST", "verify"): self._lfs_verify}.get((method, action))
+            if method == "PUT" and SHA256.fullmatch(action):
+                handler = self._lfs_put
+            if handler is not None:
+                return handler(request, repo_type or "model", repo_id, action)
         if method in ("GET", "HEAD") and (match := RESOLVE_ROUTE.fullmatch(path)):
             repo_type, repo_id, revision, filename = match.groups()
             return self._resolve_file(request, repo_type or "model", repo_id, unquote(revision), unquote(filename))
@@ -464,10 +537,11 @@ class HubServer:
         with self._lock:
             repo = self._repo(repo_type, repo_id)
             commit = self._resolve(repo, revision)
-            siblings = [
-                {"rfilename": path, "blobId": oid, "size": len(self._blobs[oid])}
-                for path, oid in sorted(commit.tree.items())
-            ]
+            siblings = []
+            for path, oid in sorted(commit.tree.items()):
+                siblings.append({"rfilename": path, "blobId": oid, "size": len(self._content(oid))})
+                if lfs := self._lfs_info(oid):
+                    siblings[-1]["lfs"] = {"sha256": lfs["oid"], "size": lfs["size"], "pointerSize": lfs["pointerSize"]}
         info = {
             "id": repo_id,
             "author": repo_id.split("/")[0],
@@ -567,16 +641,21 @@ class HubServer:
         files = request.json()["files"]
         with self._lock:
             tree = self._resolve(self._repo(repo_type, repo_id), revision).tree
-        # "regular" makes the client send contents inline in the commit: no LFS batch API, no xet CAS needed.
-        # The oid of the current file lets the client drop unchanged files and skip a commit with nothing left.
-        return _json(
-            {
-                "files": [
-                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": tree.get(f["path"])}
-                    for f in files
-                ]
-            }
-        )
+            gitattributes = self._content(tree[".gitattributes"]).decode() if ".gitattributes" in tree else ""
+            tracked = [line.split()[0] for line in gitattributes.splitlines() if "filter=lfs" in line.split()[1:]]
+            answers = []
+            for f in files:
+                sample, size, path = base64.b64decode(f["sample"]), f["size"], f["path"]
+                # The Hub's rule: binary content (a NUL byte in the first 512 bytes), a tracked pattern (matched
+                # against the name, or the whole path for a pattern with a slash), or a large file.
+                lfs = b"\0" in sample or size > LFS_MIN_SIZE or any(_tracks(pattern, path) for pattern in tracked)
+                # The current file's oid (sha256 for LFS files) lets the client drop unchanged files.
+                oid = tree.get(path)
+                oid = self._pointers.get(oid, oid)
+                answers.append(
+                    {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+                )
+        return _json({"files": answers})
 
     def _refuse_pull_requests(self, request: RecordedRequest) -> None:
         # Not modelled: failing loudly beats silently committing a "PR" to the branch.
@@ -591,6 +670,7 @@ class HubServer:
             raise HubError(400, "The commit payload must start with a header line")
         header = lines[0]["value"]
         new_blobs: dict[str, bytes] = {}
+        new_pointers: dict[str, str] = {}
         with self._lock:
             repo = self._repo(repo_type, repo_id)
             if revision not in repo.branches:
@@ -613,6 +693,22 @@ class HubServer:
                     oid = git_blob_oid(content)
                     new_blobs[oid] = content
                     tree[path] = oid
+                elif key == "lfsFile":
+                    oid = value.get("oid")
+                    # Like the Hub: a pointer to an object this repo never received (uploaded and verified) is refused.
+                    if value.get("algo") != "sha256" or oid not in repo.lfs:
+                        raise HubError(
+                            400,
+                            f"Your push was rejected because an LFS pointer pointed to a file that does not exist: "
+                            f"{path} (sha256 {oid})",
+                        )
+                    size = len(self._lfs[oid])
+                    if value.get("size", size) != size:
+                        raise HubError(400, f"LFS pointer of {path}: size {value['size']}, but the object has {size}")
+                    pointer = lfs_pointer(oid, size)
+                    new_blobs[git_blob_oid(pointer)] = pointer
+                    new_pointers[git_blob_oid(pointer)] = oid
+                    tree[path] = git_blob_oid(pointer)
                 elif key == "deletedFile":
                     if tree.pop(path, None) is None:
                         raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
@@ -623,11 +719,11 @@ class HubServer:
                     for p in inside:
                         del tree[p]
                 else:
-                    # lfsFile never comes: preupload always answers "regular".
                     raise HubError(400, f"Unsupported commit operation: {key}")
             if clash := sorted(set(tree) & _folders(tree)):
                 raise HubError(400, f"Paths used both as a file and a folder: {clash}")
             self._blobs.update(new_blobs)
+            self._pointers.update(new_pointers)
             commit = self._new_commit(repo, parent, tree, header.get("summary", ""), header.get("description", ""))
             repo.branches[revision] = commit.oid
             request.mutated = True
@@ -644,7 +740,8 @@ class HubServer:
         with self._lock:
             commit = self._resolve(self._repo(repo_type, repo_id), revision)
             oid = commit.tree.get(filename)
-            content = self._blobs[oid] if oid is not None else None
+            content = self._content(oid) if oid is not None else None
+            lfs = self._lfs_info(oid) if oid is not None else None
         if content is None:
             # X-Repo-Commit on the 404 lets hf_hub_download cache the file's absence for that commit.
             raise HubError(404, f"Entry not found: {filename}", "EntryNotFound", {"X-Repo-Commit": commit.oid})
@@ -654,6 +751,9 @@ class HubServer:
             "X-Repo-Commit": commit.oid,
             "Accept-Ranges": "bytes",
         }
+        if lfs is not None:
+            # The Hub redirects to its storage and names the object here: the client caches it by sha256.
+            headers |= {"X-Linked-Etag": f'"{lfs["oid"]}"', "X-Linked-Size": str(lfs["size"])}
         # HfFileSystem reads files by ranges ("bytes=a-b", "bytes=a-") and treats 416 as end of file.
         ranged = re.fullmatch(r"bytes=(\d*)-(\d*)", request.headers.get("range", ""))
         if ranged is None or request.method == "HEAD":
@@ -667,6 +767,72 @@ class HubServer:
             return _Response(416, b"", headers | {"Content-Range": f"bytes */{len(content)}"})
         headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
         return _Response(206, content[start : end + 1], headers)
+
+    # ---- LFS (git-lfs batch API, basic transfer) ---------------------------------------------------------------
+
+    def _lfs_batch(self, request: RecordedRequest, repo_type: str, repo_id: str, action: str) -> _Response:
+        """Upload instructions per object: none for an object the repo already has, else an upload href (PUT)
+        and a verify href; a malformed object gets a per-object error, as the git-lfs spec says."""
+        self._require_token(request)
+        payload = request.json()
+        if payload.get("operation") != "upload" or "basic" not in payload.get("transfers", ["basic"]):
+            raise HubError(400, "Only uploads with the basic transfer are modelled (downloads go through resolve)")
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            if ref := (payload.get("ref") or {}).get("name"):
+                self._resolve(repo, ref)  # 404 RevisionNotFound for an unknown revision
+            base = f"{self.url}/{repo.url_prefix}{repo_id}.git/info/lfs/objects"
+            objects = []
+            for item in payload["objects"]:
+                oid, size = item["oid"], item["size"]
+                answer = {"oid": oid, "size": size}
+                if not (isinstance(oid, str) and SHA256.fullmatch(oid) and isinstance(size, int) and size >= 0):
+                    answer["error"] = {"code": 422, "message": "oid must be a sha256 hex digest and size an int"}
+                elif oid in repo.lfs and len(self._lfs[oid]) != size:
+                    answer["error"] = {"code": 422, "message": f"size {size}, but the stored object has another"}
+                elif oid not in repo.lfs:
+                    repo.lfs_uploads.setdefault(oid, None)
+                    answer["actions"] = {
+                        "upload": {"href": f"{base}/{oid}", "header": {}},
+                        "verify": {"href": f"{base}/verify", "header": {}},
+                    }
+                objects.append(answer)
+        response = _json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+        response.headers["Content-Type"] = "application/vnd.git-lfs+json"
+        return response
+
+    def _lfs_put(self, request: RecordedRequest, repo_type: str, repo_id: str, oid: str) -> _Response:
+        # The Hub's href is a presigned storage URL: no token, but only for an object a batch call announced.
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            if oid not in repo.lfs_uploads:
+                raise HubError(403, f"No upload of LFS object {oid} was announced for {repo_id}")
+            repo.lfs_uploads[oid] = request.body
+            request.mutated = True
+        return _Response(200)
+
+    def _lfs_verify(self, request: RecordedRequest, repo_type: str, repo_id: str, action: str) -> _Response:
+        """The uploaded bytes must have the claimed sha256 and size; then the repo's commits may point at them."""
+        self._require_token(request)
+        payload = request.json()
+        oid, size = payload["oid"], payload["size"]
+        with self._lock:
+            repo = self._repo(repo_type, repo_id)
+            content = repo.lfs_uploads.get(oid)
+            if content is None:
+                raise HubError(404, f"LFS object {oid} was not uploaded to {repo_id}")
+            if hashlib.sha256(content).hexdigest() != oid or len(content) != size:
+                del repo.lfs_uploads[oid]  # a corrupt upload is dropped: the client must upload again
+                raise HubError(422, f"LFS object {oid}: the upload does not have that sha256 and size {size}")
+            self._lfs[oid] = repo.lfs_uploads.pop(oid)
+            repo.lfs.add(oid)
+            request.mutated = True
+        return _json({"success": True})
+
+
+def _tracks(pattern: str, path: str) -> bool:
+    """Whether a .gitattributes `pattern` covers `path` (without a slash it matches the file name at any depth)."""
+    return fnmatch.fnmatchcase(path if "/" in pattern else path.rsplit("/", 1)[-1], pattern.lstrip("/"))
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,21 +1,26 @@
 """The local Hub-compatible server (tests/hub_server.py) against the real huggingface_hub, datasets and transformers."""
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from json import JSONDecodeError
+from pathlib import Path
 
 import pytest
-from hub_server import git_blob_oid
+from hub_server import LFS_MIN_SIZE, git_blob_oid, lfs_pointer
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, HfFileSystem, hf_hub_download
 from huggingface_hub.errors import (
+    BadRequestError,
     EntryNotFoundError,
     HfHubHTTPError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.lfs import UploadInfo, post_lfs_batch_info
 
 TOKEN = "hf_test_token_do_not_leak"
 REPO = "test-org/tiny"
@@ -38,6 +43,18 @@ FILES = {
     "config.json": b'{"hidden_size": 32}',
     "sub/notes.txt": b"hello",
 }
+
+
+def request(hub, path: str, payload: object = None, *, method: str = "POST", data: bytes | None = None, token=TOKEN):
+    """A raw request (for what the client never sends); returns (status, parsed JSON body or None)."""
+    body = data if data is not None else json.dumps(payload).encode() if payload is not None else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(hub.url + path, body, headers, method=method)) as answer:
+            status, text = answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read()
+    return status, json.loads(text) if text else None
 
 
 def subprocess_env(hub, tmp_path):
@@ -273,3 +290,130 @@ def test_autoconfig_from_pretrained_in_subprocess(api, hub, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ViTConfig", "32"]
     assert any(r.method == "GET" and r.path.endswith("/config.json") for r in hub.requests[seen:])
+
+
+# Binaries (a NUL byte), tracked names at any depth and big files go through LFS; text stays a regular git file.
+LFS_FILES = {
+    "model.safetensors": b"text, but tracked by *.safetensors",
+    "figures/plot.png": b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256)),
+    "big.txt": b"a" * (LFS_MIN_SIZE + 1),
+}
+
+
+def lfs_uploads(requests) -> list[str]:
+    """The sha256 of every LFS object PUT in `requests`."""
+    return [r.path.rsplit("/", 1)[-1] for r in requests if r.method == "PUT"]
+
+
+def test_lfs_uploads_and_downloads(api, hub, tmp_path):
+    folder = write_files(tmp_path / "upload", {**FILES, **LFS_FILES})
+    api.create_repo(REPO)
+    seen = len(hub.requests)
+    first = api.upload_folder(folder_path=folder, repo_id=REPO).oid
+    sha256 = {path: hashlib.sha256(content).hexdigest() for path, content in LFS_FILES.items()}
+    assert hub.lfs_paths(REPO) == set(LFS_FILES)
+    assert sorted(lfs_uploads(hub.requests[seen:])) == sorted(sha256.values())
+    verified = [r.json()["oid"] for r in hub.requests[seen:] if r.path.endswith("/verify")]
+    assert sorted(verified) == sorted(sha256.values())
+    commit = next(r for r in hub.requests[seen:] if "/commit/" in r.path)
+    lines = [json.loads(line) for line in commit.body.splitlines()]
+    assert {line["value"]["path"]: line["key"] for line in lines[1:]} == {p: "file" for p in FILES} | {
+        p: "lfsFile" for p in LFS_FILES
+    }
+    assert hub.files(REPO) == {".gitattributes": hub.files(REPO)[".gitattributes"], **FILES, **LFS_FILES}
+
+    # Trees, paths-info and repo info describe LFS files as the Hub does: the git oid is the pointer's.
+    for entry in [*api.list_repo_tree(REPO, recursive=True), *api.get_paths_info(REPO, ["model.safetensors"])]:
+        content = LFS_FILES.get(entry.path)
+        if content is None:
+            assert getattr(entry, "lfs", None) is None
+            continue
+        pointer = lfs_pointer(sha256[entry.path], len(content))
+        lfs = {"size": len(content), "sha256": sha256[entry.path], "pointer_size": len(pointer)}
+        assert (entry.blob_id, entry.size, entry.lfs) == (git_blob_oid(pointer), len(content), lfs)
+    siblings = {s.rfilename: s for s in api.model_info(REPO, files_metadata=True).siblings}
+    assert siblings["figures/plot.png"].lfs.sha256 == sha256["figures/plot.png"] and siblings["README.md"].lfs is None
+
+    # A download is the object itself, cached under its sha256 (the X-Linked-Etag).
+    seen = len(hub.requests)
+    path = hf_hub_download(REPO, "figures/plot.png", endpoint=hub.url, cache_dir=tmp_path / "cache")
+    assert Path(path).read_bytes() == LFS_FILES["figures/plot.png"]
+    assert Path(path).resolve().name == sha256["figures/plot.png"]
+    assert [(r.method, r.status) for r in hub.requests[seen:]] == [("HEAD", 200), ("GET", 200)]
+    fs = HfFileSystem(endpoint=hub.url, token=TOKEN)
+    assert fs.read_block(f"{REPO}/model.safetensors", 6, 6) == b"but tr"
+
+    # The same files again: the batch API answers no actions, nothing is uploaded, no commit is made.
+    seen = len(hub.requests)
+    assert api.upload_folder(folder_path=folder, repo_id=REPO).oid == first and hub.commits(REPO)[0] == first
+    assert lfs_uploads(hub.requests[seen:]) == [] and not any(r.mutated for r in hub.requests[seen:])
+    # Known content under a new path: committed as a pointer to the stored object, without an upload.
+    seen = len(hub.requests)
+    api.upload_file(path_or_fileobj=LFS_FILES["model.safetensors"], path_in_repo="copy.safetensors", repo_id=REPO)
+    assert lfs_uploads(hub.requests[seen:]) == [] and len(hub.commits(REPO)) == 3
+    assert hub.files(REPO)["copy.safetensors"] == LFS_FILES["model.safetensors"]
+
+
+def test_lfs_batch_verify_and_commit_rules(api, hub):
+    api.create_repo(REPO)
+    stored, fresh = b"\0stored", b"\0fresh"
+    api.upload_file(path_or_fileobj=stored, path_in_repo="stored.bin", repo_id=REPO)
+    before = hub.commits(REPO)
+    infos = [UploadInfo.from_bytes(stored), UploadInfo.from_bytes(fresh)]
+    actions, errors, transfer = post_lfs_batch_info(infos, TOKEN, "model", REPO, "main", endpoint=hub.url)
+    assert (errors, transfer) == ([], "basic")
+    assert "actions" not in actions[0] and set(actions[1]["actions"]) == {"upload", "verify"}
+    assert actions[0]["oid"] == hashlib.sha256(stored).hexdigest()
+
+    oid = hashlib.sha256(fresh).hexdigest()
+    objects = f"/{REPO}.git/info/lfs/objects"
+    status, _ = request(hub, f"{objects}/batch", {"operation": "upload", "objects": []}, token=None)
+    assert status == 401
+    assert request(hub, f"{objects}/{'0' * 64}", method="PUT", data=b"x")[0] == 403  # no batch announced it
+    assert request(hub, f"{objects}/{oid}", method="PUT", data=fresh)[0] == 200  # no token: a presigned URL
+    assert request(hub, f"{objects}/verify", {"oid": oid, "size": len(fresh) + 1})[0] == 422  # wrong size
+    assert request(hub, f"{objects}/verify", {"oid": "f" * 64, "size": len(fresh)})[0] == 404  # never uploaded
+    # The wrong size dropped the upload: this oid is unusable until it is uploaded (and verified) again.
+    assert request(hub, f"{objects}/verify", {"oid": oid, "size": len(fresh)})[0] == 404
+    post_lfs_batch_info(infos[1:], TOKEN, "model", REPO, "main", endpoint=hub.url)
+    assert request(hub, f"{objects}/{oid}", method="PUT", data=b"\0other")[0] == 200
+    assert request(hub, f"{objects}/verify", {"oid": oid, "size": len(fresh)})[0] == 422  # wrong sha256
+
+    header = {"key": "header", "value": {"summary": "pointer to nothing"}}
+    line = {"key": "lfsFile", "value": {"path": "fresh.bin", "algo": "sha256", "oid": oid, "size": len(fresh)}}
+    data = b"".join(json.dumps(item).encode() + b"\n" for item in (header, line))
+    status, answer = request(hub, f"/api/models/{REPO}/commit/main", data=data)
+    assert status == 400 and "LFS pointer pointed to a file that does not exist" in answer["error"]
+    assert hub.commits(REPO) == before and "fresh.bin" not in hub.files(REPO)
+    # Nor may another repo's commit point at this repo's objects.
+    api.create_repo("test-org/other")
+    line["value"] |= {"oid": actions[0]["oid"], "size": len(stored)}
+    data = b"".join(json.dumps(item).encode() + b"\n" for item in (header, line))
+    assert request(hub, "/api/models/test-org/other/commit/main", data=data)[0] == 400
+
+
+def upload(content: bytes):
+    return lambda api: api.upload_file(path_or_fileobj=content, path_in_repo="x", repo_id=REPO)
+
+
+@pytest.mark.parametrize(
+    ("method", "route", "body", "call", "raised"),
+    [
+        ("GET", "/api/collections", "html", lambda api: list(api.list_collections(owner="test-org")), JSONDecodeError),
+        ("GET", "/api/collections", "keys", lambda api: list(api.list_collections(owner="test-org")), TypeError),
+        ("GET", f"/api/models/{REPO}", "json", lambda api: api.model_info(REPO), JSONDecodeError),
+        ("GET", f"/api/models/{REPO}", "keys", lambda api: api.model_info(REPO), KeyError),
+        ("POST", "/preupload/", "keys", upload(b"x"), ValueError),
+        ("POST", "/objects/batch", "keys", upload(b"\0"), ValueError),
+        ("POST", "/commit/", "keys", upload(b"x"), KeyError),
+        # A verify that never reached the Hub leaves the object unusable: the commit is refused.
+        ("POST", "/objects/verify", "html", upload(b"\0"), BadRequestError),
+    ],
+)
+def test_malformed_answers_and_what_the_client_raises(api, hub, method, route, body, call, raised):
+    """The exceptions huggingface_hub raises on 200 answers it cannot read (sink_models.hub.UNREADABLE)."""
+    api.create_repo(REPO)
+    hub.fail_always(status=200, route_contains=route, method=method, body=body)
+    with pytest.raises(raised):
+        call(api)
+    assert any(r.status == 200 and route in r.path for r in hub.requests)

@@ -1,6 +1,10 @@
-"""upload/push.py against the local Hub-compatible server: the real huggingface_hub client, in a fresh process."""
+"""upload/push.py against the local Hub-compatible server: the real huggingface_hub client, in a fresh process (in
+this one for the quick error-path cases)."""
 
+import hashlib
+import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi
-from test_hub_server import TOKEN, subprocess_env
+from test_hub_server import TOKEN, lfs_uploads, subprocess_env
 
 from sink_models import SinkViTForImageClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, ORG = "vit-gated-reg", "testorg"
 REPO = f"{ORG}/{NAME}"
+# What the Hub stores through LFS: the weights and the card's figures (binaries); text files stay in git.
+LFS = {"model.safetensors", *(p.name for p in (ROOT / "model_cards" / NAME).glob("*.png"))}
 
 
 def push(hub, tmp_path, *options, names=(NAME,)):
@@ -32,6 +38,10 @@ def in_fresh_process(hub, tmp_path, code: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.fixture
 def pushed(hub, tmp_path):
     done = push(hub, tmp_path)
@@ -46,16 +56,19 @@ def test_a_pushed_model_loads_with_remote_code_at_its_tag_and_carries_its_card(h
         hub,
         tmp_path,
         f"""
-import json, torch
-from huggingface_hub import ModelCard
+import hashlib, json, os, torch
+from huggingface_hub import ModelCard, hf_hub_download
 from transformers import AutoModelForImageClassification
 model = AutoModelForImageClassification.from_pretrained("{REPO}", trust_remote_code=True, revision="v1").eval()
 with torch.no_grad():
     logits = model(torch.load("{tmp_path / "images.pt"}")).logits
 card = ModelCard.load("{REPO}")
 metrics = {{(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}}
+weights = hf_hub_download("{REPO}", "model.safetensors", revision="v1")  # cached by from_pretrained
 print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), "text": card.text,
-                  "top1": metrics[("accuracy", "top1")], "sinks": metrics[("sinks_per_image", None)]}}))
+                  "top1": metrics[("accuracy", "top1")], "sinks": metrics[("sinks_per_image", None)],
+                  "weights": hashlib.sha256(open(weights, "rb").read()).hexdigest(),
+                  "blob": os.path.basename(os.path.realpath(weights))}}))
 """,
     )
     assert loaded["module"].startswith("transformers_modules")  # the repo's own code ran
@@ -68,6 +81,16 @@ print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), 
     files = hub.files(REPO)
     assert {"model.safetensors", "modeling_sink_vit.py", "results.json", "events_by_head.png"} <= set(files)
     assert not any(path.endswith((".bin", ".pt", ".pth")) for path in files)
+    # The weights and figures travelled as LFS objects (uploaded, verified, committed as pointers) and came back
+    # as the same bytes, cached under their sha256; README.md, config.json and the code stayed git files.
+    assert hub.lfs_paths(REPO) == LFS and {"README.md", "config.json", "modeling_sink_vit.py"}.isdisjoint(LFS)
+    local = {path: sha256(ROOT / "model_cards" / NAME / path) for path in LFS - {"model.safetensors"}}
+    local["model.safetensors"] = sha256(ROOT / "zoo" / NAME / "model.safetensors")
+    assert sorted(lfs_uploads(hub.requests)) == sorted(local.values())
+    assert loaded["weights"] == loaded["blob"] == local["model.safetensors"]
+    tagged = f"/{REPO}/resolve/{hub.commits(REPO)[0]}/model.safetensors"  # transformers resolves v1 first
+    assert any(r.method == "GET" and r.path == tagged and r.status == 200 for r in hub.requests)
+    assert hub.lfs_paths(f"{ORG}/sink-zoo-results", "dataset") == set()
 
 
 def test_the_results_dataset_loads_with_datasets(hub, pushed, tmp_path):
@@ -91,14 +114,21 @@ print(json.dumps(rows.to_list(), default=str))
 def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed, tmp_path):
     repos = ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset"), (f"{ORG}/sink-zoo-leaderboard", "space"))
     before = {repo: hub.commits(*repo) for repo in repos}
+    log = (tmp_path / "push_log.jsonl").read_text()
+    seen = len(hub.requests)
     again = push(hub, tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {repo: hub.commits(*repo) for repo in before} == before
-    assert "tag v1 present" in again.stdout
+    # No LFS upload, no write, no parity reload (nothing to commit), and nothing logged.
+    assert lfs_uploads(hub.requests[seen:]) == [] and not any(r.mutated for r in hub.requests[seen:])
+    assert f"{REPO}: unchanged at {before[REPO, 'model'][0][:12]}; tag v1 present" in again.stdout
+    assert "parity" not in again.stdout and (tmp_path / "push_log.jsonl").read_text() == log
     seen = len(hub.requests)
     dry = push(hub, tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert {request.method for request in hub.requests[seen:]} <= {"GET", "HEAD"}  # it only reads
+    # The head for the results record is the one plan() read: one read of the model repo's files.
+    assert [r.path for r in hub.requests[seen:]].count(f"/api/models/{REPO}") == 1
     assert f"unchanged {REPO}" in dry.stdout and f"unchanged dataset {ORG}/sink-zoo-results" in dry.stdout
     assert f"unchanged space {ORG}/sink-zoo-leaderboard" in dry.stdout
     assert "unchanged collection 'Attention-sink ViT zoo'" in dry.stdout
@@ -174,3 +204,72 @@ def test_the_space_and_the_collection(hub, pushed, tmp_path):
     again = push(hub, tmp_path)
     assert "collection 'Attention-sink ViT zoo': 0 item(s) added, 3 present" in again.stdout
     assert len(hub.collection(ORG, "Attention-sink ViT zoo")["items"]) == 3
+
+
+def test_a_malformed_answer_ends_a_run_with_one_line(hub, tmp_path):
+    # The incident: a read-only mirror answered list_collections with a 200 HTML page.
+    hub.fail_always(status=200, route_contains="/api/collections", method="GET", body="html")
+    dry = push(hub, tmp_path, "--dry-run")
+    assert (dry.returncode, dry.stderr.splitlines()) == (
+        1,
+        [
+            f"error: {ORG}: collection read: unexpected answer from the server: JSONDecodeError: Expecting value: "
+            "line 1 column 1 (char 0) (after 1 attempt)."
+        ],
+    )
+
+
+@pytest.fixture
+def run_push(hub, tmp_path, monkeypatch, capsys):
+    """upload/push.py's cli in this process, without the seconds of a fresh interpreter and of the parity reload
+    (which every subprocess push above runs): returns (exit code, stdout, stderr)."""
+    spec = importlib.util.spec_from_file_location("push_script", ROOT / "upload" / "push.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(script, "parity_check", lambda staged, local: 0.0)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    options = ["--org", ORG, "--endpoint", hub.url, "--retry-wait", "0.01", "--log", str(tmp_path / "push_log.jsonl")]
+
+    def run(*more: str) -> tuple[int, str, str]:
+        code = script.cli([*options, *more, NAME])
+        return code, *capsys.readouterr()
+
+    return run
+
+
+UNREADABLE = "unexpected answer from the server: "
+
+
+@pytest.mark.parametrize(
+    ("dry_run", "method", "route", "status", "body", "where", "summary"),
+    [
+        (True, "GET", "/api/collections", 200, "keys", f"{ORG}: collection read", UNREADABLE + "TypeError: .*"),
+        (True, "GET", "/api/datasets/", 200, "json", f"{ORG}/sink-zoo-results: read", UNREADABLE + "JSONDecodeError.*"),
+        (False, "GET", f"/api/models/{REPO}", 200, "keys", f"{REPO}: read", UNREADABLE + "KeyError: 'id'"),
+        (False, "POST", "/api/repos/create", 200, "keys", f"{REPO}: create", UNREADABLE + "KeyError: 'url'"),
+        (False, "POST", "/preupload/", 200, "html", f"{REPO}: commit", UNREADABLE + "JSONDecodeError: .*"),
+        (False, "POST", "/objects/batch", 200, "keys", f"{REPO}: commit", UNREADABLE + "ValueError: Malformed .*"),
+        # An LFS upload that fails is reported with its file and the Hub's answer.
+        (False, "PUT", "/info/lfs/objects/", 403, "error", f"{REPO}: commit",
+         r"Error while uploading '.+' to the Hub\. HfHubHTTPError: .*403.*"),
+        (False, "POST", "/commit/", 200, "keys", f"{REPO}: commit", UNREADABLE + "KeyError: 'commitUrl'"),
+        (False, "GET", "/refs", 200, "html", f"{REPO}: refs", UNREADABLE + "JSONDecodeError: .*"),
+        (False, "POST", "/api/collections", 200, "keys", f"{ORG}: collection create", UNREADABLE + "KeyError: 'slug'"),
+    ],
+)  # fmt: skip
+def test_every_unexpected_answer_is_one_error_line(hub, run_push, dry_run, method, route, status, body, where, summary):
+    hub.fail_always(status=status, route_contains=route, method=method, body=body)
+    code, out, err = run_push(*(["--dry-run"] if dry_run else []))
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and "Traceback" not in err and len(errors) == 1, err
+    assert re.fullmatch(rf"error: {where}: {summary} \(after 1 attempt\)\.", errors[0]), errors[0]
+
+
+def test_retry_wait_reaches_every_step(hub, run_push, monkeypatch):
+    waits = []
+    monkeypatch.setattr("time.sleep", waits.append)
+    for route in ("/api/repos/create", "/commit/", "/tag/"):
+        hub.fail_next(1, status=503, route_contains=route, method="POST")
+    code, out, err = run_push()
+    assert code == 0, err
+    assert waits == [0.01] * 3  # one retry each, after --retry-wait seconds (the client itself retries none)

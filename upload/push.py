@@ -4,7 +4,8 @@ One model repo per zoo checkpoint (ORG/<name>: weights, config, remote code, ima
 figures, results, recipe) tagged with the zoo's version, then the results dataset ORG/sink-zoo-results, the
 leaderboard Space ORG/sink-zoo-leaderboard (upload/space/) and the collection "Attention-sink ViT zoo" of them all.
 The token comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads.
-Pushed commits are logged to runs/push_log.jsonl (not uploaded).
+A repo whose files all match is left alone (no parity check, no commit). Commits made are logged to
+runs/push_log.jsonl (not uploaded). Any failure ends the run with one line: `error: REPO: STEP: ...`.
 """
 
 import argparse
@@ -12,16 +13,17 @@ import json
 import sys
 import tempfile
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
-from huggingface_hub.errors import RepositoryNotFoundError
 
 from sink_models.hub import (
     COLLECTION,
     RESULTS_DATASET,
     SPACE,
     ZOO_VERSION,
+    Change,
     PushError,
     add_to_collection,
     append_push_log,
@@ -75,27 +77,24 @@ def main(argv: list[str]) -> int:
             repo_id = f"{args.org}/{name}"
             folder = stage_model(name, repo_id, ROOT, staging)
             result = json.loads((folder / "results.json").read_text())
+            change = retried(partial(plan, api, repo_id, folder, tag=ZOO_VERSION), f"{repo_id}: read", **retry)
+            stuck = change.exists and change.changed and change.tag is None
             if args.dry_run:
-                change = retried(lambda: plan(api, repo_id, folder, tag=ZOO_VERSION), f"{repo_id}: read")  # noqa: B023
-                stuck = change.exists and change.changed and change.tag is None
                 print(change.describe() + (f" (refused: tag {ZOO_VERSION} is published)" if stuck else ""))
-                head = retried(lambda: _head(api, repo_id), f"{repo_id}: read")  # noqa: B023
-                records[name] = leaderboard_record(result, repo_id, "(new)" if change.changed else head)
+                records[name] = leaderboard_record(result, repo_id, "(new)" if change.changed else change.head)
                 continue
-            change = retried(lambda: plan(api, repo_id, folder, tag=ZOO_VERSION), f"{repo_id}: read")  # noqa: B023
-            if change.exists and change.changed and change.tag is None:  # checked before anything is written
+            if stuck:  # checked before anything is written
                 raise PushError(
                     f"{repo_id}: {', '.join(change.changed)} changed, but tag {ZOO_VERSION} is already published; "
                     "a version never moves: raise sink_models.hub.ZOO_VERSION."
                 )
-            difference = parity_check(folder, ROOT / "zoo" / name)
-            commit = push_folder(
-                api, repo_id, folder, message=f"sink-models zoo {ZOO_VERSION}: {name}", private=args.private, **retry
-            )
-            tagged = tag_commit(api, repo_id, ZOO_VERSION, commit, **retry)
-            append_push_log(log, _entry(repo_id, "model", commit, ZOO_VERSION))
-            state = "created" if tagged else "present"
-            print(f"{repo_id}: at {commit[:12]} (parity {difference:.1e}); tag {ZOO_VERSION} {state}")
+            parity = ""
+            if change.changed:  # the fresh-process reload takes seconds: worth it only before a commit
+                parity = f" (parity {parity_check(folder, ROOT / 'zoo' / name):.1e})"
+            message = f"sink-models zoo {ZOO_VERSION}: {name}"
+            commit = _push(api, change, folder, message, log, ZOO_VERSION, private=args.private, **retry)
+            state = "created" if tag_commit(api, repo_id, ZOO_VERSION, commit, **retry) else "present"
+            print(f"{repo_id}: {_at(change, commit)}{parity}; tag {ZOO_VERSION} {state}")
             records[name] = leaderboard_record(result, repo_id, commit)
 
         dataset_id = f"{args.org}/{RESULTS_DATASET}"
@@ -106,30 +105,38 @@ def main(argv: list[str]) -> int:
         (folder / "README.md").write_text(_dataset_card(args.org))
         space_id = f"{args.org}/{SPACE}"
         space = stage_space(ROOT / "upload" / "space", dataset_id, staging / SPACE)
-        items = [(f"{args.org}/{name}", "model") for name in args.names]
-        items += [(dataset_id, "dataset"), (space_id, "space")]
-        if args.dry_run:
-            for repo_id, kind, source in ((dataset_id, "dataset", folder), (space_id, "space", space)):
-                print(retried(lambda: plan(api, repo_id, source, repo_type=kind), f"{repo_id}: read").describe())  # noqa: B023
-            print(retried(lambda: collection_plan(api, args.org, items), f"collection {COLLECTION!r}: read"))
-            return 0
         for repo_id, kind, source, message in (
             (dataset_id, "dataset", folder, "sink-models zoo results"),
             (space_id, "space", space, "sink-models leaderboard"),
         ):
-            commit = push_folder(api, repo_id, source, repo_type=kind, message=message, private=args.private, **retry)
-            append_push_log(log, _entry(repo_id, kind, commit, None))
-            print(f"{kind} {repo_id}: at {commit[:12]}")
+            change = retried(partial(plan, api, repo_id, source, repo_type=kind), f"{repo_id}: read", **retry)
+            if args.dry_run:
+                print(change.describe())
+                continue
+            commit = _push(api, change, source, message, log, None, private=args.private, **retry)
+            print(f"{kind} {repo_id}: {_at(change, commit)}")
+        items = [(f"{args.org}/{name}", "model") for name in args.names]
+        items += [(dataset_id, "dataset"), (space_id, "space")]
+        if args.dry_run:
+            print(retried(partial(collection_plan, api, args.org, items), f"{args.org}: collection read", **retry))
+            return 0
         added = add_to_collection(api, args.org, items, private=args.private, **retry)
         print(f"collection {COLLECTION!r}: {added} item(s) added, {len(items) - added} present")
     return 0
 
 
-def _head(api: HfApi, repo_id: str) -> str | None:
-    try:
-        return api.model_info(repo_id).sha
-    except RepositoryNotFoundError:
-        return None
+def _push(api: HfApi, change: Change, folder: Path, message: str, log: Path, tag: str | None, **options) -> str:
+    """Commit `folder` if the plan found changes and log the commit; returns the repo's head."""
+    if not change.changed:
+        return change.head
+    commit = push_folder(api, change.repo_id, folder, repo_type=change.repo_type, message=message, **options)
+    if commit != change.head:  # the client makes no commit when the Hub has every file already
+        append_push_log(log, _entry(change.repo_id, change.repo_type, commit, tag))
+    return commit
+
+
+def _at(change: Change, commit: str) -> str:
+    return f"at {commit[:12]}" if change.changed else f"unchanged at {commit[:12]}"
 
 
 def _entry(repo_id: str, repo_type: str, commit: str, tag: str | None) -> dict:
