@@ -28,6 +28,7 @@ from sink_models.evaluation import (  # noqa: E402
 )
 from sink_models.files import write_json  # noqa: E402
 from sink_models.leaderboard import leaderboard_record, markdown, table  # noqa: E402
+from sink_models.processes import exit_launched  # noqa: E402
 from sink_models.synthetic import synthetic_rows, write_synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,6 @@ def main(argv: list[str]) -> int:
             records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
             print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table
     accelerator.wait_for_everyone()
-    accelerator.end_training()  # a live process group at exit can abort a rank in gloo's teardown
     return 0
 
 
@@ -118,4 +118,6 @@ def cli(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli(sys.argv[1:]))
+    code = cli(sys.argv[1:])
+    exit_launched(code)
+    sys.exit(code)

@@ -109,7 +109,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     """Train, checkpoint, evaluate and save; returns the run summary (also written to output_dir/summary.json).
 
     `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
-    A distributed run ends by destroying its process group: one `train()` per launched process.
     """
     overrides = _overrides(model_args.model_overrides)
     if model_args.variant not in VARIANTS:
@@ -263,8 +262,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         _save_final(accelerator.unwrap_model(model), task, output_dir, model_args, data_args, args, processor)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
-    # Trackers finish and the process group goes: one left alive at exit can abort a rank in gloo's teardown.
-    accelerator.end_training()
+    # Not end_training(): it also destroys the process group, whose gloo teardown can deadlock (see processes.py).
+    for tracker in accelerator.trackers:
+        tracker.finish()
     return summary
 
 

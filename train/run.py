@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from sink_models.processes import exit_launched
 from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
 
 GROUPS = (ModelArguments, DataArguments, TrainArguments)
@@ -47,3 +48,4 @@ if __name__ == "__main__":
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     print(json.dumps(summary, indent=1))
+    exit_launched(0)
