@@ -3,14 +3,16 @@
     python bench/diagnostics.py                 # ViT-Tiny-sized SinkViT with 4 registers, 8 images at 224
     python bench/diagnostics.py --size toy      # a quick look
 
-On one model and the same images: (1) a plain sdpa forward, (2) an eager forward with output_attentions=True,
-(3) the paper's procedure as its code does it: the explicit attention of every layer and head, the output-projected
-values u_j of every head, U = A u, and a batched float64 eigvalsh of the N x N Gram matrix U U^T, (4) `diagnose`
-(stable ranks are computed for sink events, where they are reported), and (5) `diagnose` with every head of every
-image counted as an event, its worst case. Times are medians over interleaved rounds (the order rotates); ratios
-are taken within a round. Peak memory is measured in a fresh process per method, on a second run: the rise of
-the peak resident set above the level before it. The script also checks that (3) and (5) agree to 1e-4 on every
-(image, layer, head).
+Two cases: the random model, which has no sink events, and the same model with one planted sink head per layer
+(about 12 sink events per image at ViT-Tiny size, NOP and broadcast, on CLS and registers), where the eigenvalue
+problems of the events run. In each case, on one model and the same images: (1) a plain sdpa forward, (2) an eager
+forward with output_attentions=True, (3) the paper's procedure as its code does it: the explicit attention of every
+layer and head, the output-projected values u_j of every head, U = A u, and a batched float64 eigvalsh of the N x N
+Gram matrix U U^T, (4) `diagnose` (stable ranks are computed for sink events, where they are reported), and (5)
+`diagnose` with every head of every image counted as an event, its worst case. Times are medians over interleaved
+rounds (the order rotates); ratios are taken within a round. Peak memory is measured in a fresh process per method,
+on a second run: the rise of the peak resident set above the level before it. The script also checks that (3)
+agrees to 1e-4 with (5) on every (image, layer, head) and with (4) on every sink event.
 """
 
 import argparse
@@ -31,13 +33,49 @@ from sink_models.diagnostics import Thresholds, diagnose
 METHODS = ("sdpa forward", "eager forward + attentions", "paper procedure", "diagnose", "diagnose, all events")
 
 
-def setup(size: str, batch: int):
+def setup(size: str, batch: int, sinks: bool = False):
     torch.manual_seed(0)
     # LayerScale 1.0 rather than the preset's 1e-4: the residual updates then carry real weight.
     model = SinkViTForImageClassification(preset_config("reg", size, num_labels=10, layerscale_init=1.0)).eval()
     config = model.config
     x = torch.randn(batch, config.num_channels, config.image_size, config.image_size)
+    if sinks:
+        plant_sinks(model)
     return model, x
+
+
+def plant_sinks(model, marker: float = 1000.0, logit: float = 12.0) -> None:
+    """Make head (l mod heads) of every layer l a sink head: all its queries attend (~0.99) to prefix token
+    (l mod prefix tokens), CLS or a register, whose value vanishes (NOP) in even layers and is large (broadcast) in
+    odd ones.
+
+    Prefix token t carries `marker` in channel t of the residual stream, which no layer's update comes near, so
+    after any block's LayerNorm it is ~sqrt(C) e_t, whatever the image. The sink head's keys read channel t alone
+    and its queries are near-constant (bias 1), so that token's score is ~`logit` above the others' (~N(0, 1)).
+    """
+    config = model.config
+    heads, width = config.num_attention_heads, config.hidden_size
+    dh, prefix = width // heads, config.num_prefix_tokens
+    strength = logit / (dh * width) ** 0.5  # score = dh**-0.5 * dh * strength * sqrt(C)
+    embeddings = model.sink_vit.embeddings
+    with torch.no_grad():
+        embeddings.cls_token[0, 0, 0] += marker
+        for register in range(config.num_register_tokens):
+            embeddings.register_tokens[0, register, 1 + register] += marker
+        for layer, block in enumerate(model.sink_vit.layers):
+            attention, target = block.attention, layer % prefix
+            rows = slice(layer % heads * dh, (layer % heads + 1) * dh)
+            attention.q_proj.bias[rows] = 1.0
+            attention.k_proj.weight[rows] = 0.0
+            attention.k_proj.weight[rows, target] = strength
+            attention.k_proj.bias[rows] = 0.0
+            attention.v_proj.bias[rows] = 0.0
+            values = attention.v_proj.weight[rows]  # a view: edited in place
+            if layer % 2 == 0:  # NOP: values blind to channel t and to the mean, which make up the sink's normed token
+                basis = torch.linalg.qr(torch.stack([torch.eye(width)[target], torch.ones(width)], dim=1)).Q
+                values -= values @ basis @ basis.T
+            else:  # broadcast: channel t, and so the sink, drives the values
+                values[:, target] = torch.randn(dh)
 
 
 def paper_procedure(model, x) -> dict:
@@ -116,14 +154,14 @@ def measured_peak(method: str, model, x) -> float:
     return (resident_kib("VmHWM") - before) / 1024
 
 
-def peak_memory(size: str, batch: int, method: str, runs: int = 5) -> float:
+def peak_memory(size: str, batch: int, sinks: bool, method: str, runs: int = 5) -> float:
     """Median over `runs` of `measured_peak`, in a fresh process, after one unmeasured run (one-time costs).
 
     Large blocks are mmapped (MALLOC_MMAP_THRESHOLD_), so that freed memory leaves the resident set at once.
     """
     code = (
         "import statistics, sys; sys.path.insert(0, 'bench'); import diagnostics as d; "
-        f"model, x = d.setup({size!r}, {batch}); d.run({method!r}, model, x); "
+        f"model, x = d.setup({size!r}, {batch}, {sinks}); d.run({method!r}, model, x); "
         f"print(statistics.median(d.measured_peak({method!r}, model, x) for _ in range({runs})))"
     )
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
@@ -131,29 +169,32 @@ def peak_memory(size: str, batch: int, method: str, runs: int = 5) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def agreement(model, x) -> tuple[int, float]:
-    """How many (image, layer, head) records were compared, and the largest relative difference."""
+def agreement(model, x) -> tuple[int, int, float]:
+    """The largest relative difference from the paper procedure over every (image, layer, head) record of `diagnose`
+    with every head counted as an event and over every sink event of `diagnose` as timed, and the two counts."""
     reference = paper_procedure(model, x)
-    report = diagnose(model, [x], thresholds=Thresholds(event=0.0))
+    every = diagnose(model, [x], thresholds=Thresholds(event=0.0)).events
+    events = diagnose(model, [x]).events
     worst = 0.0
-    for event in report.events:
+    for event in every + events:
         sink, ratio_out, stable_rank = reference[event["image"], event["layer"], event["head"]]
         if sink != event["sink"]:
-            return len(report.events), float("inf")
+            return len(every), len(events), float("inf")
         for got, want in ((event["ratio_out"], ratio_out), (event["stable_rank"], stable_rank)):
             worst = max(worst, abs(got - want) / abs(want))
-    return len(report.events), worst
+    return len(every), len(events), worst
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="tiny")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--reps", type=int, default=11)
-    args = parser.parse_args()
-    model, x = setup(args.size, args.batch)
-    config = model.config
+def layer_maps(config, batch: int) -> tuple[int, float]:
+    """Tokens per image, and the MiB of one layer's attention maps (float32) for `batch` images."""
+    tokens = 1 + config.num_register_tokens + (config.image_size // config.patch_size) ** 2
+    return tokens, batch * config.num_attention_heads * tokens**2 * 4 / 2**20
 
+
+def bench_case(args, sinks: bool) -> dict:
+    """Time, measure and check one case; print its table and targets; return its figures."""
+    model, x = setup(args.size, args.batch, sinks)
+    summary = diagnose(model, [x]).summary
     for method in METHODS:
         run(method, model, x)
     times = {method: [] for method in METHODS}
@@ -163,15 +204,15 @@ def main() -> None:
             start = time.perf_counter()
             run(method, model, x)
             times[method].append(time.perf_counter() - start)
-    memory = {method: peak_memory(args.size, args.batch, method) for method in METHODS}
-    records, worst = agreement(model, x)
+    memory = {method: peak_memory(args.size, args.batch, sinks, method) for method in METHODS}
+    records, events, worst = agreement(model, x)
 
-    tokens = 1 + config.num_register_tokens + (config.image_size // config.patch_size) ** 2
-    one_layer = args.batch * config.num_attention_heads * tokens**2 * 4 / 2**20
+    one_layer = layer_maps(model.config, args.batch)[1]
     print(
-        f"{args.size}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} "
-        f"heads, {config.num_register_tokens} registers, {tokens} tokens, {args.batch} images, "
-        f"{torch.get_num_threads()} threads, {args.reps} rounds; one layer's attention maps: {one_layer:.1f} MiB"
+        f"\n{'planted sinks' if sinks else 'no sinks (random model)'}: {summary['sinks_per_image']:.2f} sink events "
+        f"per image ({summary['nop_per_image']:.2f} NOP, {summary['broadcast_per_image']:.2f} broadcast, "
+        f"{summary['other_per_image']:.2f} other; on CLS {summary['sink_share']['cls']:.0%}, registers "
+        f"{summary['sink_share']['register']:.0%})"
     )
     print(f"{'method':28} {'seconds':>8} {'x sdpa':>7} {'peak MiB':>9} {'MiB over sdpa':>14}")
     sdpa = "sdpa forward"
@@ -192,10 +233,28 @@ def main() -> None:
         f"{'met' if extra <= one_layer else 'MISSED'})"
     )
     print(
-        f"  agreement with the paper procedure on {records} (image, layer, head) records: largest relative "
-        f"difference {worst:.1e} (<= 1e-4: {'met' if worst <= 1e-4 else 'MISSED'})"
+        f"  agreement with the paper procedure on {records} (image, layer, head) records and {events} sink events: "
+        f"largest relative difference {worst:.1e} (<= 1e-4: {'met' if worst <= 1e-4 else 'MISSED'})"
     )
-    print(json.dumps({"speedup": speedup, "cost": cost, "extra_mib": extra, "worst": worst}))
+    figures = {"sinks_per_image": summary["sinks_per_image"], "speedup": speedup, "cost": cost}
+    return figures | {"extra_mib": extra, "worst": worst}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=11)
+    args = parser.parse_args()
+    config = setup(args.size, 1)[0].config
+    tokens, one_layer = layer_maps(config, args.batch)
+    print(
+        f"{args.size}: hidden {config.hidden_size}, {config.num_hidden_layers} layers, {config.num_attention_heads} "
+        f"heads, {config.num_register_tokens} registers, {tokens} tokens, {args.batch} images, "
+        f"{torch.get_num_threads()} threads, {args.reps} rounds; one layer's attention maps: {one_layer:.1f} MiB"
+    )
+    figures = {case: bench_case(args, sinks) for case, sinks in (("no sinks", False), ("sinks", True))}
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -9,10 +10,11 @@ import pytest
 from sink_models import preset_config
 
 BENCH = Path(__file__).parents[1] / "bench" / "model.py"
+DIAGNOSTICS_BENCH = Path(__file__).parents[1] / "bench" / "diagnostics.py"
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_model", BENCH)
+def load_bench(path: Path = BENCH):
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -59,3 +61,39 @@ def test_model_benchmark_prints_a_row_per_model_and_the_targets():
             assert ratio == pytest.approx(speed / peer, abs=5e-4 + speed / peer * (0.05 / speed + 0.05 / peer))
     for label in ("forward", "train"):
         assert re.search(rf"{label} *: plain vs ViT [\d.]+ \(target >= 0.95: (met|MISSED)\)", result.stdout)
+
+
+def test_diagnostics_benchmark_plants_twelve_sinks_per_image_at_vit_tiny_size():
+    bench = load_bench(DIAGNOSTICS_BENCH)
+    model, x = bench.setup("tiny", batch=2, sinks=True)
+    summary = bench.diagnose(model, [x]).summary
+    assert summary["sinks_per_image"] == 12 and summary["nop_per_image"] == summary["broadcast_per_image"] == 6
+    assert summary["sink_share"]["patch"] == 0 and summary["sink_share"]["cls"] > 0
+    assert bench.agreement(model, x) == (2 * 12 * 3, 2 * 12, pytest.approx(0, abs=1e-4))  # records, events, worst
+
+
+def test_diagnostics_benchmark_prints_both_cases_and_the_targets(monkeypatch, capsys):
+    bench = load_bench(DIAGNOSTICS_BENCH)
+    # A fresh process per method and case measures peak memory (tested below): a stand-in here keeps this quick.
+    monkeypatch.setattr(bench, "peak_memory", lambda size, batch, sinks, method: 15.0)
+    monkeypatch.setattr(sys, "argv", ["diagnostics.py", "--size", "toy", "--batch", "2", "--reps", "1"])
+    bench.main()
+    out = capsys.readouterr().out
+    methods = ("sdpa forward", "eager forward + attentions", "paper procedure", "diagnose", "diagnose, all events")
+    rows = [m for line in out.splitlines() for m in methods if re.match(rf"{re.escape(m)} +[\d.]+ ", line)]
+    assert rows == list(methods) * 2
+    assert "no sinks (random model): 0.00 sink events per image" in out
+    # The toy model has 4 layers: one planted sink head each, NOP and broadcast in turn.
+    assert "planted sinks: 4.00 sink events per image (2.00 NOP, 2.00 broadcast, 0.00 other" in out
+    assert len(re.findall(r"diagnose vs paper procedure: [\d.]+x faster \(>= 3x: (met|MISSED)\)", out)) == 2
+    assert len(re.findall(r"diagnose memory over sdpa forward: 0.0 MiB \(<= one layer's maps", out)) == 2
+    figures = json.loads(out.splitlines()[-1])
+    assert list(figures) == ["no sinks", "sinks"]
+    assert [case["sinks_per_image"] for case in figures.values()] == [0, 4]
+    assert all(case["worst"] <= 1e-4 for case in figures.values())
+
+
+def test_diagnostics_benchmark_measures_peak_memory_in_a_fresh_process(monkeypatch):
+    monkeypatch.chdir(DIAGNOSTICS_BENCH.parents[1])  # that process imports bench/diagnostics.py
+    bench = load_bench(DIAGNOSTICS_BENCH)
+    assert 0 <= bench.peak_memory("toy", 2, True, "diagnose") < 50

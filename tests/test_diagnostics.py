@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import STOCK_SIZES, images, tiny_config
+from conftest import STOCK_SIZES, assert_nested_close, images, tiny_config
 from PIL import Image
 from planted import blocks, make_uniform, plant
 from transformers import (
@@ -161,6 +161,25 @@ def test_every_quantity_equals_the_brute_force_computation(arch):
             assert row["gate_mean"] is None
 
 
+@pytest.mark.parametrize("variant", ["reg", "gated-reg"])  # o from the forward; o recomputed (o_proj sees gate * o)
+def test_event_records_equal_those_of_the_every_record_pass(variant):
+    # What only events report is computed for the events alone: it must equal the every-record computation.
+    model = SinkViTModel(tiny_config(variant)).eval()
+    x = images(model.config, batch=3)
+    plant(model, x, head=0, target=0, kind="nop")
+    plant(model, x, head=2, target=1, kind="broadcast")
+    events = diagnose(model, [x]).events
+    every = {(e["image"], e["layer"], e["head"]): e for e in diagnose(model, [x], thresholds=EVERYTHING).events}
+    assert sorted((e["head"], e["class"]) for e in events) == [(0, "nop")] * 3 + [(2, "broadcast")] * 3
+    for event in events:
+        want = every[event["image"], event["layer"], event["head"]]
+        assert {k: v for k, v in event.items() if k not in EVENT_FIELDS} == {
+            k: v for k, v in want.items() if k not in EVENT_FIELDS
+        }
+        for name in EVENT_FIELDS:
+            assert event[name] == pytest.approx(want[name], rel=1e-9, abs=1e-12), name
+
+
 def test_token_norm_statistics_per_layer():
     model = SinkViTModel(tiny_config("reg")).eval()
     x = images(model.config, batch=3)
@@ -201,23 +220,9 @@ def test_sdpa_and_eager_give_the_same_report():
 
 
 def assert_reports_equal(a: SinkReport, b: SinkReport, rel: float, skip=()):
-    def walk(x, y, where):
-        if isinstance(x, dict):
-            assert x.keys() == y.keys(), where
-            for key in x:
-                walk(x[key], y[key], f"{where}.{key}")
-        elif isinstance(x, list):
-            assert len(x) == len(y), where
-            for i, (p, q) in enumerate(zip(x, y, strict=True)):
-                walk(p, q, f"{where}[{i}]")
-        elif isinstance(x, float):
-            assert y == pytest.approx(x, rel=rel, abs=1e-9), where
-        else:
-            assert x == y, where
-
     for name in a.__dataclass_fields__:
         if name not in skip:
-            walk(getattr(a, name), getattr(b, name), name)
+            assert_nested_close(getattr(a, name), getattr(b, name), rel=rel, where=name)
 
 
 def test_json_round_trip_csv_and_plots(tmp_path):

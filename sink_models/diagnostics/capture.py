@@ -1,8 +1,8 @@
 """Where each supported architecture keeps its attention parts, and the streaming capture behind `diagnose`.
 
-Forward hooks read what the model computes anyway (the q/k/v projections, the gate, each block's output), so
-the model runs on whatever attention backend it was loaded with; the attention matrix of one layer is rebuilt
-from its queries and keys, measured, and dropped before the next layer runs.
+Forward hooks read what the model computes anyway (the q/k/v projections, the gate, the attention output that
+o_proj reads, each block's output), so the model runs on whatever attention backend it was loaded with; the
+attention matrix of one layer is rebuilt from its queries and keys, measured, and dropped before the next layer runs.
 """
 
 from collections.abc import Callable
@@ -68,8 +68,8 @@ def _first(output) -> torch.Tensor:
 
 
 class LayerCapture:
-    """Forward hooks that hand each block's q, k, v and gate to `on_attention` as soon as its attention has run
-    (so they are freed before the MLP allocates its own), and the block's output tokens to `on_output`."""
+    """Forward hooks that hand each block's q, k, v, gate and o_proj input to `on_attention` as soon as its attention
+    has run (so they are freed before the MLP allocates its own), and the block's output tokens to `on_output`."""
 
     def __init__(
         self,
@@ -87,6 +87,9 @@ class LayerCapture:
                 self.handles.append(getattr(parts.attention, name).register_forward_hook(self._keep(name)))
             if parts.gate_proj is not None:
                 self.handles.append(parts.gate_proj.register_forward_hook(self._keep("gate_proj")))
+            else:
+                # Without a gate, o_proj's input is the kernel's output o = A v: the diagnostics need not redo it.
+                self.handles.append(parts.attention.o_proj.register_forward_hook(self._keep("o_proj", from_input=True)))
             self.handles.append(parts.attention.register_forward_hook(self._attention_done(index)))
             self.handles.append(parts.block.register_forward_hook(self._block_done(index)))
         return self
@@ -96,9 +99,9 @@ class LayerCapture:
             handle.remove()
         self.captured.clear()
 
-    def _keep(self, name: str):
+    def _keep(self, name: str, from_input: bool = False):
         def hook(module, args, output):
-            self.captured[name] = output
+            self.captured[name] = args[0] if from_input else output
 
         return hook
 

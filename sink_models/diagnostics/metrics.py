@@ -1,8 +1,8 @@
 """The paper's per-(image, head) sink quantities for one layer (SCIENCE.md sections 2-3), computed exactly.
 
 Everything that depends on the output projection goes through the head's d_h x d_h matrix P = M M^T,
-M = W_O^h^T diag(gamma) (d_h x C): ||u_j||^2 = v_j^T P v_j, ||U||_F^2 = tr(G P) with G = o^T o, and the
-non-zero eigenvalues of U U^T are those of F^T G F with P = F F^T, a d_h x d_h problem instead of N x N.
+M = W_O^h^T diag(gamma) (d_h x C), and a factor P = F F^T: ||u_j|| = ||F^T v_j||, ||U||_F^2 = tr(G P) with
+G = o^T o, and the non-zero eigenvalues of U U^T are those of F^T G F, a d_h x d_h problem instead of N x N.
 """
 
 from dataclasses import asdict, dataclass
@@ -27,27 +27,20 @@ class Thresholds:
 
 
 class HeadProjection:
-    """P = W_O^h^T diag(gamma)^2 W_O^h per head (heads, d_h, d_h) in float64, and on demand F with F F^T = P."""
+    """P = W_O^h^T diag(gamma)^2 W_O^h per head (heads, d_h, d_h) and F with F F^T = P, in float64."""
 
     def __init__(self, o_weight: torch.Tensor, gamma: torch.Tensor | None, num_heads: int):
-        self.o_weight, self.gamma, self.num_heads = o_weight.detach(), gamma, num_heads
-        scaled = self._scaled()
+        channels, width = o_weight.shape
+        # diag(gamma) W_O^h per head: (heads, C, d_h).
+        scaled = o_weight.detach().double().reshape(channels, num_heads, width // num_heads).permute(1, 0, 2)
+        if gamma is not None:
+            scaled = scaled * gamma.detach().double().reshape(1, channels, 1)
         self.p = scaled.transpose(1, 2) @ scaled
-        self.p32 = self.p.float()
-        self._factor = None
-
-    def _scaled(self) -> torch.Tensor:
-        """diag(gamma) W_O^h per head: (heads, C, d_h), float64."""
-        channels, width = self.o_weight.shape
-        w = self.o_weight.double().reshape(channels, self.num_heads, width // self.num_heads).permute(1, 0, 2)
-        return w if self.gamma is None else w * self.gamma.detach().double().reshape(1, channels, 1)
-
-    @property
-    def factor(self) -> torch.Tensor:
-        """F = T^T from the QR decomposition diag(gamma) W_O^h = Q T: P = T^T T (a singular P is fine)."""
-        if self._factor is None:
-            self._factor = torch.linalg.qr(self._scaled(), mode="r").R.transpose(-1, -2)
-        return self._factor
+        # Cholesky is ten times cheaper than QR; a singular P (a pruned head, a zero gamma) needs the QR factor
+        # diag(gamma) W_O^h = Q T, P = T^T T.
+        self.factor, info = torch.linalg.cholesky_ex(self.p)
+        if info.any():
+            self.factor = torch.linalg.qr(scaled, mode="r").R.transpose(-1, -2)
 
 
 def layer_metrics(
@@ -58,46 +51,70 @@ def layer_metrics(
     projection: HeadProjection,
     num_prefix_tokens: int,
     thresholds: Thresholds,
+    output: torch.Tensor | None = None,
+    chunks: int = 4,
 ) -> dict[str, torch.Tensor]:
-    """Per (image, head) quantities of one layer from its queries, keys and values, each (batch, tokens, heads, d_h).
+    """Per (image, head) quantities of one layer from its queries, keys and values, each (batch, tokens, heads, d_h),
+    and the attention output o = A v of the forward in the same shape (None: recomputed here).
 
     Returns float64 / int64 / bool tensors of shape (batch, heads) keyed by name, plus `inflow` (batch, heads,
-    tokens): the mean attention each key receives. `stable_rank` and `rank1_energy` are computed for sink events,
-    where they are reported, and NaN elsewhere. The attention matrix of this one layer is the only N x N tensor
-    held.
+    tokens): the mean attention each key receives. The quantities reported for sink events only (`ratio_out`,
+    `ratio_head`, `stable_rank`, `rank1_energy`, `class`) are computed for them alone, and are NaN (class: other)
+    elsewhere. The attention maps are built for one head and a group of images at a time, about 1/`chunks` of the
+    layer's maps: the only N x N tensor held.
     """
-    q, k, v = (t.float().transpose(1, 2) for t in (query, key, value))  # B, H, N, d_h
-    # Softmax in place: one N x N tensor per head is the whole memory cost of a layer.
-    attention = q @ k.transpose(-1, -2)  # B, H, N(queries), N(keys)
-    attention -= attention.amax(dim=-1, keepdim=True)
-    attention = attention.mul_(scaling).exp_()
-    attention /= attention.sum(dim=-1, keepdim=True)
-    tokens = attention.shape[-1]
-    inflow = attention.mean(dim=2)
+    batch, tokens, heads, width = query.shape
+    inflow, to_sink = (query.new_empty(batch, heads, tokens, dtype=torch.float32) for _ in range(2))
+    gram = query.new_empty(batch, heads, width, width, dtype=torch.float32)  # G = o^T o
+    energy = query.new_empty(batch, heads, dtype=torch.float64)  # ||U||_F^2 = tr(G P)
+    mean = query.new_empty(batch, heads, width, dtype=torch.float32)  # mean_i o_i
+    # One head at a time, on strided views of the (batch, tokens, heads, d_h) tensors: BLAS reads them in place.
+    # Each head's images in ceil(chunks / heads) groups: a group holds about 1/chunks of the layer's maps.
+    step = -(-batch // -(-chunks // heads))
+    for head in range(heads):
+        q, k, v = (t[:, :, head].float() for t in (query, key, value))  # B, N, d_h
+        recomputed = []
+        for start in range(0, batch, step):
+            part = slice(start, start + step)
+            attention = (q[part] * scaling) @ k[part].transpose(-1, -2)  # B, N(queries), N(keys)
+            torch.softmax(attention, dim=-1, out=attention)  # in place: no second N x N tensor
+            inflow[part, head] = attention.mean(dim=1)
+            index = inflow[part, head].argmax(dim=-1)[:, None, None].expand(-1, tokens, 1)
+            to_sink[part, head] = attention.gather(-1, index).squeeze(-1)
+            if output is None:
+                recomputed.append(attention @ v[part])
+            del attention
+        o = torch.cat(recomputed) if output is None else output[:, :, head].float()  # o = A v
+        gram[:, head] = o.transpose(-1, -2) @ o
+        energy[:, head] = (gram[:, head].double() * projection.p[head]).sum((-2, -1))  # float64: it has cancellations
+        mean[:, head] = o.mean(dim=1)
     sink = inflow.argmax(dim=-1)
-    to_sink = attention.gather(-1, sink[:, :, None, None].expand(-1, -1, tokens, 1)).squeeze(-1)
     routed_frac = (to_sink >= thresholds.routed).double().mean(dim=-1)
-    output = attention @ v  # o = A v: B, H, N, d_h
-    del attention, to_sink
-
-    # Token-sized products in float32 (they only feed norms and d_h x d_h sums); the small problems in float64.
-    u_norm = ((v @ projection.p32) * v).sum(-1).clamp_min(0).sqrt().double()  # ||u_j|| = sqrt(v_j^T P v_j)
-    v_norm = v.norm(dim=-1).double()
-    gram = (output.transpose(-1, -2) @ output).double()  # G: B, H, d_h, d_h
-    energy = (gram * projection.p).sum((-2, -1)).clamp_min(0)  # ||U||_F^2 = tr(G P)
-    defined = energy > 1e-30
     event = routed_frac >= thresholds.event
-    # sigma_1^2 (an eigenvalue problem) only where it is reported: for sink events.
-    top = torch.full_like(energy, torch.nan)
-    if event.any():
-        factor = projection.factor[event.nonzero()[:, 1]]  # the F of each event's head
-        top[event] = torch.linalg.eigvalsh(factor.transpose(-1, -2) @ gram[event] @ factor)[..., -1].clamp_min(0)
-    stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
-    mean = output.mean(dim=2).double()  # mean_i o_i: B, H, d_h
+
+    energy = energy.clamp_min(0)
+    defined = energy > 1e-30
+    mean = mean.double()
     mean_update = torch.einsum("bhd,hde,bhe->bh", mean, projection.p, mean)  # ||mean_i U_i||^2
     common_mode = torch.where(defined, tokens * mean_update / energy.clamp_min(1e-300), torch.nan)
 
-    ratio_out = _sink_ratio(u_norm, sink)
+    # What is reported for sink events only is computed for them alone, all of the layer's events in one batch.
+    images, event_heads = event.nonzero().unbind(1)
+
+    def at_events(x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(energy, torch.nan).index_put((images, event_heads), x.double())
+
+    values = value[images, :, event_heads].float()  # E, N, d_h
+    factor = projection.factor[event_heads]  # the F of each event's head
+    u_norm = (values @ factor.float()).norm(dim=-1)  # ||u_j|| = ||F^T v_j||
+    ratio_out = at_events(_sink_ratio(u_norm.double(), sink[event]))
+    ratio_head = at_events(_sink_ratio(values.norm(dim=-1).double(), sink[event]))
+    # The non-zero eigenvalues of U U^T (N x N) are those of F^T G F (d_h x d_h), solved in float64.
+    top = at_events(torch.linalg.eigvalsh(factor.transpose(-1, -2) @ gram[event].double() @ factor)[..., -1])
+    top = top.clamp_min(0)
+    stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
+    rank1_energy = torch.where(defined, top / energy.clamp_min(1e-300), torch.nan)
+
     klass = torch.full_like(sink, 2)  # other
     broadcast = (ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)
     klass = torch.where(broadcast, 1, klass)
@@ -110,9 +127,9 @@ def layer_metrics(
         "routed_frac": routed_frac,
         "event": event,
         "ratio_out": ratio_out,
-        "ratio_head": _sink_ratio(v_norm, sink),
+        "ratio_head": ratio_head,
         "stable_rank": stable_rank,
-        "rank1_energy": torch.where(defined, top / energy.clamp_min(1e-300), torch.nan),
+        "rank1_energy": rank1_energy,
         "common_mode": common_mode,
         "class": klass,  # 0 NOP, 1 broadcast, 2 other
         "token_type": token_type,  # 0 CLS, 1 register, 2 patch
@@ -121,7 +138,7 @@ def layer_metrics(
 
 
 def _sink_ratio(norms: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
-    """||x_s|| / mean_{j != s} ||x_j|| for norms (batch, heads, tokens)."""
+    """||x_s|| / mean_{j != s} ||x_j|| for norms (..., tokens) and sinks (...)."""
     at_sink = norms.gather(-1, sink[..., None]).squeeze(-1)
     others = (norms.sum(-1) - at_sink) / (norms.shape[-1] - 1)
     # A zero sink value is a NOP even when every value is zero (a pruned head): 0, not 0/0.

@@ -56,13 +56,17 @@ class Accumulator:
             self.gated = True
             sums["gate_mean"][layer] += gate[0].sum(0).cpu()
             sums["gate_closed"][layer] += gate[1].sum(0).cpu()
-        values = {name: metrics[name].cpu() for name in ("sink", "class", "token_type", *EVENT_FIELDS)}
-        for image, head in metrics["event"].nonzero().tolist():
+        events = metrics["event"].nonzero().tolist()
+        if not events:
+            return
+        # Nested lists: indexing them per event is far cheaper than indexing tensors.
+        values = {name: metrics[name].tolist() for name in ("sink", "class", "token_type", *EVENT_FIELDS)}
+        for image, head in events:
             record = {"image": first_image + image, "layer": layer, "head": head}
-            record["sink"] = int(values["sink"][image, head])
-            record["class"] = CLASSES[int(values["class"][image, head])]
-            record["token_type"] = TOKEN_TYPES[int(values["token_type"][image, head])]
-            record.update({name: _number(values[name][image, head]) for name in EVENT_FIELDS})
+            record["sink"] = values["sink"][image][head]
+            record["class"] = CLASSES[values["class"][image][head]]
+            record["token_type"] = TOKEN_TYPES[values["token_type"][image][head]]
+            record.update({name: _number(values[name][image][head]) for name in EVENT_FIELDS})
             self.events.append(record)
 
     def add_cls_sinks(self, layer: int, cls_inflow: torch.Tensor, eps: float) -> None:

@@ -42,35 +42,28 @@ def diagnose(
         model = accelerator.unwrap_model(model)
     adapter = adapter_for(model)
     heads, device = adapter.num_heads, next(model.parameters()).device
-    projections = [HeadProjection(p.attention.o_proj.weight.to(device), p.gamma, heads) for p in adapter.layers]
     acc = Accumulator(len(adapter.layers), heads)
     kept: dict = {}
 
     def on_attention(index: int, captured: dict) -> None:
         q, k, v = (captured[name].unflatten(-1, (heads, -1)) for name in ("q_proj", "k_proj", "v_proj"))
+        output = captured.get("o_proj")  # o = A v, captured for models without a gate
+        output = None if output is None else output.unflatten(-1, (heads, -1))
         gates = captured.get("gate_proj")
-        batch = q.shape[0]
-        # A quarter of the batch at a time: the attention maps held stay well under one layer's worth.
-        step = -(-batch // 4)
-        for start in range(0, batch, step):
-            part = slice(start, start + step)
-            metrics = layer_metrics(
-                q[part],
-                k[part],
-                v[part],
-                adapter.layers[index].attention.scaling,
-                projections[index],
-                adapter.num_prefix_tokens,
-                thresholds,
-            )
-            gate = None
-            if gates is not None:
-                gate = gate_metrics(torch.sigmoid(gates[part]), heads, thresholds.gate_closed)
-            acc.add_layer(index, acc.images + start, metrics, gate)
-            acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
-            local = attention_image - acc.images - start
-            if 0 <= local < len(metrics["sink"]):
-                kept.setdefault("inflow", []).append(metrics["inflow"][local].float().cpu().tolist())
+        parts = adapter.layers[index]
+        # Made anew for each batch (well under a millisecond): kept for every layer, they would stay in memory
+        # throughout, about as much as one layer's attention maps.
+        projection = HeadProjection(parts.attention.o_proj.weight.to(device), parts.gamma, heads)
+        # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
+        metrics = layer_metrics(
+            q, k, v, parts.attention.scaling, projection, adapter.num_prefix_tokens, thresholds, output, chunks=4
+        )
+        gate = None if gates is None else gate_metrics(torch.sigmoid(gates), heads, thresholds.gate_closed)
+        acc.add_layer(index, acc.images, metrics, gate)
+        acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
+        local = attention_image - acc.images
+        if 0 <= local < len(metrics["sink"]):
+            kept.setdefault("inflow", []).append(metrics["inflow"][local].float().cpu().tolist())
 
     def on_output(index: int, tokens: torch.Tensor) -> None:
         acc.add_token_norms(index, *token_norm_metrics(tokens))
