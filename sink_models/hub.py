@@ -15,12 +15,14 @@ import shutil
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
 from .cards import merge_sections, usage_section
 
@@ -196,6 +198,7 @@ def _same(path: Path, entry) -> bool:
     return git_blob_oid(content) == entry.blob_id
 
 
+T = TypeVar("T")
 TRANSIENT = {408, 429}  # besides 5xx: timeouts and rate limits pass too
 # What huggingface_hub raises on a 200 answer it cannot read (an HTML page, cut-off JSON, JSON of another shape):
 # JSONDecodeError and its own "malformed response" errors are ValueErrors, and its parsers fail on missing keys
@@ -203,16 +206,17 @@ TRANSIENT = {408, 429}  # besides 5xx: timeouts and rate limits pass too
 UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 
-def retried(call: Callable, what: str, attempts: int = 4, wait: float = 2.0):
+def retried(call: Callable[[], T], what: str, attempts: int = 4, wait: float = 2.0) -> T:
     """`call()`, retried on transient failures (5xx, 408, 429, lost connections) with a doubling wait; any failure
     that stays, and any answer the client cannot read, becomes a PushError naming `what`."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except Exception as error:  # noqa: BLE001 -- _failure sorts it out and re-raises what is no Hub failure
+            failure = error
             transient, summary = _failure(error)
         if not transient or attempt == attempts:
-            raise PushError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from None
+            raise PushError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from failure
         time.sleep(wait * 2 ** (attempt - 1))
 
 
@@ -225,11 +229,21 @@ def _failure(error: Exception) -> tuple[bool, str]:
     if isinstance(cause, HfHubHTTPError):  # before OSError, which it is
         status = getattr(cause.response, "status_code", None)
         return status is not None and (status >= 500 or status in TRANSIENT), context + first_line(cause)
-    if isinstance(cause, (OSError, _TransportError)):  # a refused or dropped connection, a timeout
+    if isinstance(cause, (ConnectionError, TimeoutError, _TransportError)):  # refused, dropped, timed out
         return True, context + first_line(cause)
-    if isinstance(cause, UNREADABLE):
+    if isinstance(cause, UNREADABLE) and not isinstance(cause, HFValidationError) and _raised_by_client(cause):
         return False, f"{context}unexpected answer from the server: {first_line(cause)}"
     raise error
+
+
+def _raised_by_client(error: BaseException) -> bool:
+    """Whether `error` came from inside huggingface_hub, below our last frame (reading an answer), and not from
+    its argument checks: a bug of ours or a wrong call stays a traceback."""
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = max((i for i, f in enumerate(frames) if f"{os.sep}sink_models{os.sep}" in f.filename), default=-1)
+    client = [f for f in frames[ours + 1 :] if f"{os.sep}huggingface_hub{os.sep}" in f.filename]
+    # Its decorators' wrappers only pass the call on: an error there is a call that does not fit the signature.
+    return bool(client) and client[-1].name not in ("_inner_fn", "_inner")
 
 
 def push_folder(

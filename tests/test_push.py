@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
 from test_hub_server import TOKEN, lfs_uploads, subprocess_env
 
 from sink_models import SinkViTForImageClassification
+from sink_models.hub import retried
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, ORG = "vit-gated-reg", "testorg"
@@ -273,3 +275,16 @@ def test_retry_wait_reaches_every_step(hub, run_push, monkeypatch):
     code, out, err = run_push()
     assert code == 0, err
     assert waits == [0.01] * 3  # one retry each, after --retry-wait seconds (the client itself retries none)
+
+
+@pytest.mark.parametrize(
+    ("call", "raised"),
+    [
+        (lambda: {}["key"], KeyError),  # a bug of ours, not an answer of the server's
+        (lambda: HfApi(endpoint="http://127.0.0.1:9").create_repo("bad id!!"), HFValidationError),
+        (lambda: HfApi(endpoint="http://127.0.0.1:9").upload_folder(repo_id="a/b", folder_path=".", oops=1), TypeError),
+    ],
+)
+def test_our_own_errors_keep_their_traceback(call, raised):
+    with pytest.raises(raised):
+        retried(call, "org/repo: step", attempts=1)
