@@ -46,6 +46,8 @@ if __name__ == "__main__":
     try:
         summary = train(model_args, data_args, train_args)
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        print(f"error: {error}", file=sys.stderr)
+        exit_launched(1)
+        raise SystemExit(1) from None
     print(json.dumps(summary, indent=1))
     exit_launched(0)

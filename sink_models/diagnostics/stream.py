@@ -51,8 +51,8 @@ def diagnose(
         output = None if output is None else output.unflatten(-1, (heads, -1))
         gates = captured.get("gate_proj")
         parts = adapter.layers[index]
-        # Made anew for each batch (well under a millisecond): kept for every layer, they would stay in memory
-        # throughout, about as much as one layer's attention maps.
+        # Made anew for each batch (0.1 ms a layer at ViT-Tiny width, ~6 ms at ViT-L's, small beside the forward):
+        # kept for every layer, they would stay in memory throughout, about as much as one layer's attention maps.
         projection = HeadProjection(parts.attention.o_proj.weight.to(device), parts.gamma, heads)
         # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
         metrics = layer_metrics(
