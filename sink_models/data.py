@@ -1,11 +1,14 @@
-"""Image-classification data on the `datasets` library: scikit-learn's digits (offline), a local imagefolder or a
-Hub dataset id; the image processor's transforms with optional augmentation; a collate that skips corrupt images.
+"""Image-classification data on the `datasets` library: scikit-learn's digits and canvas digits (offline), a local
+imagefolder or a Hub dataset id; the image processor's transforms with optional augmentation; a collate that skips
+corrupt images.
 """
 
 import io
+import json
 import os
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import datasets
 import numpy as np
@@ -15,6 +18,7 @@ from PIL import Image
 from .errors import first_line
 
 DIGITS = "digits"
+CANVAS = "canvas-digits"
 IGNORED = -100  # the label of an unreadable image: cross-entropy and the accuracy leave it out
 
 
@@ -25,6 +29,9 @@ class ImageData:
     train: datasets.Dataset
     eval: datasets.Dataset
     labels: list[str]
+    # Applied to every decoded training image before augmentation, with the row's generator (canvas digits: the
+    # placement, drawn anew each epoch); the held-out images come ready.
+    prepare: Callable[[Image.Image, random.Random], Image.Image] | None = None
 
 
 def load_image_data(
@@ -34,10 +41,17 @@ def load_image_data(
     label_column: str = "label",
     train_split: str = "train",
     eval_split: str = "test",
+    options: str | dict = "{}",
 ) -> ImageData:
-    """`digits`, a local imagefolder directory, or a Hub dataset id; errors name the choices before any work."""
+    """`digits`, `canvas-digits` (`options`: a `Canvas`'s fields, as a dict or JSON object), a local imagefolder
+    directory, or a Hub dataset id; errors name the choices before any work."""
+    options = parse_options(options)
+    if options and name != CANVAS:
+        raise ValueError(f"dataset_options: {name!r} takes none (got {sorted(options)}); only {CANVAS!r} has options.")
     if name == DIGITS:
         return digits()
+    if name == CANVAS:
+        return canvas_digits(Canvas(**options))
     try:
         if os.path.isdir(name):
             dataset = datasets.load_dataset("imagefolder", data_dir=name)
@@ -46,7 +60,7 @@ def load_image_data(
     except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "no such dataset here"
         raise ValueError(
             f"dataset: {name!r} could not be loaded ({first_line(error, 200)}); "
-            "allowed: 'digits', 'nop', 'broadcast', a local imagefolder directory or a Hub dataset id."
+            f"allowed: 'digits', {CANVAS!r}, 'nop', 'broadcast', a local imagefolder directory or a Hub dataset id."
         ) from error
     for split in (train_split, eval_split):
         if split not in dataset:
@@ -69,21 +83,102 @@ def load_image_data(
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> ImageData:
     """scikit-learn's 1,797 handwritten 8 x 8 digits as PNG images, split once and for all (seed 0: 1,438 / 359)."""
+    (train_pixels, train_labels), (test_pixels, test_labels) = _digit_split(test_fraction, seed)
+    return ImageData(_split(train_pixels, train_labels), _split(test_pixels, test_labels), [str(d) for d in range(10)])
+
+
+def _digit_split(test_fraction: float, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """((train pixels, labels), (test pixels, labels)): uint8 8 x 8 digits, split by digit image."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     pixels = np.round(bunch.images * (255 / 16)).astype(np.uint8)
     order = np.random.RandomState(seed).permutation(len(pixels))
     cut = len(pixels) - int(round(test_fraction * len(pixels)))
+    return tuple((pixels[part], bunch.target[part]) for part in (order[:cut], order[cut:]))
+
+
+def _split(pixels: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
     features = datasets.Features(
         {"image": datasets.Image(decode=False), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
     )
+    images = [{"bytes": _png(p), "path": None} for p in pixels]
+    return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features)
 
-    def split(indices) -> datasets.Dataset:
-        images = [{"bytes": _png(pixels[i]), "path": None} for i in indices]
-        return datasets.Dataset.from_dict({"image": images, "label": bunch.target[indices].tolist()}, features)
 
-    return ImageData(split(order[:cut]), split(order[cut:]), [str(d) for d in range(10)])
+@dataclass(frozen=True)
+class Canvas:
+    """A `size` x `size` grey canvas holding one digit upscaled to `digit_size` at a random position, `distractors`
+    other digits of the same split at `distractor_size` (clutter the label does not name), and Gaussian noise of
+    standard deviation `noise` (a share of the full range). Most patches of a ViT then carry nothing: the setting
+    in which the zoo's image models form sinks."""
+
+    size: int = 64
+    digit_size: int = 16
+    noise: float = 0.1
+    distractors: int = 0
+    distractor_size: int = 8
+    seed: int = 0  # the held-out placements; training placements come from the training seed
+
+    def __post_init__(self):
+        for name in ("size", "digit_size", "distractor_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"dataset_options.{name}: got {getattr(self, name)!r}; allowed: a positive int.")
+        if self.digit_size > self.size or self.distractor_size > self.size:
+            raise ValueError(
+                f"dataset_options.size: the canvas ({self.size}) must hold the digit ({self.digit_size}) and the "
+                f"distractors ({self.distractor_size}); allowed: size >= both."
+            )
+        if not isinstance(self.distractors, int) or self.distractors < 0:
+            raise ValueError(f"dataset_options.distractors: got {self.distractors!r}; allowed: an int >= 0.")
+        if not isinstance(self.noise, int | float) or not 0 <= self.noise <= 1:
+            raise ValueError(f"dataset_options.noise: got {self.noise!r}; allowed: a number in [0, 1].")
+
+    def render(self, digit: np.ndarray, rng: random.Random, pool: np.ndarray) -> np.ndarray:
+        """The canvas (uint8) for one 8 x 8 digit; distractors are drawn from `pool`."""
+        canvas = np.zeros((self.size, self.size), dtype=np.float32)
+        for _ in range(self.distractors):
+            self._paste(canvas, pool[rng.randrange(len(pool))], self.distractor_size, rng)
+        self._paste(canvas, digit, self.digit_size, rng)  # last: the labelled digit is never covered
+        noise = np.random.RandomState(rng.getrandbits(32)).normal(0.0, 255 * self.noise, canvas.shape)
+        return np.clip(np.round(canvas + noise), 0, 255).astype(np.uint8)
+
+    def _paste(self, canvas: np.ndarray, digit: np.ndarray, size: int, rng: random.Random) -> None:
+        scaled = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR), np.float32)
+        top, left = rng.randint(0, self.size - size), rng.randint(0, self.size - size)
+        region = canvas[top : top + size, left : left + size]
+        np.maximum(region, scaled, out=region)
+
+
+def parse_options(options: str | dict) -> dict:
+    """A dataset's options from a JSON object (as recipes and the command line give them) or a dict."""
+    try:
+        parsed = json.loads(options) if isinstance(options, str) else dict(options)
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise ValueError(f"dataset_options: not a JSON object ({error}); e.g. '{{\"size\": 64}}'.") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"dataset_options: got {options!r}; allowed: a JSON object.")
+    allowed = {f.name for f in fields(Canvas)}
+    unknown = sorted(set(parsed) - allowed)
+    if unknown:
+        raise ValueError(f"dataset_options: unknown {unknown}; allowed: {', '.join(sorted(allowed))}.")
+    return parsed
+
+
+def canvas_digits(canvas: Canvas = Canvas()) -> ImageData:
+    """Canvas digits: the digits split by digit image; the held-out canvases are rendered once (placements fixed by
+    `canvas.seed`), the training digits are placed by `ImageData.prepare` with each row's generator (anew each
+    epoch, exactly again on resume), distractors from their own split only."""
+    (train_pixels, train_labels), (test_pixels, test_labels) = _digit_split(0.2, 0)
+    rendered = np.stack(
+        [canvas.render(p, random.Random(f"{canvas.seed}-test-{i}"), test_pixels) for i, p in enumerate(test_pixels)]
+    )
+
+    def prepare(image: Image.Image, rng: random.Random) -> Image.Image:
+        return Image.fromarray(canvas.render(np.asarray(image.convert("L")), rng, train_pixels))
+
+    labels = [str(d) for d in range(10)]
+    return ImageData(_split(train_pixels, train_labels), _split(rendered, test_labels), labels, prepare)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -120,12 +215,14 @@ class Collate:
     """Decode, convert (grayscale, RGBA -> RGB), augment and process a list of dataset rows into a batch.
 
     An unreadable image is counted in `skipped` and replaced by a blank one labelled -100, which the loss and the
-    accuracy ignore: batches keep their size, so processes under accelerate stay in step. Augmentation draws from
-    a generator seeded by (seed, epoch, row), so a resumed run sees exactly the crops of an uninterrupted one.
+    accuracy ignore: batches keep their size, so processes under accelerate stay in step. `prepare` (a
+    dataset's own step: the canvas placement) and augmentation draw from a generator seeded by (seed, epoch, row),
+    so a resumed run sees exactly the images of an uninterrupted one.
     """
 
     processor: object
     mode: str = "RGB"
+    prepare: Callable[[Image.Image, random.Random], Image.Image] | None = None  # ImageData.prepare
     augmentation: Augmentation | None = None
     seed: int = 0
     epoch: int = 0
@@ -144,8 +241,11 @@ class Collate:
                 images.append(Image.new(self.mode, (8, 8)))
                 labels.append(IGNORED)
                 continue
+            rng = random.Random(f"{self.seed}-{self.epoch}-{index}")
+            if self.prepare is not None:
+                image = self.prepare(image, rng).convert(self.mode)
             if self.augmentation is not None:
-                image = self.augmentation(image, random.Random(f"{self.seed}-{self.epoch}-{index}"))
+                image = self.augmentation(image, rng)
             images.append(image)
             labels.append(row["label"])
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .data import IGNORED, Collate, Indexed, load_image_data
+from .data import IGNORED, Collate, Indexed, load_image_data, parse_options
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import SUPPORTED
 from .errors import first_line
@@ -30,7 +30,10 @@ class EvalArguments:
     model: list[str] = field(default_factory=list, metadata={"help": "local folders or Hub ids (default: the suite)"})
     revision: str | None = field(default=None, metadata={"help": "branch, tag or commit of Hub ids"})
     trust_remote_code: bool = field(default=False, metadata={"help": "run checkpoint code (zoo models: always)"})
-    dataset: str | None = field(default=None, metadata={"help": "digits, an imagefolder or Hub id (default: recipe's)"})
+    dataset: str | None = field(
+        default=None, metadata={"help": "digits, canvas-digits, an imagefolder or Hub id (default: recipe's)"}
+    )
+    dataset_options: str | None = field(default=None, metadata={"help": "JSON object (default: the recipe's)"})
     image_column: str | None = None
     label_column: str | None = None
     split: str | None = field(default=None, metadata={"help": "default: the recipe's held-out split, else 'test'"})
@@ -172,6 +175,7 @@ class DataChoice:
     split: str
     image_column: str
     label_column: str
+    options: str
 
 
 def data_choice(args: EvalArguments, checkpoint: Checkpoint) -> DataChoice:
@@ -190,6 +194,7 @@ def data_choice(args: EvalArguments, checkpoint: Checkpoint) -> DataChoice:
         split=pick(args.split, "eval_split", "test"),
         image_column=pick(args.image_column, "image_column", "image"),
         label_column=pick(args.label_column, "label_column", "label"),
+        options=pick(args.dataset_options, "dataset_options", "{}"),
     )
 
 
@@ -224,6 +229,7 @@ def evaluate_checkpoint(
             label_column=choice.label_column,
             train_split=choice.split,
             eval_split=choice.split,
+            options=choice.options,
         )
     except ValueError as error:
         raise EvalError(str(error)) from None
@@ -292,6 +298,7 @@ def evaluate_checkpoint(
         "cost": measure_cost(model, next(iter(loader))["pixel_values"] if len(loader) else None),
         "dataset": {
             "name": choice.dataset,
+            "options": parse_options(choice.options),
             "split": choice.split,
             "images": report.summary["images"],
             "unreadable_images": skipped,

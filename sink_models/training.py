@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import default_image_processor, save_checkpoint
-from .data import IGNORED, Augmentation, Collate, Indexed, load_image_data
+from .configuration_sink_vit import as_pair
+from .data import CANVAS, IGNORED, Augmentation, Canvas, Collate, Indexed, load_image_data, parse_options
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, preset_config
 from .tasks import TASKS, SinkTask, TokenRegressor
@@ -32,7 +33,12 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    dataset: str = field(default="digits", metadata={"help": "digits, nop, broadcast, an imagefolder dir or Hub id"})
+    dataset: str = field(
+        default="digits", metadata={"help": "digits, canvas-digits, nop, broadcast, an imagefolder dir or Hub id"}
+    )
+    dataset_options: str = field(
+        default="{}", metadata={"help": "JSON object; canvas-digits: size, digit_size, noise, distractors, ..."}
+    )
     image_column: str = "image"
     label_column: str = "label"
     train_split: str = "train"
@@ -137,9 +143,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
                 label_column=data_args.label_column,
                 train_split=data_args.train_split,
                 eval_split=data_args.eval_split,
+                options=data_args.dataset_options,
             )
         labels = dict(enumerate(data.labels))
         config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
+        if data_args.dataset == CANVAS:
+            size = Canvas(**parse_options(data_args.dataset_options)).size
+            if as_pair(config.image_size) != (size, size):
+                raise ValueError(
+                    f"model_overrides: image_size is {config.image_size}, the canvas {size} (dataset_options.size); "
+                    f"the model must see the canvas unscaled: set image_size to {size}."
+                )
         model = SinkViTForImageClassification(config)
         blocks = model.sink_vit.layers
         processor = default_image_processor(config)
@@ -147,7 +161,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         if data_args.augment:
             augmentation = Augmentation(scale=(data_args.crop_scale_min, 1.0), flip=data_args.flip)
         mode = "RGB" if config.num_channels == 3 else "L"
-        collate = Collate(processor, mode=mode, augmentation=augmentation, seed=args.seed)
+        collate = Collate(processor, mode=mode, prepare=data.prepare, augmentation=augmentation, seed=args.seed)
         # Its own generator: a loader that draws its worker seed from the global RNG when an iterator starts
         # would shift the model's dropout stream on resume, which starts an iterator mid-epoch.
         loader = torch.utils.data.DataLoader(

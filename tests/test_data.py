@@ -1,3 +1,4 @@
+import io
 import random
 
 import numpy as np
@@ -7,7 +8,7 @@ from PIL import Image
 
 from sink_models import preset_config
 from sink_models.checkpoint import default_image_processor
-from sink_models.data import Augmentation, Collate, Indexed, digits, load_image_data
+from sink_models.data import Augmentation, Canvas, Collate, Indexed, canvas_digits, digits, load_image_data
 
 
 def expected_pixels(image: Image.Image, size: int) -> np.ndarray:
@@ -72,7 +73,7 @@ def test_imagefolder_with_grayscale_rgba_and_a_corrupt_file(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "no-such-org/no-such-dataset"}, "could not be loaded .*allowed: 'digits', 'nop', 'broadcast'"),
+        ({"name": "no-such-org/no-such-dataset"}, "could not be loaded .*allowed: 'digits', 'canvas-digits', 'nop'"),
         ({"image_column": "img"}, "image_column: .* has no column 'img'; its columns are"),
         ({"label_column": "y"}, "label_column: .* has no column 'y'"),
         ({"eval_split": "validation"}, "split: .* has no split 'validation'; it has \\['test', 'train'\\]"),
@@ -103,3 +104,61 @@ def test_indexed_rows_carry_their_number():
     data = digits()
     index, row = Indexed(data.eval)[7]
     assert index == 7 and row["label"] == data.eval[7]["label"]
+
+
+def test_canvas_digits_keep_the_digit_split_and_fix_the_held_out_placements():
+    data, again, plain = canvas_digits(Canvas(distractors=2)), canvas_digits(Canvas(distractors=2)), digits()
+    assert data.train["image"] == plain.train["image"]  # the same digit images: the split is the digits split
+    assert data.eval["label"] == plain.eval["label"] and data.labels == plain.labels
+    assert data.eval["image"] == again.eval["image"]  # placements, distractors and noise fixed by Canvas.seed
+    assert data.eval["image"] != canvas_digits(Canvas(distractors=2, seed=1)).eval["image"]
+    assert Image.open(io.BytesIO(data.eval[0]["image"]["bytes"])).size == (64, 64)
+
+
+def test_a_canvas_holds_the_upscaled_digit_once_and_nothing_else_without_noise():
+    digit = np.asarray(Image.open(io.BytesIO(digits().eval[0]["image"]["bytes"])))
+    canvas = Canvas(size=40, digit_size=12, noise=0.0).render(digit, random.Random(3), pool=digit[None])
+    scaled = np.asarray(Image.fromarray(digit).resize((12, 12), Image.Resampling.BILINEAR))
+    found = [(t, c) for t in range(29) for c in range(29) if np.array_equal(canvas[t : t + 12, c : c + 12], scaled)]
+    assert len(found) == 1
+    (top, left), outside = found[0], canvas.copy()
+    outside[top : top + 12, left : left + 12] = 0
+    assert not outside.any()
+
+
+def test_distractors_come_from_the_pool_and_noise_has_the_asked_spread():
+    blank, square = np.zeros((8, 8), np.uint8), np.full((8, 8), 255, np.uint8)
+    canvas = Canvas(size=32, digit_size=8, noise=0.0, distractors=3, distractor_size=4)
+    clutter = canvas.render(blank, random.Random(0), pool=square[None])
+    assert set(np.unique(clutter)) == {0, 255} and 16 <= (clutter == 255).sum() <= 3 * 16
+    noisy = Canvas(size=64, noise=0.1).render(blank, random.Random(0), pool=blank[None]).astype(float)
+    # Half the Gaussian is clipped at 0: E|N(0, s)| clipped = s / sqrt(2 pi) for the mean.
+    assert noisy.mean() == pytest.approx(25.5 / np.sqrt(2 * np.pi), rel=0.05)
+
+
+def test_training_canvases_are_placed_anew_each_epoch_and_again_on_resume():
+    data = canvas_digits(Canvas(size=32, digit_size=8))
+    processor = default_image_processor(preset_config("plain", "toy", image_size=32, num_channels=1))
+    rows = [(i, data.train[i]) for i in range(4)]
+
+    def batch(epoch):
+        return Collate(processor, mode="L", prepare=data.prepare, seed=5, epoch=epoch)(rows)["pixel_values"]
+
+    assert batch(0).shape == (4, 1, 32, 32)
+    assert torch.equal(batch(0), batch(0)) and not torch.equal(batch(0), batch(1))
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("canvas-digits", '{"canvas": 64}', "dataset_options: unknown \\['canvas'\\]; allowed: digit_size"),
+        ("canvas-digits", '{"size": 12}', "dataset_options.size: the canvas \\(12\\) must hold the digit \\(16\\)"),
+        ("canvas-digits", '{"distractors": -1}', "dataset_options.distractors: got -1; allowed: an int >= 0"),
+        ("canvas-digits", '{"noise": 2}', "dataset_options.noise: got 2; allowed: a number in \\[0, 1\\]"),
+        ("canvas-digits", "[64]", "dataset_options: got '\\[64\\]'; allowed: a JSON object"),
+        ("digits", '{"size": 64}', "dataset_options: 'digits' takes none"),
+    ],
+)
+def test_bad_dataset_options_are_named(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        load_image_data(name, options=options)

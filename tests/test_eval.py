@@ -95,7 +95,7 @@ def test_end_to_end_results_and_card(checkpoint, tmp_path, capsys):
     labels = torch.tensor(test["label"])  # digits' label i is the digit i
     assert result["accuracy"]["top1"] == pytest.approx(float((ranked[:, 0] == labels).float().mean()))
     assert result["accuracy"]["top5"] == pytest.approx(float((ranked == labels[:, None]).any(-1).float().mean()))
-    assert result["dataset"] == {"name": "digits", "split": "test", "images": 24, "unreadable_images": 0}
+    assert result["dataset"] == {"name": "digits", "options": {}, "split": "test", "images": 24, "unreadable_images": 0}
     # One image's forward, counted by hand: patch embedding, per layer q/k/v/o, QK^T and AV, the MLP; the head.
     config = model.config
     patches, d, width = 16, config.hidden_size, config.intermediate_size
@@ -324,3 +324,23 @@ def test_zoo_models_run_their_code_by_default_and_their_cards_pin_the_hub_tag(tm
     card = ModelCard.load(tmp_path / "cards" / "vit-gated-reg" / "README.md")
     assert 'from_pretrained("someorg/vit-gated-reg", trust_remote_code=True, revision="v1")' in card.text
     assert "variant: gated-reg" in card.text  # the training recipe
+
+
+def test_a_canvas_model_is_evaluated_on_the_canvases_its_recipe_names(tmp_path, capsys):
+    from sink_models.training import train
+
+    options = {"size": 32, "digit_size": 8, "noise": 0.05, "distractors": 1}
+    overrides = {"image_size": 32, "patch_size": 8, "num_channels": 1, "num_hidden_layers": 1, "hidden_size": 16}
+    train(
+        ModelArguments(variant="plain", model_overrides=json.dumps(overrides)),
+        DataArguments(dataset="canvas-digits", dataset_options=json.dumps(options), augment=False),
+        TrainArguments(output_dir=str(tmp_path / "run"), max_steps=2, per_device_batch_size=16, warmup_steps=1),
+    )
+    folder = tmp_path / "run" / "model"
+    recorded = json.loads((folder / "training_args.json").read_text())["data"]
+    assert (recorded["dataset"], json.loads(recorded["dataset_options"])) == ("canvas-digits", options)
+    code, out = run(["--model", folder, "--trust_remote_code", *outputs(tmp_path)], capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "results" / "run.json").read_text())  # named after its run
+    assert result["dataset"]["name"] == "canvas-digits" and result["dataset"]["options"] == options
+    assert result["dataset"]["images"] == 359 and result["accuracy"] is not None

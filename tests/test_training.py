@@ -137,6 +137,8 @@ def test_two_processes_train_in_sync(tmp_path):
         (["--model_overrides", '{"attention_gate": "x"}'], "attention_gate: got 'x'"),
         (["--config", "nope.yaml"], "no file 'nope.yaml'; recipes here: broadcast-"),
         (["--learning_rat", "0.1"], "unknown options"),
+        (["--dataset", "canvas-digits", "--dataset_options", '{"size": 48}'], "set image_size to 48"),
+        (["--dataset", "canvas-digits", "--dataset_options", '{"sise": 48}'], "dataset_options: unknown ['sise']"),
     ],
 )
 def test_bad_options_stop_before_training(tmp_path, options, message):

@@ -31,8 +31,9 @@ def parse(argv: list[str]) -> tuple:
         unknown = sorted(set(recipe) - known)
         if unknown:
             raise SystemExit(f"{config}: unknown recipe keys {unknown}; allowed: {', '.join(sorted(known))}")
-        if isinstance(recipe.get("model_overrides"), dict):
-            recipe["model_overrides"] = json.dumps(recipe["model_overrides"])
+        for key in ("model_overrides", "dataset_options"):  # YAML mappings, passed on as JSON text
+            if isinstance(recipe.get(key), dict):
+                recipe[key] = json.dumps(recipe[key])
         parser.set_defaults(**recipe)
     *groups, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     leftover = [arg for arg in rest if arg not in ("--config", config)]
