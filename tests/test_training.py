@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ from conftest import free_port
 from safetensors.torch import load_file
 from test_data import make_folder
 
+from sink_models.data import Canvas, parse_options
 from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
 
 ROOT = Path(__file__).parents[1]
@@ -159,3 +161,14 @@ def test_unknown_recipe_keys_are_refused(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and "unknown recipe keys ['learnin_rate']; allowed:" in result.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "train" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_recipe_parses_and_a_canvas_model_sees_its_canvas(recipe):
+    spec = importlib.util.spec_from_file_location("train_run", ROOT / "train" / "run.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model_args, data_args, _ = script.parse(["--config", str(recipe)])
+    if data_args.dataset == "canvas-digits":
+        size = Canvas(**parse_options(data_args.dataset_options)).size
+        assert json.loads(model_args.model_overrides)["image_size"] == size
