@@ -63,31 +63,8 @@ def layer_metrics(
     elsewhere. The attention maps are built for one head and a group of images at a time, about 1/`chunks` of the
     layer's maps: the only N x N tensor held.
     """
-    batch, tokens, heads, width = query.shape
-    inflow, to_sink = (query.new_empty(batch, heads, tokens, dtype=torch.float32) for _ in range(2))
-    gram = query.new_empty(batch, heads, width, width, dtype=torch.float32)  # G = o^T o
-    energy = query.new_empty(batch, heads, dtype=torch.float64)  # ||U||_F^2 = tr(G P)
-    mean = query.new_empty(batch, heads, width, dtype=torch.float32)  # mean_i o_i
-    # One head at a time, on strided views of the (batch, tokens, heads, d_h) tensors: BLAS reads them in place.
-    # Each head's images in ceil(chunks / heads) groups: a group holds about 1/chunks of the layer's maps.
-    step = -(-batch // -(-chunks // heads))
-    for head in range(heads):
-        q, k, v = (t[:, :, head].float() for t in (query, key, value))  # B, N, d_h
-        recomputed = []
-        for start in range(0, batch, step):
-            part = slice(start, start + step)
-            attention = (q[part] * scaling) @ k[part].transpose(-1, -2)  # B, N(queries), N(keys)
-            torch.softmax(attention, dim=-1, out=attention)  # in place: no second N x N tensor
-            inflow[part, head] = attention.mean(dim=1)
-            index = inflow[part, head].argmax(dim=-1)[:, None, None].expand(-1, tokens, 1)
-            to_sink[part, head] = attention.gather(-1, index).squeeze(-1)
-            if output is None:
-                recomputed.append(attention @ v[part])
-            del attention
-        o = torch.cat(recomputed) if output is None else output[:, :, head].float()  # o = A v
-        gram[:, head] = o.transpose(-1, -2) @ o
-        energy[:, head] = (gram[:, head].double() * projection.p[head]).sum((-2, -1))  # float64: it has cancellations
-        mean[:, head] = o.mean(dim=1)
+    tokens = query.shape[1]
+    inflow, to_sink, gram, energy, mean = _attention_statistics(query, key, value, scaling, projection, output, chunks)
     sink = inflow.argmax(dim=-1)
     routed_frac = (to_sink >= thresholds.routed).double().mean(dim=-1)
     event = routed_frac >= thresholds.event
@@ -135,6 +112,45 @@ def layer_metrics(
         "token_type": token_type,  # 0 CLS, 1 register, 2 patch
         "inflow": inflow,
     }
+
+
+def _attention_statistics(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    projection: HeadProjection,
+    output: torch.Tensor | None,
+    chunks: int,
+) -> tuple[torch.Tensor, ...]:
+    """What `layer_metrics` needs of the attention maps, per (image, head): the inflow of each key, each query's
+    attention to the dominant key, the Gram matrix G = o^T o, ||U||_F^2 and the mean of o."""
+    batch, tokens, heads, width = query.shape
+    inflow, to_sink = (query.new_empty(batch, heads, tokens, dtype=torch.float32) for _ in range(2))
+    gram = query.new_empty(batch, heads, width, width, dtype=torch.float32)  # G = o^T o
+    energy = query.new_empty(batch, heads, dtype=torch.float64)  # ||U||_F^2 = tr(G P)
+    mean = query.new_empty(batch, heads, width, dtype=torch.float32)  # mean_i o_i
+    # One head at a time, on strided views of the (batch, tokens, heads, d_h) tensors: BLAS reads them in place.
+    # Each head's images in ceil(chunks / heads) groups: a group holds about 1/chunks of the layer's maps.
+    step = -(-batch // -(-chunks // heads))
+    for head in range(heads):
+        q, k, v = (t[:, :, head].float() for t in (query, key, value))  # B, N, d_h
+        recomputed = []
+        for start in range(0, batch, step):
+            part = slice(start, start + step)
+            attention = (q[part] * scaling) @ k[part].transpose(-1, -2)  # B, N(queries), N(keys)
+            torch.softmax(attention, dim=-1, out=attention)  # in place: no second N x N tensor
+            inflow[part, head] = attention.mean(dim=1)
+            index = inflow[part, head].argmax(dim=-1)[:, None, None].expand(-1, tokens, 1)
+            to_sink[part, head] = attention.gather(-1, index).squeeze(-1)
+            if output is None:
+                recomputed.append(attention @ v[part])
+            del attention
+        o = torch.cat(recomputed) if output is None else output[:, :, head].float()  # o = A v
+        gram[:, head] = o.transpose(-1, -2) @ o
+        energy[:, head] = (gram[:, head].double() * projection.p[head]).sum((-2, -1))  # float64: it has cancellations
+        mean[:, head] = o.mean(dim=1)
+    return inflow, to_sink, gram, energy, mean
 
 
 def _sink_ratio(norms: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
