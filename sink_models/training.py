@@ -148,12 +148,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         labels = dict(enumerate(data.labels))
         config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
         if data_args.dataset == CANVAS:
-            size = Canvas(**parse_options(data_args.dataset_options)).size
-            if as_pair(config.image_size) != (size, size):
-                raise ValueError(
-                    f"model_overrides: image_size is {config.image_size}, the canvas {size} (dataset_options.size); "
-                    f"the model must see the canvas unscaled: set image_size to {size}."
-                )
+            _check_canvas(config.image_size, data_args.dataset_options)
         model = SinkViTForImageClassification(config)
         blocks = model.sink_vit.layers
         processor = default_image_processor(config)
@@ -280,6 +275,16 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     for tracker in accelerator.trackers:
         tracker.finish()
     return summary
+
+
+def _check_canvas(image_size, options: str) -> None:
+    """The model must see the canvas unscaled: a resized canvas would blur the digit into its neighbours."""
+    size = Canvas(**parse_options(options)).size
+    if as_pair(image_size) != (size, size):
+        raise ValueError(
+            f"model_overrides: image_size is {image_size}, the canvas {size} (dataset_options.size); "
+            f"the model must see the canvas unscaled: set image_size to {size}."
+        )
 
 
 def _overrides(text: str) -> dict:
