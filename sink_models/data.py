@@ -4,7 +4,6 @@ corrupt images.
 """
 
 import io
-import json
 import os
 import random
 from collections.abc import Callable
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import first_line
+from .errors import first_line, json_object
 
 DIGITS = "digits"
 CANVAS = "canvas-digits"
@@ -152,12 +151,7 @@ class Canvas:
 
 def parse_options(options: str | dict) -> dict:
     """A dataset's options from a JSON object (as recipes and the command line give them) or a dict."""
-    try:
-        parsed = json.loads(options) if isinstance(options, str) else dict(options)
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise ValueError(f"dataset_options: not a JSON object ({error}); e.g. '{{\"size\": 64}}'.") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"dataset_options: got {options!r}; allowed: a JSON object.")
+    parsed = json_object(options, "dataset_options", '{"size": 64}')
     allowed = {f.name for f in fields(Canvas)}
     unknown = sorted(set(parsed) - allowed)
     if unknown:

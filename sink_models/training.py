@@ -19,6 +19,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .checkpoint import default_image_processor, save_checkpoint
 from .configuration_sink_vit import as_pair
 from .data import CANVAS, IGNORED, Augmentation, Canvas, Collate, Indexed, load_image_data, parse_options
+from .errors import json_object
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, preset_config
 from .tasks import TASKS, SinkTask, TokenRegressor
@@ -116,7 +117,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 
     `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
     """
-    overrides = _overrides(model_args.model_overrides)
+    fields_of = "a JSON object of SinkViTConfig fields"
+    overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
     if model_args.variant not in VARIANTS:
         raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
     output_dir = Path(args.output_dir)
@@ -285,18 +287,6 @@ def _check_canvas(image_size, options: str) -> None:
             f"model_overrides: image_size is {image_size}, the canvas {size} (dataset_options.size); "
             f"the model must see the canvas unscaled: set image_size to {size}."
         )
-
-
-def _overrides(text: str) -> dict:
-    try:
-        overrides = json.loads(text) if isinstance(text, str) else dict(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"model_overrides: not a JSON object ({error}); e.g. '{{\"num_hidden_layers\": 6}}'."
-        ) from None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"model_overrides: got {overrides!r}; allowed: a JSON object of SinkViTConfig fields.")
-    return overrides
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
