@@ -1,5 +1,6 @@
 """The training loop on accelerate, used by train/run.py: any variant on image data or a synthetic sink task."""
 
+import copy
 import json
 import math
 import os
@@ -70,6 +71,9 @@ class TrainArguments:
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "auto, or a checkpoint folder"})
     report_to: str = field(default="none", metadata={"help": "none or an accelerate tracker, e.g. tensorboard"})
+    common_mode_penalty: float = field(
+        default=0.0, metadata={"help": "lambda of the paper's Eq. 5 penalty on each layer's common attention update"}
+    )
 
 
 class TrainState:
@@ -92,6 +96,29 @@ class TrainState:
 
     def load_state_dict(self, state: dict) -> None:
         vars(self).update(state)
+
+
+class CommonModePenalty:
+    """The paper's Eq. 5, summed over layers: E(mean_i o_i) / (E(O) + 1e-12) per layer, with O the attention
+    update after o_proj (before the residual) and E the mean squared entry over the batch. Penalising the part
+    of the update that every token shares leaves broadcasting to the global pathway."""
+
+    def __init__(self, blocks):
+        self.terms: list[torch.Tensor] = []
+        self.handles = [block.attention.register_forward_hook(self._hook) for block in blocks]
+
+    def _hook(self, module, args, output):
+        update = output[0].float()
+        common = update.mean(dim=1).pow(2).mean()
+        self.terms.append(common / (update.pow(2).mean() + 1e-12))
+
+    def take(self) -> torch.Tensor:
+        terms, self.terms = self.terms, []
+        return torch.stack(terms).sum()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 class ActivationMonitor:
@@ -121,6 +148,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
     if model_args.variant not in VARIANTS:
         raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
+    if not args.common_mode_penalty >= 0:
+        raise ValueError(f"common_mode_penalty: got {args.common_mode_penalty}; allowed: a weight >= 0 (0 = off).")
     output_dir = Path(args.output_dir)
     trackers = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
@@ -151,7 +180,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
         if data_args.dataset == CANVAS:
             _check_canvas(config.image_size, data_args.dataset_options)
-        model = SinkViTForImageClassification(config)
+        model = paired_initialization(SinkViTForImageClassification(config), args.seed)
         blocks = model.sink_vit.layers
         processor = default_image_processor(config)
         augmentation = None
@@ -202,11 +231,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         accelerator.init_trackers("sink-models", config=_flat_config(model_args, data_args, args))
 
     monitor = ActivationMonitor(blocks)
+    penalty = CommonModePenalty(blocks) if args.common_mode_penalty else None
     log_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
-    started, images_since, window = time.perf_counter(), 0, []
+    started, images_since, window, penalties = time.perf_counter(), 0, [], []
     while state.step < total_steps:
         for batch in _batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
             with accelerator.accumulate(model):
@@ -214,7 +244,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
                 if task is None and bool((batch["labels"] == IGNORED).all()):
                     loss = outputs.logits.sum() * 0.0  # every image unreadable: same calls as the other ranks
-                accelerator.backward(loss)
+                objective = loss
+                if penalty is not None:
+                    common = penalty.take()
+                    objective = loss + args.common_mode_penalty * common
+                    penalties.append(common.detach())
+                accelerator.backward(objective)
                 grad_norm = None
                 if accelerator.sync_gradients:
                     norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -232,6 +267,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
             activation = monitor.take()
             state.record(step_loss, grad_norm, activation)
             metrics = {"step": state.step, "loss": step_loss, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm}
+            if penalties:  # the task loss stays "loss": the penalty is logged beside it, unweighted
+                metrics["common_mode_penalty"] = float(accelerator.reduce(torch.stack(penalties).mean(), "mean"))
+                penalties = []
             if state.step % args.logging_steps == 0 or state.step == total_steps:
                 elapsed = time.perf_counter() - started
                 metrics |= {"images_per_s": images_since / elapsed, "max_activation": activation}
@@ -250,6 +288,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
             if state.step >= total_steps:
                 break
     progress.close()
+    if penalty is not None:
+        penalty.remove()
 
     evaluation = _evaluate(accelerator, model, task, eval_loader, data_args, args)
     skipped = None if collate is None else int(accelerator.reduce(torch.tensor(collate.skipped), "sum"))
@@ -277,6 +317,20 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     for tracker in accelerator.trackers:
         tracker.finish()
     return summary
+
+
+def paired_initialization(model: SinkViTForImageClassification, seed: int) -> SinkViTForImageClassification:
+    """The weights the plain model of this seed starts from, wherever the variant has the same parameter: variants
+    trained with one seed then differ only by their gates, registers or pathway, so seeds can be compared in pairs.
+    """
+    config = copy.deepcopy(model.config)
+    config.attention_gate, config.num_register_tokens, config.global_pathway_dim = "none", 0, 0
+    torch.manual_seed(seed)
+    plain = type(model)(config).state_dict()
+    own = model.state_dict()
+    shared = {name: value for name, value in plain.items() if name in own and own[name].shape == value.shape}
+    model.load_state_dict(shared, strict=False)
+    return model
 
 
 def _check_canvas(image_size, options: str) -> None:

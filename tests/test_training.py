@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,16 @@ from safetensors.torch import load_file
 from test_data import make_folder
 
 from sink_models.data import Canvas, parse_options
-from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
+from sink_models.modeling_sink_vit import SinkViTForImageClassification
+from sink_models.presets import preset_config
+from sink_models.training import (
+    CommonModePenalty,
+    DataArguments,
+    ModelArguments,
+    TrainArguments,
+    paired_initialization,
+    train,
+)
 
 ROOT = Path(__file__).parents[1]
 SMALL = json.dumps(
@@ -141,6 +151,8 @@ def test_two_processes_train_in_sync(tmp_path):
         (["--learning_rat", "0.1"], "unknown options"),
         (["--dataset", "canvas-digits", "--dataset_options", '{"size": 48}'], "set image_size to 48"),
         (["--dataset", "canvas-digits", "--dataset_options", '{"sise": 48}'], "dataset_options: unknown ['sise']"),
+        (["--common_mode_penalty", "-1"], "common_mode_penalty: got -1.0; allowed: a weight >= 0 (0 = off)."),
+        (["--model_overrides", '{"patch_size": 5}'], "patch_size"),
     ],
 )
 def test_bad_options_stop_before_training(tmp_path, options, message):
@@ -172,3 +184,81 @@ def test_every_recipe_parses_and_a_canvas_model_sees_its_canvas(recipe):
     if data_args.dataset == "canvas-digits":
         size = Canvas(**parse_options(data_args.dataset_options)).size
         assert json.loads(model_args.model_overrides)["image_size"] == size
+
+
+class Planted(torch.nn.Module):
+    """An attention module whose update is given: (update, None, None) like SinkViTAttention's output."""
+
+    def __init__(self, update):
+        super().__init__()
+        self.update = update
+
+    def forward(self, hidden_states):
+        return self.update, None, None
+
+
+@pytest.mark.parametrize(
+    ("update", "expected"),
+    [
+        (torch.ones(2, 5, 3) * torch.tensor([1.0, -2.0, 3.0]), 1.0),  # every token gets the same update
+        (torch.tensor([[[1.0, 2.0], [-1.0, -2.0]]]), 0.0),  # the updates cancel over the tokens
+        (torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]), (0.25 + 0.0) / 2 / ((1.0 + 0 + 0 + 0) / 4)),
+    ],
+)
+def test_the_common_mode_penalty_is_the_papers_ratio(update, expected):
+    blocks = [types.SimpleNamespace(attention=Planted(update)) for _ in range(2)]
+    penalty = CommonModePenalty(blocks)
+    for block in blocks:
+        block.attention(None)
+    assert float(penalty.take()) == pytest.approx(2 * expected, abs=1e-9)  # summed over the two layers
+    assert penalty.terms == []
+
+
+def test_the_penalty_of_a_model_is_computed_from_its_attention_updates_and_has_gradients():
+    config = preset_config("gp", "toy", **json.loads(SMALL), num_labels=3)
+    model = SinkViTForImageClassification(config)
+    penalty = CommonModePenalty(model.sink_vit.layers)
+    pixels = torch.randn(4, 3, 32, 32)
+    outputs = model(pixel_values=pixels, output_hidden_states=True)
+    total = penalty.take()
+    penalty.remove()  # the recomputation below calls the attention modules again
+    expected = 0.0
+    with torch.no_grad():
+        for layer, hidden in zip(model.sink_vit.layers, outputs.hidden_states, strict=False):
+            update = layer.attention(layer.norm1(hidden))[0].double()  # without the global pathway's share
+            expected += float((update.mean(dim=1) ** 2).mean() / (update**2).mean())
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+    total.backward()
+    assert model.sink_vit.layers[0].attention.q_proj.weight.grad.abs().sum() > 0
+    model(pixel_values=pixels)
+    assert penalty.terms == []
+
+
+def test_a_penalised_run_logs_the_penalty_and_records_its_weight(tmp_path):
+    model_args, data_args, args = arguments(tmp_path / "run", max_steps=4, common_mode_penalty=0.5)
+    train(model_args, data_args, args)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4]
+    assert all(line["common_mode_penalty"] > 0 for line in lines)
+    recorded = json.loads((tmp_path / "run" / "model" / "training_args.json").read_text())
+    assert recorded["train"]["common_mode_penalty"] == 0.5
+
+
+def test_variants_of_one_seed_start_from_the_plain_models_weights():
+    fields = {**json.loads(SMALL), "num_labels": 3}
+
+    def built(variant, seed):
+        torch.manual_seed(123)  # the global RNG state before must not matter
+        return paired_initialization(SinkViTForImageClassification(preset_config(variant, "toy", **fields)), seed)
+
+    torch.manual_seed(7)
+    plain = SinkViTForImageClassification(preset_config("plain", "toy", **fields)).state_dict()
+    assert all(torch.equal(value, built("plain", 7).state_dict()[name]) for name, value in plain.items())
+    for variant in ("gated-reg", "gp", "gated-headwise"):
+        state = built(variant, 7).state_dict()
+        assert all(torch.equal(value, state[name]) for name, value in plain.items()), variant
+        assert len(state) > len(plain)
+    other = built("gated-reg", 8).state_dict()
+    assert not torch.equal(
+        other["sink_vit.layers.0.attention.q_proj.weight"], plain["sink_vit.layers.0.attention.q_proj.weight"]
+    )

@@ -1,47 +1,73 @@
 #!/usr/bin/env bash
-# Rebuild the reference zoo from the recipes: `bash zoo/build.sh [RECIPE[:SEED] ...]` (default: all of it).
-# Each model is trained by train/run.py from its recipe with a fixed seed (the recipe's, 0, unless :SEED is given;
-# the synthetic-task models are built for seeds 0 and 1), then its Hub folder is moved into zoo/NAME under a
-# temporary name first, so an interrupted build never leaves a half-written model.
+# Rebuild the reference zoo from the recipes: `bash zoo/build.sh [--into DIR] [RECIPE[:SEED] ...]` (default: all).
+# Each model is trained by train/run.py from its recipe with a fixed seed (0 unless :SEED is given; the zoo holds
+# seeds 0 and 1) on one CPU thread, JOBS models at a time (default 2), then its Hub folder is moved into
+# DIR/NAME (default zoo/) under a temporary name first, so an interrupted build never leaves a half-written model.
+# The canvas models of the extra seeds behind results/images.md are built outside the zoo:
+#   bash zoo/build.sh --into runs/seeds canvas:2 canvas:3
+# (`canvas:SEED` is every canvas variant of that seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DIGITS=(plain gated reg gated-reg)
+CANVAS=(plain gated gated-headwise reg gated-reg gp gp-penalty)
 SYNTHETIC=(plain gated gated-headwise reg gated-reg)
+into=zoo
+if [ "${1:-}" = --into ]; then into=$2; shift 2; fi
 
-items=("$@")
-if [ ${#items[@]} -eq 0 ]; then
-  for variant in "${DIGITS[@]}"; do items+=("digits-toy-$variant"); done
+items=()
+for item in "$@"; do
+  if [[ $item == canvas:* ]]; then
+    for variant in "${CANVAS[@]}"; do items+=("canvas-$variant:${item#canvas:}"); done
+  else
+    items+=("$item")
+  fi
+done
+if [ $# -eq 0 ]; then
   for seed in 0 1; do
+    for variant in "${CANVAS[@]}"; do items+=("canvas-$variant:$seed"); done
     for task in nop broadcast; do for variant in "${SYNTHETIC[@]}"; do items+=("$task-$variant:$seed"); done; done
   done
 fi
 
+names=()
 for item in "${items[@]}"; do
   recipe=${item%%:*}
   seed=0
   [[ $item == *:* ]] && seed=${item##*:}
   case $recipe in
-    digits-toy-*) name=vit-${recipe#digits-toy-} ;;
+    canvas-*) name=vit-${recipe#canvas-} ;;
     nop-* | broadcast-*) name=$recipe ;;
     *) name= ;;
   esac
-  if [ -z "$name" ] || [ ! -f "train/recipes/$recipe.yaml" ]; then
-    echo "zoo/build.sh: no zoo model is built from '$item'; allowed: digits-toy-VARIANT, nop-VARIANT[:SEED]," \
-      "broadcast-VARIANT[:SEED] with a recipe in train/recipes/" >&2
+  if [ -z "$name" ] || [ ! -f "train/recipes/$recipe.yaml" ] || [[ ! $seed =~ ^[0-9]+$ ]]; then
+    echo "zoo/build.sh: no zoo model is built from '$item'; allowed: canvas-VARIANT[:SEED], canvas:SEED," \
+      "nop-VARIANT[:SEED], broadcast-VARIANT[:SEED] with a recipe in train/recipes/ and SEED an integer" >&2
     exit 2
   fi
   [ "$seed" != 0 ] && name=$name-seed$seed
-  run=runs/zoo/$name
-  mkdir -p runs/zoo
-  rm -rf "$run"
-  echo "== $recipe (seed $seed) -> zoo/$name"
-  python train/run.py --config "train/recipes/$recipe.yaml" --seed "$seed" --output_dir "$run" --save_steps 0 \
-    > "$run.log" 2>&1 || { tail -n 20 "$run.log" >&2; exit 1; }
-  cp "$run/summary.json" "$run/model/training_summary.json"
-  rm -rf "zoo/.$name.tmp"
-  mv "$run/model" "zoo/.$name.tmp"
-  rm -rf "zoo/$name"
-  mv "zoo/.$name.tmp" "zoo/$name"
+  names+=("$recipe $seed $name")
 done
-du -sh zoo
+
+build() {
+  local recipe=$1 seed=$2 name=$3 run=runs/zoo/$3
+  rm -rf "$run"
+  echo "== $recipe (seed $seed) -> $into/$name"
+  OMP_NUM_THREADS=1 python train/run.py --config "train/recipes/$recipe.yaml" --seed "$seed" --output_dir "$run" \
+    --save_steps 0 > "$run.log" 2>&1 || { tail -n 20 "$run.log" >&2; return 1; }
+  cp "$run/summary.json" "$run/model/training_summary.json"
+  rm -rf "$into/.$name.tmp"
+  mv "$run/model" "$into/.$name.tmp"
+  rm -rf "${into:?}/$name"
+  mv "$into/.$name.tmp" "$into/$name"
+}
+
+mkdir -p runs/zoo "$into"
+running=0
+for entry in "${names[@]}"; do
+  # shellcheck disable=SC2086
+  build $entry &
+  running=$((running + 1))
+  if [ "$running" -ge "${JOBS:-2}" ]; then wait -n || exit 1; running=$((running - 1)); fi
+done
+while [ "$running" -gt 0 ]; do wait -n || exit 1; running=$((running - 1)); done
+du -sh "$into"
