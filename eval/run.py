@@ -19,6 +19,8 @@ from accelerate import Accelerator  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from sink_models.cards import render_card, write_card  # noqa: E402
+from sink_models.comparison import DATASET as CANVAS  # noqa: E402
+from sink_models.comparison import write_images  # noqa: E402
 from sink_models.evaluation import (  # noqa: E402
     EvalArguments,
     EvalError,
@@ -100,6 +102,8 @@ def main(argv: list[str]) -> int:
             write_card(card, report, Path(args.cards_dir) / result["name"])
         if synthetic is not None:
             write_synthetic(synthetic, Path(args.results_dir), args.retrain_steps)
+        if any((result.get("training") or {}).get("data", {}).get("dataset") == CANVAS for result, _ in evaluated):
+            write_images(Path(args.results_dir))  # over every seed with results there, not only this run's
         if evaluated:
             records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
             print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table

@@ -21,6 +21,7 @@ from .data import IGNORED, Collate, Indexed, load_image_data, parse_options
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import SUPPORTED
 from .errors import first_line
+from .hub import ZOO_VERSION
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -43,7 +44,7 @@ class EvalArguments:
     results_dir: str = "results"
     cards_dir: str = "model_cards"
     hub_org: str = field(default="sink-models", metadata={"help": "org of the Hub repos in the cards' snippets"})
-    hub_revision: str = field(default="v1", metadata={"help": "the tag the cards' usage snippets pin"})
+    hub_revision: str = field(default=ZOO_VERSION, metadata={"help": "the tag the cards' usage snippets pin"})
     synthetic_models: list[str] = field(
         default_factory=list, metadata={"help": "synthetic-task checkpoints to analyse (results/synthetic.md)"}
     )
@@ -65,6 +66,7 @@ class Checkpoint:
     model: torch.nn.Module
     processor: object
     training_args: dict | None
+    training_summary: dict | None
     revision: str | None
     commit: str | None
 
@@ -127,6 +129,7 @@ def load_checkpoint(
         model=model.eval(),
         processor=processor,
         training_args=training_args,
+        training_summary=_recorded(source, revision, "training_summary.json"),
         revision=revision,
         commit=None if local else _snapshot_commit(source, revision),
     )
@@ -139,25 +142,44 @@ def _snapshot_commit(source: str, revision: str | None) -> str:
     return Path(hf_hub_download(source, "config.json", revision=revision)).parent.name
 
 
-def _training_args(source: str, revision: str | None) -> dict | None:
-    """The training_args.json that train/run.py saves beside the weights; None if absent or of another layout."""
+def _recorded(source: str, revision: str | None, filename: str) -> dict | None:
+    """A JSON object that train/run.py saves beside the weights; None if absent or unreadable."""
     if os.path.isdir(source):
-        path = Path(source) / "training_args.json"
+        path = Path(source) / filename
         text = path.read_text() if path.is_file() else None
     else:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
-            text = Path(hf_hub_download(source, "training_args.json", revision=revision)).read_text()
+            text = Path(hf_hub_download(source, filename, revision=revision)).read_text()
         except (EntryNotFoundError, LocalEntryNotFoundError):
             text = None
     try:
-        args = json.loads(text) if text else None
+        value = json.loads(text) if text else None
     except json.JSONDecodeError:
         return None
+    return value if isinstance(value, dict) else None
+
+
+def _training_args(source: str, revision: str | None) -> dict | None:
+    """training_args.json (the recipe: model, data and train groups); None if absent or of another layout."""
+    args = _recorded(source, revision, "training_args.json")
     groups = ("model", "data", "train")
-    return args if isinstance(args, dict) and all(isinstance(args.get(g), dict) for g in groups) else None
+    return args if args is not None and all(isinstance(args.get(g), dict) for g in groups) else None
+
+
+def stability(training_summary: dict | None, layers: list[dict]) -> dict:
+    """The run's stability figures (from its training_summary.json; None when not trained here) and the largest
+    token-norm max / median over layers on the evaluated images."""
+    recorded = (training_summary or {}).get("stability") or {}
+    ratios = [layer["token_norm_max_over_median"] for layer in layers if layer.get("token_norm_max_over_median")]
+    return {
+        "loss_spikes": recorded.get("loss_spikes"),
+        "largest_grad_norm": recorded.get("largest_grad_norm"),
+        "largest_activation": recorded.get("largest_activation"),
+        "token_norm_max_over_median": max(ratios) if ratios else None,
+    }
 
 
 def _refuse_task_models(source: str, training_args: dict | None) -> None:
@@ -311,6 +333,7 @@ def evaluate_checkpoint(
         "heads": report.heads,
         "thresholds": report.thresholds,
         "training": checkpoint.training_args,
+        "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
     }, report

@@ -27,6 +27,18 @@ def write_json(path: str | os.PathLike, data) -> Path:
     return atomic_write(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
+def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """A matplotlib figure as PNG, atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    return atomic_write(path, buffer.getvalue())
+
+
 def umask() -> int:
     """The process's umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)

@@ -209,6 +209,12 @@ def test_summary_counts_events_per_image():
     assert sum(report.summary["sink_share"].values()) == pytest.approx(1.0)
     assert report.summary["excluding_first_layer"]["sinks_per_image"] == (layers - 1) * heads
     assert [row["events"] for row in report.layers] == [4 * heads] * layers
+    for kind in ("nop", "broadcast", "other"):
+        by_token = report.summary["per_image_by_token"][kind]
+        for token in ("cls", "register", "patch"):
+            count = sum(e["class"] == kind and e["token_type"] == token for e in report.events)
+            assert by_token[token] == count / 4
+        assert sum(by_token.values()) == pytest.approx(report.summary[f"{kind}_per_image"])
 
 
 def test_sdpa_and_eager_give_the_same_report():

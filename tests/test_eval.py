@@ -19,6 +19,7 @@ from sink_models import SinkViTForImageClassification
 from sink_models.cards import merge_sections
 from sink_models.checkpoint import save_checkpoint
 from sink_models.data import digits
+from sink_models.hub import ZOO_VERSION
 from sink_models.training import DataArguments, ModelArguments, TrainArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,7 +323,8 @@ def test_zoo_models_run_their_code_by_default_and_their_cards_pin_the_hub_tag(tm
     code, out = run(argv, capsys)
     assert code == 0, out
     card = ModelCard.load(tmp_path / "cards" / "vit-gated-reg" / "README.md")
-    assert 'from_pretrained("someorg/vit-gated-reg", trust_remote_code=True, revision="v1")' in card.text
+    pinned = f'from_pretrained("someorg/vit-gated-reg", trust_remote_code=True, revision="{ZOO_VERSION}")'
+    assert pinned in card.text
     assert "variant: gated-reg" in card.text  # the training recipe
 
 

@@ -154,6 +154,11 @@ class SinkReport:
             t: (sum(e["token_type"] == t for e in acc.events) / len(acc.events) if acc.events else 0.0)
             for t in TOKEN_TYPES
         }
+        # Which token each class of sink sits on: do registers serve NOP as well as broadcast?
+        summary["per_image_by_token"] = {
+            c: {t: sum(e["class"] == c and e["token_type"] == t for e in acc.events) / n for t in TOKEN_TYPES}
+            for c in CLASSES
+        }
         summary["cls_sink_rate"] = float(acc.head_sums["cls_sink"].sum()) / (n * acc.num_layers * acc.num_heads)
         # The paper's tables leave out block 0, whose sinks are of another kind.
         summary["excluding_first_layer"] = _per_image([e for e in acc.events if e["layer"] > 0], n)

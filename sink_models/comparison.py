@@ -1,0 +1,257 @@
+"""The paper's image-level claims over variants x paired seeds: results/images.{md,png}, from the results JSON that
+eval/run.py writes for canvas-digits models (every variant of one seed shares its initial weights and data order).
+"""
+
+import json
+import statistics
+from pathlib import Path
+
+from .cards import markdown_table, merge_sections
+from .files import atomic_write, save_figure
+
+DATASET = "canvas-digits"
+ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")
+# SCIENCE.md section 8: LeJEPA ViT-L, sinks per image (NOP, broadcast); "gating" is the elementwise gate.
+PAPER = {"plain": (0.25, 0.09), "gated": (0.00, 3.80), "gp-penalty": (0.00, 0.04)}
+
+
+def arm(result: dict) -> str:
+    """The variant, with `-penalty` when it was trained with the common-mode penalty."""
+    training = result["training"]
+    penalty = training["train"].get("common_mode_penalty") or 0
+    return training["model"]["variant"] + ("-penalty" if penalty > 0 else "")
+
+
+def canvas_results(folder: Path) -> dict[str, dict[int, dict]]:
+    """arm -> seed -> result, for every canvas-digits model trained here with results in `folder` (the first
+    file by name wins where two hold the same arm and seed)."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        training = result.get("training") if isinstance(result, dict) else None
+        if not training or training["data"].get("dataset") != DATASET:
+            continue
+        found.setdefault(arm(result), {}).setdefault(training["train"]["seed"], result)
+    return {name: found[name] for name in sorted(found, key=lambda a: (ARMS + (a,)).index(a))}
+
+
+def figures(result: dict) -> dict:
+    """The numbers each table reads from one model's result."""
+    sinks, layers, heads = result["sinks"], result["layers"], result["heads"]
+    events = sorted((h["events"] for h in heads), reverse=True)
+    total = sum(events)
+    by_token = sinks.get("per_image_by_token")
+
+    def register_share(kind: str) -> float | None:
+        if by_token is None:
+            return None
+        count = sum(by_token[kind].values())
+        return by_token[kind]["register"] / count if count else None
+
+    stability = result.get("stability") or {}
+    return {
+        "accuracy": 100 * result["accuracy"]["top1"],
+        "sinks": sinks["sinks_per_image"],
+        "nop": sinks["nop_per_image"],
+        "broadcast": sinks["broadcast_per_image"],
+        "other": sinks["other_per_image"],
+        "cls_share": sinks["sink_share"]["cls"],
+        "register_share": sinks["sink_share"]["register"],
+        "register_share_nop": register_share("nop"),
+        "register_share_broadcast": register_share("broadcast"),
+        "nop_on_registers": None if by_token is None else by_token["nop"]["register"],
+        "layer_sinks": [layer["sinks_per_image"] for layer in layers],
+        "layer_cls": [layer["cls"] / layer["events"] if layer["events"] else None for layer in layers],
+        "heads_with_sinks": sum(count > 0 for count in events),
+        "top_head": events[0] / total if total else None,
+        "top3_heads": sum(events[:3]) / total if total else None,
+        "largest_activation": stability.get("largest_activation"),
+        "token_norm_ratio": stability.get("token_norm_max_over_median"),
+        "loss_spikes": stability.get("loss_spikes"),
+        "largest_grad_norm": stability.get("largest_grad_norm"),
+    }
+
+
+def spread(values: list) -> str:
+    """mean ± sample standard deviation over seeds (± alone for one seed); '-' when nothing was measured."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return _fmt(mean)
+    return f"{_fmt(mean)} ± {_fmt(statistics.stdev(values))}"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def tables(results: dict[str, dict[int, dict]]) -> str:
+    """The generated section of results/images.md: one table per claim, mean ± sd over seeds."""
+    numbers = {name: {seed: figures(r) for seed, r in sorted(by_seed.items())} for name, by_seed in results.items()}
+    seeds = sorted({seed for by_seed in numbers.values() for seed in by_seed})
+
+    def over(name: str, key: str) -> str:
+        return spread([n[key] for n in numbers[name].values()])
+
+    def paper(name: str) -> str:
+        return "{:.2f} / {:.2f}".format(*PAPER[name]) if name in PAPER else ""
+
+    sections = []
+    rows = [
+        [name, len(numbers[name]), over(name, "accuracy"), over(name, "sinks"), over(name, "nop"),
+         over(name, "broadcast"), over(name, "other"), paper(name)]
+        for name in numbers
+    ]  # fmt: skip
+    sections.append(
+        "### Sinks per image by class (gating vs NOP, registers, global pathway + penalty)\n\n"
+        + markdown_table(
+            [
+                "variant",
+                "seeds",
+                "top-1 (%)",
+                "sinks / img",
+                "NOP / img",
+                "broadcast / img",
+                "other / img",
+                "paper NOP / broadcast",
+            ],
+            rows,
+        )  # fmt: skip
+    )
+    if "plain" in numbers:
+        rows = []
+        for name in numbers:
+            if name == "plain":
+                continue
+            paired = [s for s in seeds if s in numbers[name] and s in numbers["plain"]]
+            row = [name, ", ".join(map(str, paired))]
+            for key in ("accuracy", "sinks", "nop", "broadcast"):
+                diffs = [numbers[name][s][key] - numbers["plain"][s][key] for s in paired]
+                row.append(spread(diffs) + " (" + ", ".join(f"{d:+.2f}" for d in diffs) + ")")
+            rows.append(row)
+        sections.append(
+            "### Paired differences from plain, seed by seed (mean ± sd (per seed))\n\n"
+            + markdown_table(
+                ["variant", "seeds", "Δ top-1 (pp)", "Δ sinks / img", "Δ NOP / img", "Δ broadcast / img"], rows
+            )  # fmt: skip
+        )
+    depth = max(len(n["layer_sinks"]) for by_seed in numbers.values() for n in by_seed.values())
+    rows = []
+    for name in numbers:
+        cells = []
+        for layer in range(depth):
+            sinks = spread([n["layer_sinks"][layer] for n in numbers[name].values()])
+            cls = [n["layer_cls"][layer] for n in numbers[name].values() if n["layer_cls"][layer] is not None]
+            cells.append(sinks + (f" ({100 * statistics.fmean(cls):.0f}% CLS)" if cls else ""))
+        rows.append([name, *cells])
+    sections.append(
+        "### Where sinks sit over depth: sinks / img per layer (share of them on CLS, mean over seeds)\n\n"
+        + markdown_table(["variant", *(f"layer {layer}" for layer in range(depth))], rows)
+    )
+    rows = [
+        [name, over(name, "heads_with_sinks"), over(name, "top_head"), over(name, "top3_heads")] for name in numbers
+    ]
+    sections.append(
+        "### How concentrated sinks are in a few heads (shares of all sink events)\n\n"
+        + markdown_table(["variant", "heads with sinks", "top head", "top 3 heads"], rows)
+    )
+    registered = [name for name in numbers if "reg" in name]
+    if registered:
+        rows = [
+            [name, over(name, "register_share"), over(name, "register_share_nop"),
+             over(name, "register_share_broadcast"), over(name, "nop_on_registers"), over(name, "cls_share")]
+            for name in registered
+        ]  # fmt: skip
+        sections.append(
+            "### Registers: how many sinks they absorb, and whether they also serve NOP\n\n"
+            + markdown_table(
+                [
+                    "variant",
+                    "register share",
+                    "register share of NOP",
+                    "register share of broadcast",
+                    "NOP on registers / img",
+                    "CLS share",
+                ],
+                rows,
+            )  # fmt: skip
+        )
+    rows = [
+        [name, over(name, "accuracy"), over(name, "largest_activation"), over(name, "token_norm_ratio"),
+         over(name, "loss_spikes"), over(name, "largest_grad_norm")]
+        for name in numbers
+    ]  # fmt: skip
+    sections.append(
+        "### Stability and performance (training run and held-out images)\n\n"
+        + markdown_table(
+            [
+                "variant",
+                "top-1 (%)",
+                "largest activation",
+                "token-norm max / median",
+                "loss spikes",
+                "largest grad norm",
+            ],
+            rows,
+        )  # fmt: skip
+    )
+    models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
+    return f"Models ({models}); mean ± sample standard deviation over seeds.\n\n" + "\n\n".join(sections)
+
+
+def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
+    """Three panels: NOP and broadcast sinks per variant (bars: mean, dots: seeds), sinks per layer, and top-1
+    against sinks per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numbers = {name: [figures(r) for _, r in sorted(by_seed.items())] for name, by_seed in results.items()}
+    names = list(numbers)
+    fig, (classes, depth, scatter) = plt.subplots(1, 3, figsize=(16, 4.6))
+    for offset, (key, colour) in enumerate((("nop", "tab:blue"), ("broadcast", "tab:orange"))):
+        for index, name in enumerate(names):
+            values = [n[key] for n in numbers[name]]
+            x = index + (offset - 0.5) * 0.38
+            classes.bar(x, statistics.fmean(values), 0.36, color=colour, alpha=0.6, label=key if index == 0 else None)
+            classes.scatter([x] * len(values), values, color="black", s=10, zorder=3)
+    classes.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    classes.set_ylabel("sink events per image")
+    classes.set_title("NOP and broadcast sinks (bars: mean, dots: seeds)")
+    classes.legend()
+    for name in names:
+        layers = [n["layer_sinks"] for n in numbers[name]]
+        depth.plot(range(len(layers[0])), [statistics.fmean(v) for v in zip(*layers, strict=True)], marker="o",
+                   label=name)  # fmt: skip
+        scatter.scatter([n["sinks"] for n in numbers[name]], [n["accuracy"] for n in numbers[name]], label=name)
+    depth.set_xlabel("layer")
+    depth.set_ylabel("sink events per image (mean over seeds)")
+    depth.set_title("Where sinks sit over depth")
+    depth.legend(fontsize=8)
+    scatter.set_xlabel("sink events per image")
+    scatter.set_ylabel("held-out top-1 (%)")
+    scatter.set_title("Accuracy against sinks (one dot per seed)")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=90)
+
+
+def write_images(results_dir: Path) -> Path | None:
+    """Regenerate results_dir/images.{md,png} from every canvas-digits result there; text outside the generated
+    section is kept. None (and nothing written) when there is no such result."""
+    results = canvas_results(results_dir)
+    if not results:
+        return None
+    figure = plot(results, results_dir / "images.png")
+    generated = (
+        "<!-- sink-models:begin table -->\n"
+        "Measured by `accelerate launch eval/run.py` on the held-out canvas-digits images of each model.\n"
+        + tables(results)
+        + f"\n\n![Sinks of the image models by variant and seed]({figure.name})\n<!-- sink-models:end table -->"
+    )
+    path = results_dir / "images.md"
+    old = path.read_text() if path.exists() else "# The paper's image-level claims, measured\n\n"
+    atomic_write(path, merge_sections(old, generated))
+    return path

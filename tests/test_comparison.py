@@ -1,0 +1,95 @@
+import json
+import statistics
+
+import pytest
+
+from sink_models.comparison import arm, canvas_results, figures, spread, tables, write_images
+
+
+def result(variant, seed, *, top1, nop, broadcast, penalty=0.0, dataset="canvas-digits", heads=(6, 3, 1, 0)):
+    """A minimal eval/run.py result: 2 layers x 2 heads, 10 images."""
+    return {
+        "accuracy": {"top1": top1},
+        "sinks": {
+            "sinks_per_image": nop + broadcast,
+            "nop_per_image": nop,
+            "broadcast_per_image": broadcast,
+            "other_per_image": 0.0,
+            "sink_share": {"cls": 0.25, "register": 0.5, "patch": 0.25},
+            "per_image_by_token": {
+                "nop": {"cls": 0.0, "register": nop, "patch": 0.0},
+                "broadcast": {"cls": 0.0, "register": broadcast / 2, "patch": broadcast / 2},
+                "other": {"cls": 0.0, "register": 0.0, "patch": 0.0},
+            },
+        },
+        "layers": [
+            {"sinks_per_image": 0.9, "events": heads[0] + heads[1], "cls": 3},
+            {"sinks_per_image": 0.1, "events": heads[2] + heads[3], "cls": 0},
+        ],
+        "heads": [{"events": count} for count in heads],
+        "stability": {"largest_activation": 5.0 + seed, "token_norm_max_over_median": 2.0, "loss_spikes": seed,
+                      "largest_grad_norm": 1.5},
+        "training": {
+            "model": {"variant": variant},
+            "data": {"dataset": dataset},
+            "train": {"seed": seed, "common_mode_penalty": penalty},
+        },
+    }  # fmt: skip
+
+
+def test_the_arm_names_the_penalty():
+    assert arm(result("gp", 0, top1=0.9, nop=0, broadcast=0)) == "gp"
+    assert arm(result("gp", 0, top1=0.9, nop=0, broadcast=0, penalty=1.0)) == "gp-penalty"
+
+
+def test_figures_of_one_model():
+    numbers = figures(result("reg", 1, top1=0.875, nop=0.2, broadcast=1.0))
+    assert numbers["accuracy"] == 87.5 and numbers["sinks"] == pytest.approx(1.2)
+    assert numbers["register_share_nop"] == 1.0 and numbers["register_share_broadcast"] == 0.5
+    assert numbers["heads_with_sinks"] == 3
+    assert numbers["top_head"] == 0.6 and numbers["top3_heads"] == 1.0
+    assert numbers["layer_cls"] == [3 / 9, 0.0]
+    assert numbers["largest_activation"] == 6.0 and numbers["loss_spikes"] == 1
+
+
+def test_spread_is_mean_and_sample_standard_deviation():
+    values = [1.0, 2.0, 4.0]
+    assert spread(values) == f"{statistics.fmean(values):.3g} ± {statistics.stdev(values):.3g}" == "2.33 ± 1.53"
+    assert spread([3.0, None]) == "3"
+    assert spread([None]) == "-"
+
+
+def test_the_tables_pair_seeds_and_compare_with_the_paper(tmp_path):
+    results = {
+        "plain": {0: result("plain", 0, top1=0.90, nop=0.5, broadcast=2.0),
+                  1: result("plain", 1, top1=0.80, nop=0.3, broadcast=4.0)},
+        "gated": {0: result("gated", 0, top1=0.95, nop=0.0, broadcast=3.0),
+                  1: result("gated", 1, top1=0.80, nop=0.1, broadcast=4.0)},
+    }  # fmt: skip
+    text = tables(results)
+    # accuracy 90 and 80: mean 85, sample sd 7.07; NOP 0.5 and 0.3: 0.4 ± 0.141
+    assert "| plain | 2 | 85 ± 7.07 | 3.4 ± 1.27 | 0.4 ± 0.141 | 3 ± 1.41 | 0 ± 0 | 0.25 / 0.09 |" in text
+    # gated - plain per seed: top-1 +5, 0 -> 2.5 ± 3.54; NOP -0.5, -0.2 -> -0.35 ± 0.212
+    row = next(line for line in text.splitlines() if line.startswith("| gated | 0, 1 |"))
+    assert "2.5 ± 3.54 (+5.00, +0.00)" in row and "-0.35 ± 0.212 (-0.50, -0.20)" in row
+    assert "| plain | 0.9 ± 0 (33% CLS) | 0.1 ± 0 (0% CLS) |" in text
+    assert "Registers" not in text  # no register variant, no register table
+
+
+def test_write_images_keeps_the_prose_and_reads_only_canvas_results(tmp_path):
+    assert write_images(tmp_path) is None and not (tmp_path / "images.md").exists()
+    (tmp_path / "digits-model.json").write_text(
+        json.dumps(result("plain", 0, top1=1, nop=0, broadcast=0, dataset="digits"))
+    )
+    assert write_images(tmp_path) is None
+    for name, seed in (("vit-reg", 0), ("vit-reg-seed1", 1)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(result("reg", seed, top1=0.9, nop=0.1, broadcast=1.0)))
+    (tmp_path / "synthetic.json").write_text(json.dumps({"rows": []}))
+    assert list(canvas_results(tmp_path)) == ["reg"]
+    (tmp_path / "images.md").write_text("# Mine\n\nMy reading.\n")
+    write_images(tmp_path)
+    text = (tmp_path / "images.md").read_text()
+    assert text.startswith("# Mine\n\nMy reading.\n") and "| reg | 0.5 ± 0 | 1 ± 0 | 0.5 ± 0 | 0.1 ± 0 | 0.25 ± 0 |" in text
+    assert (tmp_path / "images.png").read_bytes().startswith(b"\x89PNG")
+    write_images(tmp_path)
+    assert (tmp_path / "images.md").read_text() == text
