@@ -1,18 +1,21 @@
-"""Model cards from evaluation results: `model-index` metadata (accuracy and sink metrics), tables and figures.
+"""Model cards from evaluation results: `model-index` metadata (accuracy and sink metrics), tables and figures, and
+the same numbers as the Hub's `.eval_results/*.yaml` entries.
 
 The card is rendered from model_cards/template.md with huggingface_hub's ModelCard. Everything the template
 generates sits between `<!-- sink-models:begin NAME -->` and `<!-- sink-models:end NAME -->` markers: a new run
 replaces those sections and the generated metadata keys, and keeps whatever a person wrote outside them.
 """
 
+import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, EvalResultEntry, ModelCard, ModelCardData, eval_result_entries_to_yaml
 
 from .diagnostics import SinkReport
 from .files import atomic_write
@@ -49,34 +52,42 @@ def hub_usage(result: dict, hub_org: str, hub_revision: str) -> tuple[str, str |
     return model["source"], model["revision"], ours
 
 
+class Metric(NamedTuple):
+    """One number the card reports: its key (model-index `config` of an accuracy, `type` of a sink metric; the
+    `.eval_results` entry's `task_id`), display name, model-index task type and value."""
+
+    key: str
+    name: str
+    task: str
+    value: float
+
+
+def metrics(result: dict) -> list[Metric]:
+    """The numbers that the card's `model-index` and its `.eval_results` file both report: top-1 / top-5 accuracy
+    (where measured) and the sink metrics."""
+    accuracy = result["accuracy"] or {}
+    found = [
+        Metric(key, name, "image-classification", accuracy[key])
+        for key, name in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy"))
+        if key in accuracy
+    ]
+    return found + [
+        Metric(key, name, "image-feature-extraction", read(result["sinks"])) for key, name, read in SINK_METRICS
+    ]
+
+
 def card_data(result: dict) -> ModelCardData:
     """The card's metadata: `model-index` with top-1 / top-5 accuracy and the sink metrics on the dataset."""
     dataset, split = result["dataset"]["name"], result["dataset"]["split"]
     common = {"dataset_type": dataset, "dataset_name": dataset, "dataset_split": split}
     results = []
-    for key, name in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy")):
-        if result["accuracy"] and key in result["accuracy"]:
-            value = result["accuracy"][key]
-            results.append(
-                EvalResult(
-                    task_type="image-classification",
-                    metric_type="accuracy",
-                    metric_name=name,
-                    metric_value=value,
-                    metric_config=key,
-                    **common,
-                )
-            )
-    for key, name, read in SINK_METRICS:
+    for metric in metrics(result):
+        if metric.task == "image-classification":
+            where = {"metric_type": "accuracy", "metric_config": metric.key}
+        else:
+            where = {"metric_type": metric.key, "task_name": "Attention-sink diagnostics"}
         results.append(
-            EvalResult(
-                task_type="image-feature-extraction",
-                task_name="Attention-sink diagnostics",
-                metric_type=key,
-                metric_name=name,
-                metric_value=read(result["sinks"]),
-                **common,
-            )
+            EvalResult(task_type=metric.task, metric_name=metric.name, metric_value=metric.value, **where, **common)
         )
     ours = result["model"]["class"].startswith("SinkViT")
     return ModelCardData(
@@ -89,7 +100,28 @@ def card_data(result: dict) -> ModelCardData:
     )
 
 
+def eval_result_entries(result: dict) -> list[EvalResultEntry]:
+    """The card's numbers as `.eval_results` entries: the format holds one value per (dataset, task), so each
+    metric is a task of its own, `task_id` its key; the note names it, the split and the images."""
+    dataset = result["dataset"]
+    where = f"{dataset['split']} split, {dataset['images']} images"
+    return [
+        EvalResultEntry(
+            dataset_id=dataset["name"], task_id=m.key, value=m.value, date=result["date"], notes=f"{m.name}, {where}"
+        )
+        for m in metrics(result)
+    ]
+
+
+def eval_results_file(result: dict) -> tuple[str, str]:
+    """(path in the model repo, YAML text) of the `.eval_results` file: one per evaluation dataset."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "--", result["dataset"]["name"]).strip("-.")
+    text = yaml.safe_dump(eval_result_entries_to_yaml(eval_result_entries(result)), sort_keys=False)
+    return f".eval_results/{stem}.yaml", text
+
+
 def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, hub_revision: str) -> ModelCard:
+    """The card of `result` (eval/run.py's results JSON) from `template`, its figures named after `report`'s PNGs."""
     repo, revision, remote = hub_usage(result, hub_org, hub_revision)
     return ModelCard.from_template(
         card_data(result),
@@ -99,16 +131,10 @@ def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, 
         usage=_usage(result, repo, revision, remote),
         evaluation=_evaluation(result),
         sinks=markdown_table(SINK_COLUMNS, [[result["sinks"]["images"], *_sink_row(result["sinks"])]]),
-        layers=markdown_table(
-            ["layer", "events", "NOP", "broadcast", "other", "CLS", "register", "patch", "max token norm"],
-            [
-                [r["layer"], r["events"], r["nop"], r["broadcast"], r["other"], r["cls"], r["register"], r["patch"]]
-                + [r["token_norm_max"]]
-                for r in result["layers"]
-            ],
-        ),
+        layers=_layers(result["layers"]),
         heads=_heads(result["heads"]),
         figures=_figures(report),
+        stability=_stability(result["stability"]),
         training=_training(result),
         provenance=_provenance(result),
     )
@@ -178,14 +204,30 @@ def _description(result: dict) -> str:
     parts = [f"A `{model['class']}` with {model['parameters']:,} parameters"]
     if training:
         variant, size = training["model"]["variant"], training["model"]["size"]
-        parts.append(f"(SinkViT variant `{variant}`, size `{size}`), trained on `{training['data']['dataset']}`")
+        data = training["data"]
+        options = _options(json.loads(data.get("dataset_options") or "{}"))
+        parts.append(
+            f"(SinkViT variant `{variant}`, size `{size}`), trained on `{data['dataset']}`"
+            + (f" ({options})" if options else "")
+        )
     text = " ".join(parts) + "."
+    penalty = (training.get("train") or {}).get("common_mode_penalty", 0.0)
+    if penalty > 0:
+        text += (
+            f" The common-mode penalty was on (weight {penalty:g}): the paper's Eq. 5, summed over layers, penalised"
+            " the part of each attention update that every token shares, so that attention does not broadcast."
+        )
     text += (
         " This card carries its accuracy and its attention sinks, classified per layer and head into adaptive NOPs"
         " (a head routes to a token with a negligible value to do nothing) and broadcasts (a sink gathers global"
         " information and hands it to every token), as measured by [sink-models](https://github.com/sink-models)."
     )
     return text
+
+
+def _options(options: dict) -> str:
+    """A dataset's options as `key=value` pairs, in the order given."""
+    return ", ".join(f"{key}={value}" for key, value in options.items())
 
 
 def _usage(result: dict, repo: str, revision: str | None, remote: bool) -> str:
@@ -212,7 +254,9 @@ def _usage(result: dict, repo: str, revision: str | None, remote: bool) -> str:
 
 def _evaluation(result: dict) -> str:
     dataset = result["dataset"]
-    where = f"`{dataset['name']}`, split `{dataset['split']}`, {dataset['images']} images"
+    options = _options(dataset["options"])
+    where = f"`{dataset['name']}`" + (f" ({options})" if options else "")
+    where += f", split `{dataset['split']}`, {dataset['images']} images"
     accuracy = result["accuracy"]
     if accuracy is None:
         return f"On {where}: no accuracy, {result['accuracy_note']}."
@@ -220,7 +264,21 @@ def _evaluation(result: dict) -> str:
     row = [f"`{dataset['name']}` ({dataset['split']})", accuracy["images"], f"{accuracy['top1']:.2%}"]
     if "top5" in accuracy:
         row.append(f"{accuracy['top5']:.2%}")
-    return markdown_table(columns, [row])
+    table = markdown_table(columns, [row])
+    return f"Dataset options: {options}.\n\n{table}" if options else table
+
+
+def _layers(layers: list[dict]) -> str:
+    rows = [
+        [r["layer"], r["sinks_per_image"], r["nop"], r["broadcast"], r["other"], r["cls"], r["register"], r["patch"]]
+        + [r["token_norm_max_over_median"]]
+        for r in layers
+        if r["events"]
+    ]
+    if not rows:
+        return "None: no layer has a sink event on these images."
+    columns = ["layer", "events / image", "NOP", "broadcast", "other", "CLS", "register", "patch"]
+    return markdown_table(columns + ["token-norm max / median"], rows)
 
 
 def _heads(heads: list[dict]) -> str:
@@ -243,6 +301,12 @@ def _figures(report: SinkReport) -> str:
         layer = max(range(len(per_layer)), key=lambda i: (per_layer[i], i))
         lines.append(f"![Mean attention each token receives, per head, layer {layer}](attention_layer{layer}.png)")
     return "\n\n".join(lines)
+
+
+def _stability(stability: dict) -> str:
+    columns = ["loss spikes", "largest grad norm", "largest activation", "token-norm max / median"]
+    keys = ("loss_spikes", "largest_grad_norm", "largest_activation", "token_norm_max_over_median")
+    return markdown_table(columns, [[stability[key] for key in keys]])
 
 
 def _training(result: dict) -> str:

@@ -1,13 +1,15 @@
 """Publish the reference zoo to the Hub with the real `huggingface_hub` client: one model repo per checkpoint (code,
-weights, card, results, recipe) under a version tag, and the results dataset.
+weights, card, `.eval_results`, results, recipe) under a version tag, and the results dataset.
 
 Each repo changes by one atomic commit (`upload_folder`) and only when `plan()` finds a file that differs from the
-Hub's (by git blob oid, or by sha256 for the weights and figures the Hub stores through LFS), so pushing the same
-content again makes no commit. Transient server errors (5xx) are retried; a failure, or an answer the client
-cannot read, names the repo and the step in one line. Before a model repo's commit, the staged folder is reloaded
-with `trust_remote_code` in a fresh process and must reproduce the local model's logits.
+Hub's (by git blob oid, or by sha256 for the weights and figures the Hub stores through LFS) or, for a model repo,
+a file the new version no longer has; pushing the same content again makes no commit. Transient server errors (5xx)
+are retried; a failure, or an answer the client cannot read, names the repo and the step in one line. Before a model
+repo's commit, the staged folder is reloaded with `trust_remote_code` in a fresh process and must reproduce the local
+model's logits.
 """
 
+import glob
 import hashlib
 import json
 import os
@@ -24,7 +26,7 @@ from typing import TypeVar
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
-from .cards import merge_sections, usage_section
+from .cards import eval_results_file, merge_sections, usage_section
 
 try:  # the HTTP library under huggingface_hub 2.x; its connection errors are not OSErrors
     from httpx2 import TransportError as _TransportError
@@ -33,7 +35,7 @@ except ImportError:  # pragma: no cover -- other huggingface_hub versions
 from .errors import first_line
 from .files import atomic_write
 
-ZOO_VERSION = "v1"  # the tag every model repo gets, and that the model cards' usage snippets pin
+ZOO_VERSION = "v2"  # the tag every model repo gets, and that the model cards' usage snippets pin
 RESULTS_DATASET = "sink-zoo-results"
 SPACE = "sink-zoo-leaderboard"
 COLLECTION = "Attention-sink ViT zoo"
@@ -45,6 +47,7 @@ MODEL_FILES = (
     "model.safetensors",
     "preprocessor_config.json",
     "training_args.json",
+    "training_summary.json",  # the stability figures eval/run.py reads beside the weights, on the Hub too
 )
 PARITY_TOLERANCE = 1e-5
 
@@ -63,13 +66,21 @@ class Change:
     changed: list[str] = field(default_factory=list)
     tag: str | None = None
     head: str | None = None  # the commit the plan read (None: no repo yet)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def dirty(self) -> bool:
+        """Whether pushing makes a commit."""
+        return bool(self.changed or self.removed)
 
     def describe(self) -> str:
         kind = "" if self.repo_type == "model" else f"{self.repo_type} "
         if not self.exists:
             text = f"create {kind}{self.repo_id} with {len(self.changed)} files: {', '.join(self.changed)}"
-        elif self.changed:
-            text = f"update {kind}{self.repo_id}: {', '.join(self.changed)}"
+        elif self.dirty:
+            edits = [", ".join(self.changed)] if self.changed else []
+            edits += [f"delete {', '.join(self.removed)}"] if self.removed else []
+            text = f"update {kind}{self.repo_id}: {'; '.join(edits)}"
         else:
             text = f"unchanged {kind}{self.repo_id}"
         return text + (f"; tag {self.tag}" if self.tag else "")
@@ -77,7 +88,8 @@ class Change:
 
 def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
     """The folder a zoo model's repo holds: zoo/<name> (safetensors weights, config with auto_map, the two code
-    files, image processor, recipe), model_cards/<name> (README.md with its PNGs) and results/<name>.json."""
+    files, image processor, recipe, training summary), model_cards/<name> (README.md with its PNGs),
+    results/<name>.json as results.json, and the card's numbers as `.eval_results/<dataset>.yaml`."""
     source, card = root / "zoo" / name, root / "model_cards" / name
     needed = [*(source / f for f in MODEL_FILES), card / "README.md", root / "results" / f"{name}.json"]
     missing = [str(p) for p in needed if not p.exists()]
@@ -96,6 +108,9 @@ def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
     result = json.loads((folder / "results.json").read_text())
     readme = folder / "README.md"
     readme.write_text(merge_sections(readme.read_text(), usage_section(result, repo_id, ZOO_VERSION)))
+    path, text = eval_results_file(result)
+    (folder / path).parent.mkdir()
+    (folder / path).write_text(text)
     return folder
 
 
@@ -171,18 +186,23 @@ def git_blob_oid(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-def plan(api: HfApi, repo_id: str, folder: Path, repo_type: str = "model", tag: str | None = None) -> Change:
+def plan(
+    api: HfApi, repo_id: str, folder: Path, repo_type: str = "model", tag: str | None = None, mirror: bool = False
+) -> Change:
     """What pushing `folder` to `repo_id` would change, from read-only requests: the files of the head commit (with
-    their oids) and, for `tag`, whether it is published already."""
+    their oids), with `mirror` the files it has beyond `folder` (to delete, `.gitattributes` kept), and, for `tag`,
+    whether it is published already."""
     try:
         info = api.repo_info(repo_id, repo_type=repo_type, files_metadata=True)
     except RepositoryNotFoundError:
         return Change(repo_id, repo_type, exists=False, changed=_files(folder), tag=tag)
     remote = {sibling.rfilename: sibling for sibling in info.siblings}
-    changed = [path for path in _files(folder) if not _same(folder / path, remote.get(path))]
+    local = _files(folder)
+    changed = [path for path in local if not _same(folder / path, remote.get(path))]
+    removed = sorted(set(remote) - set(local) - {".gitattributes"}) if mirror else []
     if tag is not None and tag in {ref.name for ref in api.list_repo_refs(repo_id, repo_type=repo_type).tags}:
         tag = None
-    return Change(repo_id, repo_type, exists=True, changed=changed, tag=tag, head=info.sha)
+    return Change(repo_id, repo_type, exists=True, changed=changed, tag=tag, head=info.sha, removed=removed)
 
 
 def _files(folder: Path) -> list[str]:
@@ -247,10 +267,18 @@ def _raised_by_client(error: BaseException) -> bool:
 
 
 def push_folder(
-    api: HfApi, repo_id: str, folder: Path, *, repo_type: str = "model", message: str, private: bool = False, **retry
+    api: HfApi,
+    repo_id: str,
+    folder: Path,
+    *,
+    repo_type: str = "model",
+    message: str,
+    private: bool = False,
+    delete: list[str] | None = None,
+    **retry,
 ) -> str:
-    """Create the repo if needed and commit `folder` as one commit (the client makes none if nothing changed: the
-    head is then the commit it was at); returns the head sha."""
+    """Create the repo if needed and commit `folder`, and the deletion of the repo's files `delete`, as one commit
+    (the client makes none if nothing changed: the head is then the commit it was at); returns the head sha."""
     sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}  # the leaderboard Space is a Gradio app
     retried(
         lambda: api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **sdk),
@@ -258,7 +286,13 @@ def push_folder(
         **retry,
     )
     info = retried(
-        lambda: api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type, commit_message=message),
+        lambda: api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type=repo_type,
+            commit_message=message,
+            delete_patterns=[glob.escape(path) for path in delete or []] or None,
+        ),
         f"{repo_id}: commit",
         **retry,
     )

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import HfApi
+import yaml
+from huggingface_hub import HfApi, ModelCard, hf_hub_download, parse_eval_result_entries
 from huggingface_hub.errors import HFValidationError
 from test_hub_server import TOKEN, lfs_uploads, subprocess_env
 
 from sink_models import SinkViTForImageClassification
-from sink_models.hub import retried
+from sink_models.hub import ZOO_VERSION, retried
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, ORG = "vit-gated-reg", "testorg"
@@ -61,12 +62,13 @@ def test_a_pushed_model_loads_with_remote_code_at_its_tag_and_carries_its_card(h
 import hashlib, json, os, torch
 from huggingface_hub import ModelCard, hf_hub_download
 from transformers import AutoModelForImageClassification
-model = AutoModelForImageClassification.from_pretrained("{REPO}", trust_remote_code=True, revision="v1").eval()
+model = AutoModelForImageClassification.from_pretrained("{REPO}", trust_remote_code=True, revision="{ZOO_VERSION}")
+model.eval()
 with torch.no_grad():
     logits = model(torch.load("{tmp_path / "images.pt"}")).logits
 card = ModelCard.load("{REPO}")
 metrics = {{(r.metric_type, r.metric_config): r.metric_value for r in card.data.eval_results}}
-weights = hf_hub_download("{REPO}", "model.safetensors", revision="v1")  # cached by from_pretrained
+weights = hf_hub_download("{REPO}", "model.safetensors", revision="{ZOO_VERSION}")  # cached by from_pretrained
 print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), "text": card.text,
                   "top1": metrics[("accuracy", "top1")], "sinks": metrics[("sinks_per_image", None)],
                   "weights": hashlib.sha256(open(weights, "rb").read()).hexdigest(),
@@ -79,9 +81,10 @@ print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), 
         torch.testing.assert_close(torch.tensor(loaded["logits"]), local(images).logits, atol=1e-5, rtol=0)
     result = json.loads((ROOT / "results" / f"{NAME}.json").read_text())
     assert loaded["top1"] == result["accuracy"]["top1"] and loaded["sinks"] == result["sinks"]["sinks_per_image"]
-    assert f'from_pretrained("{REPO}", trust_remote_code=True, revision="v1")' in loaded["text"]
+    assert f'from_pretrained("{REPO}", trust_remote_code=True, revision="{ZOO_VERSION}")' in loaded["text"]
     files = hub.files(REPO)
     assert {"model.safetensors", "modeling_sink_vit.py", "results.json", "events_by_head.png"} <= set(files)
+    assert files["training_summary.json"] == (ROOT / "zoo" / NAME / "training_summary.json").read_bytes()
     assert not any(path.endswith((".bin", ".pt", ".pth")) for path in files)
     # The weights and figures travelled as LFS objects (uploaded, verified, committed as pointers) and came back
     # as the same bytes, cached under their sha256; README.md, config.json and the code stayed git files.
@@ -90,7 +93,7 @@ print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), 
     local["model.safetensors"] = sha256(ROOT / "zoo" / NAME / "model.safetensors")
     assert sorted(lfs_uploads(hub.requests)) == sorted(local.values())
     assert loaded["weights"] == loaded["blob"] == local["model.safetensors"]
-    tagged = f"/{REPO}/resolve/{hub.commits(REPO)[0]}/model.safetensors"  # transformers resolves v1 first
+    tagged = f"/{REPO}/resolve/{hub.commits(REPO)[0]}/model.safetensors"  # transformers resolves the tag first
     assert any(r.method == "GET" and r.path == tagged and r.status == 200 for r in hub.requests)
     assert hub.lfs_paths(f"{ORG}/sink-zoo-results", "dataset") == set()
 
@@ -109,8 +112,11 @@ print(json.dumps(rows.to_list(), default=str))
     assert [row["config"]["model_name"] for row in rows] == [REPO]
     assert rows[0]["config"]["model_sha"] == heads[0]
     result = json.loads((ROOT / "results" / f"{NAME}.json").read_text())
-    assert rows[0]["results"]["digits"]["top1"] == result["accuracy"]["top1"]
+    assert rows[0]["results"][result["dataset"]["name"]]["top1"] == result["accuracy"]["top1"]
     assert rows[0]["results"]["sinks"]["nop_per_image"] == result["sinks"]["nop_per_image"]
+    # The synthetic-task rows travel verbatim beside the records (which alone make the rows above).
+    synthetic = (ROOT / "results" / "synthetic.json").read_bytes()
+    assert hub.files(f"{ORG}/sink-zoo-results", "dataset")["synthetic.json"] == synthetic
 
 
 def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed, tmp_path):
@@ -123,7 +129,7 @@ def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed
     assert {repo: hub.commits(*repo) for repo in before} == before
     # No LFS upload, no write, no parity reload (nothing to commit), and nothing logged.
     assert lfs_uploads(hub.requests[seen:]) == [] and not any(r.mutated for r in hub.requests[seen:])
-    assert f"{REPO}: unchanged at {before[REPO, 'model'][0][:12]}; tag v1 present" in again.stdout
+    assert f"{REPO}: unchanged at {before[REPO, 'model'][0][:12]}; tag {ZOO_VERSION} present" in again.stdout
     assert "parity" not in again.stdout and (tmp_path / "push_log.jsonl").read_text() == log
     seen = len(hub.requests)
     dry = push(hub, tmp_path, "--dry-run")
@@ -139,7 +145,7 @@ def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed
 def test_a_dry_run_on_an_empty_hub_lists_what_it_would_create(hub, tmp_path):
     dry = push(hub, tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert f"create {REPO} with" in dry.stdout and "; tag v1" in dry.stdout
+    assert f"create {REPO} with" in dry.stdout and f"; tag {ZOO_VERSION}" in dry.stdout
     assert {request.method for request in hub.requests} <= {"GET", "HEAD"}
 
 
@@ -150,12 +156,94 @@ def test_changed_content_under_a_published_tag_is_refused_before_any_write(hub, 
     done = push(hub, tmp_path)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: {REPO}: README.md changed, but tag v1 is already published; a version never moves: raise "
+        f"error: {REPO}: README.md changed, but tag {ZOO_VERSION} is already published; a version never moves: raise "
         "sink_models.hub.ZOO_VERSION."
     )
     assert hub.commits(REPO) == heads
     dry = push(hub, tmp_path, "--dry-run")
-    assert f"update {REPO}: README.md (refused: tag v1 is published)" in dry.stdout
+    assert f"update {REPO}: README.md (refused: tag {ZOO_VERSION} is published)" in dry.stdout
+
+
+def test_a_new_version_is_pushed_beside_the_old_one_which_stays_as_it_was(hub, run_push, tmp_path):
+    old = tmp_path / "v1"
+    old.mkdir()
+    v1_files = {
+        "README.md": b"# the v1 card\n",
+        "config.json": b'{"model_type": "sink_vit"}\n',
+        "model.safetensors": b"\0old weights",  # a binary: stored through LFS
+        "attention_layer9.png": b"\x89PNG\0old figure",  # a figure v2 no longer has
+    }
+    for path, content in v1_files.items():
+        (old / path).write_bytes(content)
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.create_repo(REPO)
+    v1 = api.upload_folder(repo_id=REPO, folder_path=old).oid
+    api.create_tag(REPO, tag="v1", revision=v1)
+
+    code, out, err = run_push()
+    assert code == 0, err
+    head = hub.commits(REPO)[0]
+    assert f"{REPO}: at {head[:12]} (parity 0.0e+00); tag {ZOO_VERSION} created" in out  # parity stubbed
+    tags = {ref.name: ref.target_commit for ref in api.list_repo_refs(REPO).tags}
+    assert tags == {"v1": v1, ZOO_VERSION: head} and head != v1
+    # v1 resolves to its commit, with the same bytes as before; the new version has none of its leftovers.
+    cache = tmp_path / "downloads"
+    for path, content in v1_files.items():
+        at_v1 = hf_hub_download(REPO, path, revision="v1", endpoint=hub.url, token=TOKEN, cache_dir=cache)
+        assert Path(at_v1).read_bytes() == content
+    assert set(hub.files(REPO, revision="v1")) == {".gitattributes", *v1_files}
+    now = hub.files(REPO, revision=ZOO_VERSION)
+    assert "attention_layer9.png" not in now
+    assert now["model.safetensors"] == (ROOT / "zoo" / NAME / "model.safetensors").read_bytes()
+    card = hf_hub_download(REPO, "README.md", revision=ZOO_VERSION, endpoint=hub.url, token=TOKEN, cache_dir=cache)
+    assert f'from_pretrained("{REPO}", trust_remote_code=True, revision="{ZOO_VERSION}")' in Path(card).read_text()
+    assert f'AutoImageProcessor.from_pretrained("{REPO}", revision="{ZOO_VERSION}")' in Path(card).read_text()
+
+
+def test_a_stale_file_is_listed_for_deletion_and_refused_under_a_published_tag(hub, run_push):
+    code, out, err = run_push()
+    assert code == 0, err
+    api = HfApi(endpoint=hub.url, token=TOKEN)
+    api.upload_file(path_or_fileobj=b"added on the Hub", path_in_repo="notes.txt", repo_id=REPO)
+    heads = hub.commits(REPO)
+    assert (
+        run_push("--dry-run")[1].splitlines()[0]
+        == f"update {REPO}: delete notes.txt (refused: tag {ZOO_VERSION} is published)"
+    )
+    code, out, err = run_push()
+    assert (code, err.splitlines()[-1]) == (
+        1,
+        f"error: {REPO}: notes.txt changed, but tag {ZOO_VERSION} is already published; a version never moves: "
+        "raise sink_models.hub.ZOO_VERSION.",
+    )
+    assert hub.commits(REPO) == heads
+
+
+def test_the_eval_results_file_and_the_model_index_report_the_same_numbers(hub, run_push, tmp_path):
+    code, out, err = run_push()
+    assert code == 0, err
+    result = json.loads((ROOT / "results" / f"{NAME}.json").read_text())
+    dataset = result["dataset"]["name"]
+    path = f".eval_results/{dataset}.yaml"
+    assert [p for p in hub.files(REPO) if p.startswith(".eval_results/")] == [path]
+    download = dict(revision=ZOO_VERSION, endpoint=hub.url, token=TOKEN, cache_dir=tmp_path / "downloads")
+    entries = parse_eval_result_entries(yaml.safe_load(Path(hf_hub_download(REPO, path, **download)).read_text()))
+    card = ModelCard.load(hf_hub_download(REPO, "README.md", **download))
+    index = {r.metric_config or r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert {e.task_id: e.value for e in entries} == index
+    # Both are the results JSON's numbers.
+    sinks = result["sinks"]
+    assert index == {
+        "top1": result["accuracy"]["top1"],
+        "top5": result["accuracy"]["top5"],
+        "sinks_per_image": sinks["sinks_per_image"],
+        "nop_per_image": sinks["nop_per_image"],
+        "broadcast_per_image": sinks["broadcast_per_image"],
+        "cls_sink_share": sinks["sink_share"]["cls"],
+        "register_sink_share": sinks["sink_share"]["register"],
+        "patch_sink_share": sinks["sink_share"]["patch"],
+    }
+    assert {(e.dataset_id, e.date) for e in entries} == {(dataset, result["date"])}
 
 
 def test_the_token_is_never_uploaded_or_printed(hub, pushed, tmp_path):
@@ -222,13 +310,20 @@ def test_a_malformed_answer_ends_a_run_with_one_line(hub, tmp_path):
 
 
 @pytest.fixture
-def run_push(hub, tmp_path, monkeypatch, capsys):
-    """upload/push.py's cli in this process, without the seconds of a fresh interpreter and of the parity reload
-    (which every subprocess push above runs): returns (exit code, stdout, stderr)."""
+def push_script(monkeypatch):
+    """upload/push.py as a module, its parity reload stubbed out."""
     spec = importlib.util.spec_from_file_location("push_script", ROOT / "upload" / "push.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     monkeypatch.setattr(script, "parity_check", lambda staged, local: 0.0)
+    return script
+
+
+@pytest.fixture
+def run_push(hub, push_script, tmp_path, monkeypatch, capsys):
+    """upload/push.py's cli in this process, without the seconds of a fresh interpreter and of the parity reload
+    (which every subprocess push above runs): returns (exit code, stdout, stderr)."""
+    script = push_script
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     options = ["--org", ORG, "--endpoint", hub.url, "--retry-wait", "0.01", "--log", str(tmp_path / "push_log.jsonl")]
 
@@ -237,6 +332,24 @@ def run_push(hub, tmp_path, monkeypatch, capsys):
         return code, *capsys.readouterr()
 
     return run
+
+
+def test_a_push_without_the_synthetic_results_writes_nothing(hub, push_script, run_push, monkeypatch, tmp_path):
+    missing = tmp_path / "results" / "synthetic.json"
+    monkeypatch.setattr(push_script, "SYNTHETIC", missing)
+    assert run_push() == (1, "", f"error: missing {missing}; run eval/run.py first.\n")
+    assert hub.requests == []
+
+
+def test_a_zoo_model_the_results_dataset_would_not_load_is_refused(push_script, monkeypatch, capsys):
+    monkeypatch.setattr(push_script, "ZOO", ["deit-plain"])
+    with pytest.raises(SystemExit) as stopped:
+        push_script.cli(["--org", ORG, "--dry-run"])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err.splitlines()[-1].split(": error: ")[1]  # after the program's name
+    assert (
+        message == "zoo models ['deit-plain'] are not named vit-*: the results dataset's config loads vit-*.json only"
+    )
 
 
 UNREADABLE = "unexpected answer from the server: "

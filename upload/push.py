@@ -1,8 +1,10 @@
 """Publish the zoo: `python upload/push.py --org ORG [--endpoint URL] [--private] [--dry-run] [NAMES ...]`.
 
 One model repo per zoo checkpoint (ORG/<name>: weights, config, remote code, image processor, card with its
-figures, results, recipe) tagged with the zoo's version, then the results dataset ORG/sink-zoo-results, the
-leaderboard Space ORG/sink-zoo-leaderboard (upload/space/) and the collection "Attention-sink ViT zoo" of them all.
+figures, `.eval_results`, results, recipe) tagged with the zoo's version, then the results dataset
+ORG/sink-zoo-results (one record per model, and results/synthetic.json as it is), the leaderboard Space
+ORG/sink-zoo-leaderboard (upload/space/) and the collection "Attention-sink ViT zoo" of them all. A model repo's
+new version drops the files of the old one that it lacks; the old version stays under its tag.
 The token comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads.
 A repo whose files all match is left alone (no parity check, no commit). Commits made are logged to
 runs/push_log.jsonl (not uploaded). Any failure ends the run with one line: `error: REPO: STEP: ...`.
@@ -10,9 +12,11 @@ runs/push_log.jsonl (not uploaded). Any failure ends the run with one line: `err
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
+from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +45,11 @@ from sink_models.leaderboard import leaderboard_record
 ROOT = Path(__file__).resolve().parents[1]
 # The zoo's image classifiers: the folders with their own remote code (the synthetic-task models have none).
 ZOO = sorted(p.parent.name for p in (ROOT / "zoo").glob("*/modeling_sink_vit.py"))
+# The dataset's config: the model records only (DESIGN.md names every zoo model vit-*). synthetic.json, of another
+# shape, gets no config: `datasets` reads a JSON object's `field` through pandas' ujson at 10 decimals, which turns
+# its smallest figures (1e-13) into 0.
+RECORDS = "vit-*.json"
+SYNTHETIC = ROOT / "results" / "synthetic.json"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -59,11 +68,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown zoo models {unknown}; allowed: {', '.join(ZOO)}")
     args.names = args.names or ZOO
+    unlisted = [name for name in args.names if not fnmatch(f"{name}.json", RECORDS)]
+    if unlisted:
+        parser.error(f"zoo models {unlisted} are not named vit-*: the results dataset's config loads {RECORDS} only")
     return args
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if not SYNTHETIC.exists():  # checked before anything is written
+        raise PushError(f"missing {SYNTHETIC}; run eval/run.py first.")
     token = get_token()  # HF_TOKEN, else the `hf auth login` store
     if token is None and not args.dry_run:
         raise PushError("no token: set HF_TOKEN or run `hf auth login` (a write token for the org).")
@@ -77,19 +91,20 @@ def main(argv: list[str]) -> int:
             repo_id = f"{args.org}/{name}"
             folder = stage_model(name, repo_id, ROOT, staging)
             result = json.loads((folder / "results.json").read_text())
-            change = retried(partial(plan, api, repo_id, folder, tag=ZOO_VERSION), f"{repo_id}: read", **retry)
-            stuck = change.exists and change.changed and change.tag is None
+            read = partial(plan, api, repo_id, folder, tag=ZOO_VERSION, mirror=True)
+            change = retried(read, f"{repo_id}: read", **retry)
+            stuck = change.exists and change.dirty and change.tag is None
             if args.dry_run:
                 print(change.describe() + (f" (refused: tag {ZOO_VERSION} is published)" if stuck else ""))
-                records[name] = leaderboard_record(result, repo_id, "(new)" if change.changed else change.head)
+                records[name] = leaderboard_record(result, repo_id, "(new)" if change.dirty else change.head)
                 continue
             if stuck:  # checked before anything is written
                 raise PushError(
-                    f"{repo_id}: {', '.join(change.changed)} changed, but tag {ZOO_VERSION} is already published; "
-                    "a version never moves: raise sink_models.hub.ZOO_VERSION."
+                    f"{repo_id}: {', '.join(change.changed + change.removed)} changed, but tag {ZOO_VERSION} is "
+                    "already published; a version never moves: raise sink_models.hub.ZOO_VERSION."
                 )
             parity = ""
-            if change.changed:  # the fresh-process reload takes seconds: worth it only before a commit
+            if change.dirty:  # the fresh-process reload takes seconds: worth it only before a commit
                 parity = f" (parity {parity_check(folder, ROOT / 'zoo' / name):.1e})"
             message = f"sink-models zoo {ZOO_VERSION}: {name}"
             commit = _push(api, change, folder, message, log, ZOO_VERSION, private=args.private, **retry)
@@ -102,6 +117,7 @@ def main(argv: list[str]) -> int:
         folder.mkdir()
         for name, record in records.items():
             (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+        shutil.copyfile(SYNTHETIC, folder / SYNTHETIC.name)  # the leaderboard's task rows, as eval/run.py wrote them
         (folder / "README.md").write_text(_dataset_card(args.org))
         space_id = f"{args.org}/{SPACE}"
         space = stage_space(ROOT / "upload" / "space", dataset_id, staging / SPACE)
@@ -127,16 +143,18 @@ def main(argv: list[str]) -> int:
 
 def _push(api: HfApi, change: Change, folder: Path, message: str, log: Path, tag: str | None, **options) -> str:
     """Commit `folder` if the plan found changes and log the commit; returns the repo's head."""
-    if not change.changed:
+    if not change.dirty:
         return change.head
-    commit = push_folder(api, change.repo_id, folder, repo_type=change.repo_type, message=message, **options)
+    commit = push_folder(
+        api, change.repo_id, folder, repo_type=change.repo_type, message=message, delete=change.removed, **options
+    )
     if commit != change.head:  # the client makes no commit when the Hub has every file already
         append_push_log(log, _entry(change.repo_id, change.repo_type, commit, tag))
     return commit
 
 
 def _at(change: Change, commit: str) -> str:
-    return f"at {commit[:12]}" if change.changed else f"unchanged at {commit[:12]}"
+    return f"at {commit[:12]}" if change.dirty else f"unchanged at {commit[:12]}"
 
 
 def _entry(repo_id: str, repo_type: str, commit: str, tag: str | None) -> dict:
@@ -147,10 +165,11 @@ def _entry(repo_id: str, repo_type: str, commit: str, tag: str | None) -> dict:
 def _dataset_card(org: str) -> str:
     return (
         "---\nlicense: apache-2.0\ntags:\n- attention-sinks\n- leaderboard\nconfigs:\n- config_name: default\n"
-        "  data_files: '*.json'\n---\n\n# sink-zoo-results\n\n"
+        f"  data_files: '{RECORDS}'\n---\n\n# sink-zoo-results\n\n"
         f"Accuracy and attention-sink metrics of the `{org}` sink-models zoo, one JSON file per checkpoint in the "
         "demo-leaderboard format (`config`: model name, sha and dtype; `results`: per task, per metric), plus the "
-        "sink metrics (sinks, NOP and broadcast sinks per image; CLS / register / patch shares).\n"
+        "sink metrics (sinks, NOP and broadcast sinks per image; CLS / register / patch shares). `synthetic.json` "
+        "holds the synthetic-task findings (`rows`: one per model and layer), as `eval/run.py` wrote them.\n"
     )
 
 
