@@ -89,7 +89,8 @@ def test_write_images_keeps_the_prose_and_reads_only_canvas_results(tmp_path):
     (tmp_path / "images.md").write_text("# Mine\n\nMy reading.\n")
     write_images(tmp_path)
     text = (tmp_path / "images.md").read_text()
-    assert text.startswith("# Mine\n\nMy reading.\n") and "| reg | 0.5 ± 0 | 1 ± 0 | 0.5 ± 0 | 0.1 ± 0 | 0.25 ± 0 |" in text
+    assert text.startswith("# Mine\n\nMy reading.\n")
+    assert "| reg | 0.5 ± 0 | 1 ± 0 | 0.5 ± 0 | 0.1 ± 0 | 0.25 ± 0 |" in text  # the registers' table
     assert (tmp_path / "images.png").read_bytes().startswith(b"\x89PNG")
     write_images(tmp_path)
     assert (tmp_path / "images.md").read_text() == text
