@@ -1,15 +1,16 @@
-"""The paper's synthetic findings (SCIENCE.md sections 5-6): what a model trained on the NOP or broadcast task does
-with its attention, per layer: routing of NOP / active queries to the null (BOS) token, attention to the task's
+"""The paper's synthetic findings (SCIENCE.md sections 5-6 and 8): what a model trained on the NOP or broadcast task
+does with its attention, per layer: routing of NOP / active queries to the null (BOS) token, attention to the task's
 key token j*, where the sink sits, ratio_out, stable rank and common-mode fraction of the head's update, sink
-events by class, the gate, the task loss, and the causal check (the loss with the sink's value zeroed).
+events by class, the gate, the task loss, the causal check (the loss with the sink's value zeroed), and the
+paper's controlled-arm measures (max inflow, the attention and global-pathway ablations, donor-transfer cosines).
 """
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from .cards import markdown_table, merge_sections
@@ -18,7 +19,7 @@ from .diagnostics import Thresholds, diagnose
 from .diagnostics.report import median
 from .errors import first_line
 from .evaluation import checkpoint_name
-from .files import atomic_write, write_json
+from .files import atomic_write, save_figure, write_json
 from .tasks import SinkTask, TokenRegressor
 
 EVAL_BATCHES, EVAL_BATCH_SIZE = 4, 256
@@ -27,6 +28,7 @@ COLUMNS = (
     ("variant", "variant"),
     ("task", "task"),
     ("seed", "seed"),
+    ("penalty", "penalty"),
     ("layer", "layer"),
     ("loss", "loss"),
     ("loss_sink_zeroed", "loss, sink value zeroed"),
@@ -46,6 +48,29 @@ COLUMNS = (
     ("events_other", "other events"),
     ("gate_nop", "gate, NOP queries"),
     ("gate_active", "gate, active queries"),
+    ("inflow", "max inflow"),
+    ("dmse_remove_attention", "dMSE, attention removed"),
+    ("dmse_remove_global", "dMSE, global removed"),
+    ("cosine_via_sink", "cosine via sink"),
+    ("cosine_via_g", "cosine via g"),
+)
+# The paper's controlled broadcast arms (SCIENCE.md section 8; KempnerInstitute/attention_sink,
+# toy/global_pathway/README.md, means over 5 seeds at d = 64, L = 32, 30,000 steps): name -> (variant, penalised,
+# numbers in ARM_COLUMNS order, None where the arm has no pathway).
+ARMS = {
+    "attention": ("plain", False, (0.1397, 0.888, 0.906, 2.906, None, 0.962, None)),
+    "+ global": ("gp", False, (0.1402, 0.103, 0.908, 2.875, 0.515, 0.957, 0.203)),
+    "+ global + penalty": ("gp", True, (0.1441, 0.062, 0.057, 0.004, 1.644, -0.035, 0.892)),
+}
+# (layer, row key, heading) of the arms table.
+ARM_COLUMNS = (
+    (1, "loss", "task MSE"),
+    (1, "inflow", "inflow L1"),
+    (2, "inflow", "inflow L2"),
+    (2, "dmse_remove_attention", "L2 dMSE remove attention"),
+    (2, "dmse_remove_global", "L2 dMSE remove global"),
+    (2, "cosine_via_sink", "L2 cosine via sink"),
+    (2, "cosine_via_g", "L2 cosine via g"),
 )
 
 
@@ -82,8 +107,11 @@ def load_task_model(folder: str | Path) -> tuple[TokenRegressor, SinkTask, dict]
 
 
 @torch.no_grad()
-def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str = "", seed: int = 0) -> list[dict]:
-    """One row per layer (head 0: the task models have one head) with the table's quantities, on held-out data."""
+def analyse(
+    model: TokenRegressor, task: SinkTask, name: str = "", variant: str = "", seed: int = 0, penalty: float = 0.0
+) -> list[dict]:
+    """One row per layer (head 0: the task models have one head) with the table's quantities, on held-out data;
+    `penalty` is the common-mode penalty's lambda the model was trained with (reported, not used)."""
     config = model.config
     prefix = config.num_prefix_tokens
     batches = [task.batch(10**9 + index, EVAL_BATCH_SIZE) for index in range(EVAL_BATCHES)]
@@ -106,7 +134,8 @@ def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str 
         queries = attention[:, prefix:]  # the task's tokens as queries
         records = [r for r in every if r["layer"] == layer and r["head"] == 0]
         sinks = torch.tensor([r["sink"] for r in sorted(records, key=lambda r: r["image"])])
-        row = {"name": name, "variant": variant, "task": task.kind, "seed": seed, "layer": layer + 1, "loss": loss}
+        row = {"name": name, "variant": variant, "task": task.kind, "seed": seed, "penalty": penalty}
+        row.update(layer=layer + 1, loss=loss)
         row["loss_sink_zeroed"] = _loss(model, batches, zero=(layer, sinks))
         if task.kind == "nop":
             null = queries[..., 0]
@@ -138,8 +167,115 @@ def analyse(model: TokenRegressor, task: SinkTask, name: str = "", variant: str 
                 row["gate_nop"], row["gate_active"] = float(per_query[~active].mean()), float(per_query[active].mean())
             else:
                 row["gate_active"] = float(per_query.mean())
+        # The paper's max inflow (its Eq. 2): the most attention one key gets, averaged over the task's queries.
+        row["inflow"] = float(queries.mean(dim=1).amax(dim=-1).mean())
+        row.update(ablations(model, task, batches, layer, loss))
         rows.append(row)
     return rows
+
+
+@torch.no_grad()
+def ablations(model: TokenRegressor, task: SinkTask, batches: list[dict], layer: int, loss: float) -> dict:
+    """The paper's interventions on one layer (toy/global_pathway/evaluate.py), each with A held fixed and run through
+    the rest of the model, on `batches` (whose unedited held-out MSE is `loss`):
+
+    - `dmse_remove_attention` / `dmse_remove_global`: the MSE change with the attention update (after o_proj and
+      any gate) / the global pathway's update set to zero (None without a pathway);
+    - `cosine_via_sink` / `cosine_via_g` (broadcast task): head 0's value at j* / the pathway's state g replaced by
+      the donor's (the next sequence of the batch: its value at its own j*, its g); the mean over sequences of
+      `transfer_cosine` between the change of the outputs and the change of the target, alpha (x'_j* - x_j*) R.
+    """
+    block = model.sink_vit.layers[layer]
+    pathway = block.global_pathway
+    prefix = model.config.num_prefix_tokens
+    width = model.config.hidden_size // model.config.num_attention_heads
+    losses = {"attention": [], "global": []}
+    cosines = {"sink": [], "g": []}
+    for batch in batches:
+        pixels, targets = batch["pixel_values"], batch["targets"]
+        tokens = pixels.squeeze(2).transpose(1, 2)
+        seen = {}
+        taps = [(block.attention.v_proj, "value")] + ([(pathway.value_proj, "state")] if pathway else [])
+        base = _predict(model, pixels, [(module, _keep(seen, key)) for module, key in taps])
+        losses["attention"].append(_mse(_predict(model, pixels, [(block.attention, _zero_first)]), targets))
+        if pathway is not None:
+            losses["global"].append(_mse(_predict(model, pixels, [(pathway, _zero)]), targets))
+        if task.kind != "broadcast":
+            continue
+        sequences = torch.arange(len(tokens))
+        donor = sequences.roll(-1)
+        jstar = (tokens @ task.direction).argmax(dim=1)
+        payload = tokens[sequences, jstar] @ task.rotation
+        desired = task.alpha * (payload[donor] - payload)
+        donor_value = _overwrite(prefix + jstar, seen["value"][donor, prefix + jstar[donor], :width])
+        edited = _predict(model, pixels, [(block.attention.v_proj, donor_value)])
+        cosines["sink"].append(transfer_cosine(edited - base, jstar, desired))
+        if pathway is not None:
+            edited = _predict(model, pixels, [(pathway.value_proj, _constant(seen["state"][donor]))])
+            cosines["g"].append(transfer_cosine(edited - base, jstar, desired))
+    result = {}
+    for key, values in losses.items():
+        result[f"dmse_remove_{key}"] = sum(values) / len(values) - loss if values else None
+    for key, values in cosines.items():
+        result[f"cosine_via_{key}"] = float(torch.cat(values).mean()) if values else None
+    return result
+
+
+def transfer_cosine(change: torch.Tensor, jstar: torch.Tensor, desired: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the cosine between the mean change (sequences, L, d) of the recipients' outputs (every token but
+    j*) and `desired` (sequences, d); sequences where either is ~0 (norm <= 1e-10) are left out, as in the paper."""
+    recipients = torch.ones(change.shape[:2], dtype=torch.bool)
+    recipients[torch.arange(len(change)), jstar] = False
+    mean = (change * recipients[..., None]).sum(dim=1) / recipients.sum(dim=1, keepdim=True)
+    kept = (mean.norm(dim=-1) > 1e-10) & (desired.norm(dim=-1) > 1e-10)
+    return F.cosine_similarity(mean[kept], desired[kept], dim=-1)
+
+
+def _predict(model: TokenRegressor, pixels: torch.Tensor, hooks: list) -> torch.Tensor:
+    """The model's predictions with the forward hooks `hooks` ((module, hook), ...) in place for this one pass."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        return model(pixels)["predictions"]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _mse(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    return float(F.mse_loss(predictions, targets))
+
+
+def _keep(store: dict, key: str):
+    def hook(module, args, output):
+        store[key] = output
+
+    return hook
+
+
+def _overwrite(positions: torch.Tensor, values: torch.Tensor):
+    """A hook writing values[i] (sequences, width) over the first width channels of token positions[i] of sequence i."""
+
+    def hook(module, args, output):
+        output = output.clone()
+        output[torch.arange(len(output)), positions, : values.shape[-1]] = values
+        return output
+
+    return hook
+
+
+def _constant(value: torch.Tensor):
+    def hook(module, args, output):
+        return value
+
+    return hook
+
+
+def _zero(module, args, output):
+    return torch.zeros_like(output)
+
+
+def _zero_first(module, args, output):
+    return (torch.zeros_like(output[0]), *output[1:])
 
 
 def _loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Tensor] | None = None) -> float:
@@ -173,6 +309,26 @@ def _loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Ten
 def table(rows: list[dict]) -> str:
     """The Markdown table of `rows` (the COLUMNS, in order)."""
     return markdown_table([heading for _, heading in COLUMNS], [[row[key] for key, _ in COLUMNS] for row in rows])
+
+
+def arms_table(rows: list[dict]) -> str:
+    """The paper's controlled broadcast arms (ARMS) among `rows`: one line per seed, their mean (None where a seed
+    has None) and the paper's numbers, in ARM_COLUMNS; empty text when no row is one of the arms."""
+    lines = []
+    for arm, (variant, penalised, paper) in ARMS.items():
+        runs = {}  # (seed, name) -> layer -> row
+        for row in rows:
+            if (row["task"], row["variant"], bool(row["penalty"])) == ("broadcast", variant, penalised):
+                runs.setdefault((row["seed"], row["name"]), {})[row["layer"]] = row
+        if not runs:
+            continue
+        measured = [[runs[run][layer][key] for layer, key, _ in ARM_COLUMNS] for run in sorted(runs)]
+        lines += [[arm, f"seed {seed}", *values] for (seed, _), values in zip(sorted(runs), measured, strict=True)]
+        means = [None if None in column else sum(column) / len(column) for column in zip(*measured, strict=True)]
+        lines += [[arm, f"mean of {len(measured)}", *means], [arm, "paper (5 seeds)", *paper]]
+    if not lines:
+        return ""
+    return markdown_table(["arm", "source", *(heading for _, _, heading in ARM_COLUMNS)], lines)
 
 
 def retrain(folder: str | Path, steps: int, seed: int, output_dir: str | Path) -> Path:
@@ -210,7 +366,8 @@ def synthetic_rows(folders: list[str], retrain_steps: int = 0, seeds=(0,), work_
     rows = []
     for name, folder in runs:
         model, task, args = load_task_model(folder)
-        rows.extend(analyse(model, task, name, args["model"]["variant"], args["train"]["seed"]))
+        penalty = args["train"].get("common_mode_penalty", 0.0)  # absent in checkpoints from before the penalty
+        rows.extend(analyse(model, task, name, args["model"]["variant"], args["train"]["seed"], penalty))
     rows.sort(key=lambda r: (r["task"] != "nop", r["variant"], r["name"], r["seed"], r["layer"]))
     return rows
 
@@ -228,7 +385,10 @@ def write_synthetic(rows: list[dict], results_dir: Path, retrain_steps: int = 0)
         + (f", models retrained for {retrain_steps} steps" if retrain_steps else ", the zoo's models")
         + ". One row per model and layer; attention figures are head 0's (the task models have one head).\n\n"
         + table(rows)
-        + f"\n\n![The synthetic findings]({figure.name})\n<!-- sink-models:end table -->"
+        + f"\n\n![The synthetic findings]({figure.name})\n<!-- sink-models:end table -->\n\n"
+        "<!-- sink-models:begin arms -->\n"
+        + (arms_table(rows) or "None of these models is one of the paper's controlled broadcast arms.")
+        + "\n<!-- sink-models:end arms -->"
     )
     path = results_dir / "synthetic.md"
     old = path.read_text() if path.exists() else "# The paper's synthetic findings, measured\n\n"
@@ -258,17 +418,16 @@ def plot_synthetic(rows: list[dict], path: Path) -> Path:
         ("attention_registers", "attn to registers"),
         ("common_mode", "common-mode"),
     )
-    _bars(right, broadcast, bars, lambda r: f"{r['variant']} s{r['seed']} L{r['layer']}")
+    _bars(
+        right, broadcast, bars, lambda r: f"{r['variant']}{'+pen' if r['penalty'] else ''} s{r['seed']} L{r['layer']}"
+    )
     right.set_title("Broadcast task: routing to j*, per layer", pad=42)
     for axis in (left, right):
         axis.set_ylim(0, 1.05)
         axis.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         axis.tick_params(axis="x", labelsize=7)
     figure.tight_layout()
-    staging = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(staging, dpi=110)
-    plt.close(figure)
-    return Path(os.replace(staging, path) or path)
+    return save_figure(figure, path, dpi=110)
 
 
 def _bars(axis, rows: list[dict], bars, label) -> None:

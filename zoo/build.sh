@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 
 CANVAS=(plain gated gated-headwise reg gated-reg gp gp-penalty)
 SYNTHETIC=(plain gated gated-headwise reg gated-reg)
+ARMS=(gp gp-penalty)  # the paper's controlled broadcast arms, beside broadcast-plain
 into=zoo
 if [ "${1:-}" = --into ]; then into=$2; shift 2; fi
 
@@ -26,6 +27,7 @@ if [ $# -eq 0 ]; then
   for seed in 0 1; do
     for variant in "${CANVAS[@]}"; do items+=("canvas-$variant:$seed"); done
     for task in nop broadcast; do for variant in "${SYNTHETIC[@]}"; do items+=("$task-$variant:$seed"); done; done
+    for variant in "${ARMS[@]}"; do items+=("broadcast-$variant:$seed"); done
   done
 fi
 
