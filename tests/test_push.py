@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 import yaml
@@ -53,7 +54,8 @@ def pushed(hub, tmp_path):
 
 
 def test_a_pushed_model_loads_with_remote_code_at_its_tag_and_carries_its_card(hub, pushed, tmp_path):
-    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    local = SinkViTForImageClassification.from_pretrained(ROOT / "zoo" / NAME).eval()
+    images = conftest.images(local.config, batch=2, seed=1)
     torch.save(images, tmp_path / "images.pt")
     loaded = in_fresh_process(
         hub,
@@ -76,7 +78,6 @@ print(json.dumps({{"module": type(model).__module__, "logits": logits.tolist(), 
 """,
     )
     assert loaded["module"].startswith("transformers_modules")  # the repo's own code ran
-    local = SinkViTForImageClassification.from_pretrained(ROOT / "zoo" / NAME).eval()
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(loaded["logits"]), local(images).logits, atol=1e-5, rtol=0)
     result = json.loads((ROOT / "results" / f"{NAME}.json").read_text())
