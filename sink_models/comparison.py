@@ -202,8 +202,8 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
 
 
 def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
-    """Three panels: NOP and broadcast sinks per variant (bars: mean, dots: seeds), sinks per layer, and top-1
-    against sinks per image."""
+    """Four panels: NOP and broadcast sinks per variant, each on its own scale (bars: mean, dots: seeds), sinks per
+    layer, and top-1 against sinks per image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,17 +211,18 @@ def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
 
     numbers = {name: [figures(r) for _, r in sorted(by_seed.items())] for name, by_seed in results.items()}
     names = list(numbers)
-    fig, (classes, depth, scatter) = plt.subplots(1, 3, figsize=(16, 4.6))
-    for offset, (key, colour) in enumerate((("nop", "tab:blue"), ("broadcast", "tab:orange"))):
+    fig, (nop, broadcast, depth, scatter) = plt.subplots(1, 4, figsize=(20, 4.6))
+    for axis, key, label, colour in (
+        (nop, "nop", "NOP", "tab:blue"),
+        (broadcast, "broadcast", "Broadcast", "tab:orange"),
+    ):
         for index, name in enumerate(names):
             values = [n[key] for n in numbers[name]]
-            x = index + (offset - 0.5) * 0.38
-            classes.bar(x, statistics.fmean(values), 0.36, color=colour, alpha=0.6, label=key if index == 0 else None)
-            classes.scatter([x] * len(values), values, color="black", s=10, zorder=3)
-    classes.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    classes.set_ylabel("sink events per image")
-    classes.set_title("NOP and broadcast sinks (bars: mean, dots: seeds)")
-    classes.legend()
+            axis.bar(index, statistics.fmean(values), 0.6, color=colour, alpha=0.6)
+            axis.scatter([index] * len(values), values, color="black", s=10, zorder=3)
+        axis.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        axis.set_ylabel(f"{label} sinks per image")
+        axis.set_title(f"{label} sinks (bars: mean, dots: seeds)")
     for name in names:
         layers = [n["layer_sinks"] for n in numbers[name]]
         depth.plot(range(len(layers[0])), [statistics.fmean(v) for v in zip(*layers, strict=True)], marker="o",
@@ -235,7 +236,7 @@ def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
     scatter.set_ylabel("held-out top-1 (%)")
     scatter.set_title("Accuracy against sinks (one dot per seed)")
     fig.tight_layout()
-    return save_figure(fig, path, dpi=90)
+    return save_figure(fig, path, dpi=80)
 
 
 def write_images(results_dir: Path) -> Path | None:
