@@ -108,7 +108,7 @@ def leaderboard_record(result: dict, repo_id: str, commit: str | None) -> dict:
             },
         },
         "model": {
-            "variant": training.get("model", {}).get("variant"),
+            "variant": _variant(training),
             "size": training.get("model", {}).get("size"),
             "dataset": training.get("data", {}).get("dataset"),  # what it was trained on (None: not by us)
             "seed": training.get("train", {}).get("seed"),
@@ -120,6 +120,13 @@ def leaderboard_record(result: dict, repo_id: str, commit: str | None) -> dict:
         "stability": {key: stability.get(key) for key in STABILITY},
         "recipe": recipe_digest(result.get("training")),
     }
+
+
+def _variant(training: dict) -> str | None:
+    """The recipe's variant, `-penalty` added when it trained with the common-mode penalty (same architecture)."""
+    variant = training.get("model", {}).get("variant")
+    penalised = (training.get("train", {}).get("common_mode_penalty") or 0) > 0
+    return f"{variant}-penalty" if variant and penalised else variant
 
 
 def recipe_digest(training: dict | None) -> str | None:

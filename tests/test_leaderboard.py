@@ -404,3 +404,11 @@ def test_the_app_shows_both_tables_groups_seeds_and_sorts(tmp_path):
 @pytest.fixture(autouse=True)
 def _no_gradio_calls_home(monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def test_a_penalised_recipe_is_its_own_variant():
+    penalised = leaderboard_record(reseeded("vit-plain", 0, 0.9) | {"name": "p"}, "org/p", None)
+    assert penalised["model"]["variant"] == "plain"
+    result = reseeded("vit-plain", 0, 0.9)
+    result["training"]["train"]["common_mode_penalty"] = 1.0
+    assert leaderboard_record(result, "org/p", None)["model"]["variant"] == "plain-penalty"
