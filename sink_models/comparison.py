@@ -121,20 +121,32 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
         )  # fmt: skip
     )
     if "plain" in numbers:
-        rows = []
-        for name in numbers:
-            if name == "plain":
-                continue
-            paired = [s for s in seeds if s in numbers[name] and s in numbers["plain"]]
-            row = [name, ", ".join(map(str, paired))]
-            for key in ("accuracy", "sinks", "nop", "broadcast"):
-                diffs = [numbers[name][s][key] - numbers["plain"][s][key] for s in paired]
-                row.append(spread(diffs) + " (" + ", ".join(f"{d:+.2f}" for d in diffs) + ")")
-            rows.append(row)
         sections.append(
             "### Paired differences from plain, seed by seed (mean ± sd (per seed))\n\n"
-            + markdown_table(
-                ["variant", "seeds", "Δ top-1 (pp)", "Δ sinks / img", "Δ NOP / img", "Δ broadcast / img"], rows
+            + _paired(
+                numbers,
+                seeds,
+                {
+                    "accuracy": "Δ top-1 (pp)",
+                    "sinks": "Δ sinks / img",
+                    "nop": "Δ NOP / img",
+                    "broadcast": "Δ broadcast / img",
+                },
+            )  # fmt: skip
+        )
+        sections.append(
+            "### Paired differences from plain in stability and concentration, seed by seed\n\n"
+            + _paired(
+                numbers,
+                seeds,
+                {
+                    "largest_activation": "Δ largest activation",
+                    "token_norm_ratio": "Δ token-norm max / median",
+                    "largest_grad_norm": "Δ largest grad norm",
+                    "loss_spikes": "Δ loss spikes",
+                    "top3_heads": "Δ top-3 heads' share",
+                    "cls_share": "Δ CLS share",
+                },
             )  # fmt: skip
         )
     depth = max(len(n["layer_sinks"]) for by_seed in numbers.values() for n in by_seed.values())
@@ -199,6 +211,22 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     )
     models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
     return f"Models ({models}); mean ± sample standard deviation over seeds.\n\n" + "\n\n".join(sections)
+
+
+def _paired(numbers: dict[str, dict[int, dict]], seeds: list[int], columns: dict[str, str]) -> str:
+    """Each variant minus plain of the same seed: mean ± sd, then the per-seed differences."""
+    rows = []
+    for name in numbers:
+        if name == "plain":
+            continue
+        paired = [s for s in seeds if s in numbers[name] and s in numbers["plain"]]
+        row = [name, ", ".join(map(str, paired))]
+        for key in columns:
+            pairs = [(numbers[name][s][key], numbers["plain"][s][key]) for s in paired]
+            diffs = [a - b for a, b in pairs if a is not None and b is not None]
+            row.append(spread(diffs) + " (" + ", ".join(f"{d:+.2f}" for d in diffs) + ")" if diffs else "-")
+        rows.append(row)
+    return markdown_table(["variant", "seeds", *columns.values()], rows)
 
 
 def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:

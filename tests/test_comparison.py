@@ -74,6 +74,9 @@ def test_the_tables_pair_seeds_and_compare_with_the_paper(tmp_path):
     assert "2.5 ± 3.54 (+5.00, +0.00)" in row and "-0.35 ± 0.212 (-0.50, -0.20)" in row
     assert "| plain | 0.9 ± 0 (33% CLS) | 0.1 ± 0 (0% CLS) |" in text
     assert "Registers" not in text  # no register variant, no register table
+    stability = text.split("in stability and concentration")[1].splitlines()
+    gated = next(line for line in stability if line.startswith("| gated |"))
+    assert gated.startswith("| gated | 0, 1 | 0 ± 0 (+0.00, +0.00) |")  # largest activation 5 + seed in both
 
 
 def test_write_images_keeps_the_prose_and_reads_only_canvas_results(tmp_path):
