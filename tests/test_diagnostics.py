@@ -343,3 +343,10 @@ def test_wrong_image_size_is_the_model_s_own_error():
     model = SinkViTModel(tiny_config("plain")).eval()
     with pytest.raises(ValueError, match="does not match the model's 16x16"):
         diagnose(model, [torch.randn(2, 3, 20, 20)])
+
+
+def test_the_diagnostic_plane_labels_one_two_five_ticks_only():
+    from sink_models.diagnostics.plots import _one_two_five
+
+    labels = {value: _one_two_five(value, None) for value in (0.02, 0.03, 0.5, 0.7, 1.0, 2.0, 4.0, 50.0)}
+    assert labels == {0.02: "0.02", 0.03: "", 0.5: "0.5", 0.7: "", 1.0: "1", 2.0: "2", 4.0: "", 50.0: "50"}

@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 CLASS_COLOURS = {"nop": "tab:blue", "broadcast": "tab:red", "other": "tab:gray"}
 TYPE_COLOURS = {"cls": "tab:orange", "register": "tab:green", "patch": "tab:purple"}
@@ -83,6 +84,9 @@ def _diagnostic_plane(report):
             x, y = zip(*points, strict=True)
             axis.scatter(x, y, s=12, alpha=0.7, color=colour, label=f"{name} ({len(points)})")
     axis.set_xscale("log")
+    # Plain 1-2-5 labels: matplotlib's labelled minor ticks (2x10^-1, 3x10^-1, ...) run into each other.
+    axis.xaxis.set_major_formatter(FuncFormatter(_one_two_five))
+    axis.xaxis.set_minor_formatter(FuncFormatter(_one_two_five))
     axis.axvline(thresholds["nop_ratio"], color=CLASS_COLOURS["nop"], linestyle="--", linewidth=1)
     axis.axvline(thresholds["broadcast_ratio"], color=CLASS_COLOURS["broadcast"], linestyle="--", linewidth=1)
     axis.axhline(thresholds["broadcast_rank"], color=CLASS_COLOURS["broadcast"], linestyle=":", linewidth=1)
@@ -128,3 +132,9 @@ def _inflow_maps(report, layer: int):
         f"Layer {layer}, image {maps['image']}: mean attention each token receives, per head (red: the sink)"
     )
     return figure
+
+
+def _one_two_five(value: float, _position) -> str:
+    """A log-axis tick label for 1, 2 and 5 times a power of ten ("0.2", "5"), none for the other ticks."""
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if round(mantissa, 6) in (1, 2, 5) else ""
