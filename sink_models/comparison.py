@@ -50,7 +50,7 @@ def figures(result: dict) -> dict:
 
     stability = result.get("stability") or {}
     return {
-        "accuracy": 100 * result["accuracy"]["top1"],
+        "accuracy": None if not result.get("accuracy") else 100 * result["accuracy"]["top1"],
         "sinks": sinks["sinks_per_image"],
         "nop": sinks["nop_per_image"],
         "broadcast": sinks["broadcast_per_image"],
@@ -154,8 +154,9 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     for name in numbers:
         cells = []
         for layer in range(depth):
-            sinks = spread([n["layer_sinks"][layer] for n in numbers[name].values()])
-            cls = [n["layer_cls"][layer] for n in numbers[name].values() if n["layer_cls"][layer] is not None]
+            runs = [n for n in numbers[name].values() if layer < len(n["layer_sinks"])]  # depths may differ
+            sinks = spread([n["layer_sinks"][layer] for n in runs])
+            cls = [n["layer_cls"][layer] for n in runs if n["layer_cls"][layer] is not None]
             cells.append(sinks + (f" ({100 * statistics.fmean(cls):.0f}% CLS)" if cls else ""))
         rows.append([name, *cells])
     sections.append(
@@ -253,9 +254,10 @@ def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
         axis.set_title(f"{label} sinks (bars: mean, dots: seeds)")
     for name in names:
         layers = [n["layer_sinks"] for n in numbers[name]]
-        depth.plot(range(len(layers[0])), [statistics.fmean(v) for v in zip(*layers, strict=True)], marker="o",
-                   label=name)  # fmt: skip
-        scatter.scatter([n["sinks"] for n in numbers[name]], [n["accuracy"] for n in numbers[name]], label=name)
+        means = [statistics.fmean(v[i] for v in layers if i < len(v)) for i in range(max(map(len, layers)))]
+        depth.plot(range(len(means)), means, marker="o", label=name)
+        measured = [n for n in numbers[name] if n["accuracy"] is not None]
+        scatter.scatter([n["sinks"] for n in measured], [n["accuracy"] for n in measured], label=name)
     depth.set_xlabel("layer")
     depth.set_ylabel("sink events per image (mean over seeds)")
     depth.set_title("Where sinks sit over depth")

@@ -320,6 +320,8 @@ def arms_table(rows: list[dict]) -> str:
         for row in rows:
             if (row["task"], row["variant"], bool(row["penalty"])) == ("broadcast", variant, penalised):
                 runs.setdefault((row["seed"], row["name"]), {})[row["layer"]] = row
+        # The paper's arms have two layers: a broadcast model of another depth is no run of them.
+        runs = {run: layers for run, layers in runs.items() if all(layer in layers for layer, _, _ in ARM_COLUMNS)}
         if not runs:
             continue
         measured = [[runs[run][layer][key] for layer, key, _ in ARM_COLUMNS] for run in sorted(runs)]

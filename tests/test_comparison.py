@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from sink_models.comparison import arm, canvas_results, figures, spread, tables, write_images
+from sink_models.comparison import arm, canvas_results, figures, plot, spread, tables, write_images
 
 
 def result(variant, seed, *, top1, nop, broadcast, penalty=0.0, dataset="canvas-digits", heads=(6, 3, 1, 0)):
@@ -97,3 +97,14 @@ def test_write_images_keeps_the_prose_and_reads_only_canvas_results(tmp_path):
     assert (tmp_path / "images.png").read_bytes().startswith(b"\x89PNG")
     write_images(tmp_path)
     assert (tmp_path / "images.md").read_text() == text
+
+
+def test_models_of_other_depths_and_without_accuracy_still_tabulate(tmp_path):
+    deeper = result("plain", 1, top1=0.5, nop=0.0, broadcast=1.0)
+    deeper["layers"].append({"sinks_per_image": 0.4, "events": 4, "cls": 4})
+    deeper["accuracy"] = None  # e.g. a checkpoint whose head does not name the dataset's classes
+    results = {"plain": {0: result("plain", 0, top1=0.8, nop=0.0, broadcast=1.0), 1: deeper}}
+    text = tables(results)
+    assert "| plain | 2 | 80 |" in text  # the one accuracy measured
+    assert text.count("| layer 2 |") == 1 and "| 0.4 (100% CLS) |" in text
+    assert plot(results, tmp_path / "images.png").read_bytes().startswith(b"\x89PNG")

@@ -258,6 +258,7 @@ def test_the_arms_table_puts_the_mean_over_seeds_beside_the_paper():
             )
     rows.append(rows[0] | {"variant": "reg", "penalty": 0.0})  # not an arm
     rows.append(rows[0] | {"penalty": 0.0, "task": "nop"})  # not an arm either
+    rows.append(rows[0] | {"name": "one-layer", "seed": 7})  # a penalised gp model of another depth: not the arm
     lines = arms_table(rows).splitlines()
     assert lines[0] == (
         "| arm | source | task MSE | inflow L1 | inflow L2 | L2 dMSE remove attention | L2 dMSE remove global | "
@@ -269,7 +270,7 @@ def test_the_arms_table_puts_the_mean_over_seeds_beside_the_paper():
         "| + global + penalty | mean of 2 | 0.15 | 0.75 | 1 | 0.01 | 2.5 | -0.1 | - |",
         "| + global + penalty | paper (5 seeds) | 0.144 | 0.062 | 0.057 | 0.004 | 1.64 | -0.035 | 0.892 |",
     ]
-    assert arms_table(rows[-2:]) == ""
+    assert arms_table(rows[-3:]) == ""
 
 
 def test_the_penalty_recipe_is_the_gp_recipe_with_the_papers_lambda():

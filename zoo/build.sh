@@ -13,7 +13,13 @@ CANVAS=(plain gated gated-headwise reg gated-reg gp gp-penalty)
 SYNTHETIC=(plain gated gated-headwise reg gated-reg)
 ARMS=(gp gp-penalty)  # the paper's controlled broadcast arms, beside broadcast-plain
 into=zoo
-if [ "${1:-}" = --into ]; then into=$2; shift 2; fi
+if [ "${1:-}" = --into ]; then
+  [ $# -ge 2 ] || { echo "zoo/build.sh: --into needs a folder" >&2; exit 2; }
+  into=$2
+  shift 2
+fi
+jobs=${JOBS:-2}
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "zoo/build.sh: JOBS='$jobs'; allowed: a positive integer" >&2; exit 2; }
 
 items=()
 for item in "$@"; do
@@ -32,6 +38,7 @@ if [ $# -eq 0 ]; then
 fi
 
 names=()
+declare -A seen
 for item in "${items[@]}"; do
   recipe=${item%%:*}
   seed=0
@@ -47,6 +54,11 @@ for item in "${items[@]}"; do
     exit 2
   fi
   [ "$seed" != 0 ] && name=$name-seed$seed
+  if [ -n "${seen[$name]:-}" ]; then
+    echo "zoo/build.sh: '$item' names $name twice; allowed: each model once" >&2
+    exit 2
+  fi
+  seen[$name]=1
   names+=("$recipe $seed $name")
 done
 
@@ -64,12 +76,14 @@ build() {
 }
 
 mkdir -p runs/zoo "$into"
+# A failed model stops the others too: none of them may move a model into place after the build reported failure.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 running=0
 for entry in "${names[@]}"; do
   # shellcheck disable=SC2086
   build $entry &
   running=$((running + 1))
-  if [ "$running" -ge "${JOBS:-2}" ]; then wait -n || exit 1; running=$((running - 1)); fi
+  if [ "$running" -ge "$jobs" ]; then wait -n || exit 1; running=$((running - 1)); fi
 done
 while [ "$running" -gt 0 ]; do wait -n || exit 1; running=$((running - 1)); done
 du -sh "$into"
