@@ -87,68 +87,75 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+# Figure keys and their headings, per table of means over seeds.
+CLASSES = {"accuracy": "top-1 (%)", "sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img",
+           "other": "other / img"}  # fmt: skip
+PAIRED = {"accuracy": "Δ top-1 (pp)", "sinks": "Δ sinks / img", "nop": "Δ NOP / img", "broadcast": "Δ broadcast / img"}
+PAIRED_STABILITY = {"largest_activation": "Δ largest activation", "token_norm_ratio": "Δ token-norm max / median",
+                    "largest_grad_norm": "Δ largest grad norm", "loss_spikes": "Δ loss spikes",
+                    "top3_heads": "Δ top-3 heads' share", "cls_share": "Δ CLS share"}  # fmt: skip
+CONCENTRATION = {"heads_with_sinks": "heads with sinks", "top_head": "top head", "top3_heads": "top 3 heads"}
+REGISTERS = {"register_share": "register share", "register_share_nop": "register share of NOP",
+             "register_share_broadcast": "register share of broadcast", "nop_on_registers": "NOP on registers / img",
+             "cls_share": "CLS share"}  # fmt: skip
+STABILITY = {"accuracy": "top-1 (%)", "largest_activation": "largest activation",
+             "token_norm_ratio": "token-norm max / median", "loss_spikes": "loss spikes",
+             "largest_grad_norm": "largest grad norm"}  # fmt: skip
+
+
 def tables(results: dict[str, dict[int, dict]]) -> str:
     """The generated section of results/images.md: one table per claim, mean ± sd over seeds."""
     numbers = {name: {seed: figures(r) for seed, r in sorted(by_seed.items())} for name, by_seed in results.items()}
     seeds = sorted({seed for by_seed in numbers.values() for seed in by_seed})
-
-    def over(name: str, key: str) -> str:
-        return spread([n[key] for n in numbers[name].values()])
-
-    def paper(name: str) -> str:
-        return "{:.2f} / {:.2f}".format(*PAPER[name]) if name in PAPER else ""
-
-    sections = []
-    rows = [
-        [name, len(numbers[name]), over(name, "accuracy"), over(name, "sinks"), over(name, "nop"),
-         over(name, "broadcast"), over(name, "other"), paper(name)]
-        for name in numbers
-    ]  # fmt: skip
-    sections.append(
+    sections = [
         "### Sinks per image by class (gating vs NOP, registers, global pathway + penalty)\n\n"
-        + markdown_table(
-            [
-                "variant",
-                "seeds",
-                "top-1 (%)",
-                "sinks / img",
-                "NOP / img",
-                "broadcast / img",
-                "other / img",
-                "paper NOP / broadcast",
-            ],
-            rows,
-        )  # fmt: skip
-    )
+        + _means(numbers, CLASSES, against_paper=True)
+    ]
     if "plain" in numbers:
         sections.append(
             "### Paired differences from plain, seed by seed (mean ± sd (per seed))\n\n"
-            + _paired(
-                numbers,
-                seeds,
-                {
-                    "accuracy": "Δ top-1 (pp)",
-                    "sinks": "Δ sinks / img",
-                    "nop": "Δ NOP / img",
-                    "broadcast": "Δ broadcast / img",
-                },
-            )  # fmt: skip
+            + _paired(numbers, seeds, PAIRED)
         )
         sections.append(
             "### Paired differences from plain in stability and concentration, seed by seed\n\n"
-            + _paired(
-                numbers,
-                seeds,
-                {
-                    "largest_activation": "Δ largest activation",
-                    "token_norm_ratio": "Δ token-norm max / median",
-                    "largest_grad_norm": "Δ largest grad norm",
-                    "loss_spikes": "Δ loss spikes",
-                    "top3_heads": "Δ top-3 heads' share",
-                    "cls_share": "Δ CLS share",
-                },
-            )  # fmt: skip
+            + _paired(numbers, seeds, PAIRED_STABILITY)
         )
+    sections.append(
+        "### Where sinks sit over depth: sinks / img per layer (share of them on CLS, mean over seeds)\n\n"
+        + _depth(numbers)
+    )
+    sections.append(
+        "### How concentrated sinks are in a few heads (shares of all sink events)\n\n" + _means(numbers, CONCENTRATION)
+    )
+    registered = {name: runs for name, runs in numbers.items() if "reg" in name}
+    if registered:
+        sections.append(
+            "### Registers: how many sinks they absorb, and whether they also serve NOP\n\n"
+            + _means(registered, REGISTERS)
+        )
+    sections.append("### Stability and performance (training run and held-out images)\n\n" + _means(numbers, STABILITY))
+    models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
+    return f"Models ({models}); mean ± sample standard deviation over seeds.\n\n" + "\n\n".join(sections)
+
+
+def _means(numbers: dict[str, dict[int, dict]], columns: dict[str, str], against_paper: bool = False) -> str:
+    """One row per variant: mean ± sd over its seeds of each column; `against_paper` adds the seed count and the
+    paper's NOP / broadcast sinks per image."""
+    rows = []
+    for name, runs in numbers.items():
+        cells = [spread([n[key] for n in runs.values()]) for key in columns]
+        if against_paper:
+            paper = "{:.2f} / {:.2f}".format(*PAPER[name]) if name in PAPER else ""
+            cells = [len(runs), *cells, paper]
+        rows.append([name, *cells])
+    headings = [*columns.values()]
+    if against_paper:
+        headings = ["seeds", *headings, "paper NOP / broadcast"]
+    return markdown_table(["variant", *headings], rows)
+
+
+def _depth(numbers: dict[str, dict[int, dict]]) -> str:
+    """Sinks per image in each layer, mean ± sd over seeds, with the share of them on CLS."""
     depth = max(len(n["layer_sinks"]) for by_seed in numbers.values() for n in by_seed.values())
     rows = []
     for name in numbers:
@@ -159,59 +166,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             cls = [n["layer_cls"][layer] for n in runs if n["layer_cls"][layer] is not None]
             cells.append(sinks + (f" ({100 * statistics.fmean(cls):.0f}% CLS)" if cls else ""))
         rows.append([name, *cells])
-    sections.append(
-        "### Where sinks sit over depth: sinks / img per layer (share of them on CLS, mean over seeds)\n\n"
-        + markdown_table(["variant", *(f"layer {layer}" for layer in range(depth))], rows)
-    )
-    rows = [
-        [name, over(name, "heads_with_sinks"), over(name, "top_head"), over(name, "top3_heads")] for name in numbers
-    ]
-    sections.append(
-        "### How concentrated sinks are in a few heads (shares of all sink events)\n\n"
-        + markdown_table(["variant", "heads with sinks", "top head", "top 3 heads"], rows)
-    )
-    registered = [name for name in numbers if "reg" in name]
-    if registered:
-        rows = [
-            [name, over(name, "register_share"), over(name, "register_share_nop"),
-             over(name, "register_share_broadcast"), over(name, "nop_on_registers"), over(name, "cls_share")]
-            for name in registered
-        ]  # fmt: skip
-        sections.append(
-            "### Registers: how many sinks they absorb, and whether they also serve NOP\n\n"
-            + markdown_table(
-                [
-                    "variant",
-                    "register share",
-                    "register share of NOP",
-                    "register share of broadcast",
-                    "NOP on registers / img",
-                    "CLS share",
-                ],
-                rows,
-            )  # fmt: skip
-        )
-    rows = [
-        [name, over(name, "accuracy"), over(name, "largest_activation"), over(name, "token_norm_ratio"),
-         over(name, "loss_spikes"), over(name, "largest_grad_norm")]
-        for name in numbers
-    ]  # fmt: skip
-    sections.append(
-        "### Stability and performance (training run and held-out images)\n\n"
-        + markdown_table(
-            [
-                "variant",
-                "top-1 (%)",
-                "largest activation",
-                "token-norm max / median",
-                "loss spikes",
-                "largest grad norm",
-            ],
-            rows,
-        )  # fmt: skip
-    )
-    models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
-    return f"Models ({models}); mean ± sample standard deviation over seeds.\n\n" + "\n\n".join(sections)
+    return markdown_table(["variant", *(f"layer {layer}" for layer in range(depth))], rows)
 
 
 def _paired(numbers: dict[str, dict[int, dict]], seeds: list[int], columns: dict[str, str]) -> str:
