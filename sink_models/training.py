@@ -9,6 +9,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -19,7 +20,17 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import default_image_processor, save_checkpoint
 from .configuration_sink_vit import as_pair
-from .data import CANVAS, IGNORED, Augmentation, Canvas, Collate, Indexed, load_image_data, parse_options
+from .data import (
+    CANVAS,
+    IGNORED,
+    Augmentation,
+    Canvas,
+    Collate,
+    ImageData,
+    Indexed,
+    load_image_data,
+    parse_options,
+)
 from .errors import json_object
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, preset_config
@@ -144,12 +155,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 
     `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
     """
-    fields_of = "a JSON object of SinkViTConfig fields"
-    overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
-    if model_args.variant not in VARIANTS:
-        raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
-    if not args.common_mode_penalty >= 0:
-        raise ValueError(f"common_mode_penalty: got {args.common_mode_penalty}; allowed: a weight >= 0 (0 = off).")
+    overrides = _checked_overrides(model_args, args)
     output_dir = Path(args.output_dir)
     trackers = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
@@ -165,42 +171,11 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         task = SinkTask(data_args.dataset, dim=data_args.task_dim, length=data_args.task_length, seed=args.seed)
         config = task.model_config(**VARIANTS[model_args.variant], **overrides)
         model = TokenRegressor(config, learn_positions=task.kind == "broadcast")  # as in the paper's two toys
-        blocks = model.sink_vit.layers
     else:
-        with accelerator.main_process_first():  # one process prepares the data, the others read its cache
-            data = load_image_data(
-                data_args.dataset,
-                image_column=data_args.image_column,
-                label_column=data_args.label_column,
-                train_split=data_args.train_split,
-                eval_split=data_args.eval_split,
-                options=data_args.dataset_options,
-            )
-        labels = dict(enumerate(data.labels))
-        config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
-        if data_args.dataset == CANVAS:
-            _check_canvas(config.image_size, data_args.dataset_options)
-        model = paired_initialization(SinkViTForImageClassification(config), args.seed)
-        blocks = model.sink_vit.layers
-        processor = default_image_processor(config)
-        augmentation = None
-        if data_args.augment:
-            augmentation = Augmentation(scale=(data_args.crop_scale_min, 1.0), flip=data_args.flip)
-        mode = "RGB" if config.num_channels == 3 else "L"
-        collate = Collate(processor, mode=mode, prepare=data.prepare, augmentation=augmentation, seed=args.seed)
-        # Its own generator: a loader that draws its worker seed from the global RNG when an iterator starts
-        # would shift the model's dropout stream on resume, which starts an iterator mid-epoch.
-        loader = torch.utils.data.DataLoader(
-            Indexed(data.train),
-            args.per_device_batch_size,
-            shuffle=True,
-            collate_fn=collate,
-            drop_last=True,
-            generator=torch.Generator().manual_seed(args.seed),
+        model, data, collate, loader, eval_loader, processor = _image_run(
+            model_args, data_args, args, overrides, accelerator
         )
-        eval_loader = torch.utils.data.DataLoader(
-            Indexed(data.eval), args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
-        )
+    blocks = model.sink_vit.layers
 
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     if task is None:
@@ -292,22 +267,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         penalty.remove()
 
     evaluation = _evaluate(accelerator, model, task, eval_loader, data_args, args)
-    skipped = None if collate is None else int(accelerator.reduce(torch.tensor(collate.skipped), "sum"))
-    summary = {
-        "steps": state.step,
-        "final_loss": state.recent_losses[-1] if state.recent_losses else None,
-        "evaluation": evaluation,
-        "stability": {
-            "loss_spikes": state.spikes,
-            "largest_grad_norm": state.largest_grad,
-            "largest_activation": state.largest_activation,
-        },
-        "skipped_images": skipped,
-        "skipped_examples": [] if collate is None else collate.skipped_examples,
-        "processes": accelerator.num_processes,
-        # One sum of all parameters per process: equal when the ranks stayed in sync.
-        "parameter_checksums": gather_object([sum(float(p.detach().double().sum()) for p in model.parameters())]),
-    }
+    summary = _summary(accelerator, model, state, evaluation, collate)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_final(accelerator.unwrap_model(model), task, output_dir, model_args, data_args, args, processor)
@@ -331,6 +291,67 @@ def paired_initialization(model: SinkViTForImageClassification, seed: int) -> Si
     shared = {name: value for name, value in plain.items() if name in own and own[name].shape == value.shape}
     model.load_state_dict(shared, strict=False)
     return model
+
+
+def _checked_overrides(model_args: ModelArguments, args: TrainArguments) -> dict:
+    """The model's config overrides, once the arguments that would only fail later have been checked."""
+    fields_of = "a JSON object of SinkViTConfig fields"
+    overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
+    if model_args.variant not in VARIANTS:
+        raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
+    if not args.common_mode_penalty >= 0:
+        raise ValueError(f"common_mode_penalty: got {args.common_mode_penalty}; allowed: a weight >= 0 (0 = off).")
+    return overrides
+
+
+class ImageRun(NamedTuple):
+    """What training an image classifier needs beside the loop."""
+
+    model: SinkViTForImageClassification
+    data: ImageData
+    collate: Collate
+    loader: torch.utils.data.DataLoader
+    eval_loader: torch.utils.data.DataLoader
+    processor: object
+
+
+def _image_run(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, overrides: dict,
+               accelerator: Accelerator) -> ImageRun:  # fmt: skip
+    """The image classifier (paired initial weights), its image processor and the training and held-out loaders."""
+    with accelerator.main_process_first():  # one process prepares the data, the others read its cache
+        data = load_image_data(
+            data_args.dataset,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
+            train_split=data_args.train_split,
+            eval_split=data_args.eval_split,
+            options=data_args.dataset_options,
+        )
+    labels = dict(enumerate(data.labels))
+    config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
+    if data_args.dataset == CANVAS:
+        _check_canvas(config.image_size, data_args.dataset_options)
+    model = paired_initialization(SinkViTForImageClassification(config), args.seed)
+    processor = default_image_processor(config)
+    augmentation = None
+    if data_args.augment:
+        augmentation = Augmentation(scale=(data_args.crop_scale_min, 1.0), flip=data_args.flip)
+    mode = "RGB" if config.num_channels == 3 else "L"
+    collate = Collate(processor, mode=mode, prepare=data.prepare, augmentation=augmentation, seed=args.seed)
+    # Its own generator: a loader that draws its worker seed from the global RNG when an iterator starts
+    # would shift the model's dropout stream on resume, which starts an iterator mid-epoch.
+    loader = torch.utils.data.DataLoader(
+        Indexed(data.train),
+        args.per_device_batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    eval_loader = torch.utils.data.DataLoader(
+        Indexed(data.eval), args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
+    )
+    return ImageRun(model, data, collate, loader, eval_loader, processor)
 
 
 def _check_canvas(image_size, options: str) -> None:
@@ -424,6 +445,26 @@ def _evaluate(accelerator, model, task, eval_loader, data_args: DataArguments, a
         return {"accuracy": correct / max(total, 1), "images": total}
     finally:
         model.train()
+
+
+def _summary(accelerator, model, state: TrainState, evaluation: dict, collate: Collate | None) -> dict:
+    """The run summary (summary.json): steps, final loss, held-out figures, stability, skipped images, checksums."""
+    skipped = None if collate is None else int(accelerator.reduce(torch.tensor(collate.skipped), "sum"))
+    return {
+        "steps": state.step,
+        "final_loss": state.recent_losses[-1] if state.recent_losses else None,
+        "evaluation": evaluation,
+        "stability": {
+            "loss_spikes": state.spikes,
+            "largest_grad_norm": state.largest_grad,
+            "largest_activation": state.largest_activation,
+        },
+        "skipped_images": skipped,
+        "skipped_examples": [] if collate is None else collate.skipped_examples,
+        "processes": accelerator.num_processes,
+        # One sum of all parameters per process: equal when the ranks stayed in sync.
+        "parameter_checksums": gather_object([sum(float(p.detach().double().sum()) for p in model.parameters())]),
+    }
 
 
 def _save_final(model, task, output_dir: Path, model_args, data_args, args, processor) -> None:
