@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .data import IGNORED, Collate, Indexed, load_image_data, parse_options
 from .diagnostics import SinkReport, diagnose
-from .diagnostics.capture import SUPPORTED
+from .diagnostics.families import SUPPORTED, family_of
 from .errors import first_line
 from .hub import ZOO_VERSION
 
@@ -106,16 +106,17 @@ def load_checkpoint(
     except OSError as error:
         raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
     architectures = config.architectures or []
-    usable = [name for name in architectures if name in SUPPORTED]
-    if not usable:
+    if family_of(config) is None:
         raise EvalError(
-            f"model: {where} is a {', '.join(architectures) or config.model_type} checkpoint; supported "
-            f"architectures: {', '.join(SUPPORTED)}."
+            f"model: {where} is a {', '.join(architectures) or config.model_type} checkpoint (model_type "
+            f"{config.model_type!r}); the diagnostics support these families (model_type; dual encoders through their "
+            f"vision tower): {', '.join(SUPPORTED)}."
         )
     if not local:
         training_args = _training_args(source, revision)
         _refuse_task_models(source, training_args)
-    head = usable[0].endswith("ForImageClassification")
+    # Accuracy needs a classification head; any other checkpoint of a supported family gets the diagnostics alone.
+    head = any(name.endswith("ForImageClassification") for name in architectures)
     auto = AutoModelForImageClassification if head else AutoModel
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "attn_implementation": attn_implementation}
     try:

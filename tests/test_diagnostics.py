@@ -316,13 +316,13 @@ def test_the_model_keeps_its_mode_and_no_hooks_remain():
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
-        (lambda m, x: diagnose(torch.nn.Linear(2, 2), [x]), ValueError, "Linear is not supported.*Dinov2Model"),
+        (lambda m, x: diagnose(torch.nn.Linear(2, 2), [x]), ValueError, "Linear is not supp.*dinov2, dinov2_with"),
         (lambda m, x: diagnose(m, []), ValueError, "batches: yielded no images"),
         (lambda m, x: diagnose(m, [x[:0]]), ValueError, "batches: yielded no images"),
         (lambda m, x: diagnose(m, [x], max_images=0), ValueError, "max_images: got 0"),
         (lambda m, x: diagnose(m, [x], max_images=True), ValueError, "max_images: got True"),
         (lambda m, x: diagnose(m, [x], thresholds={"event": 0.5}), TypeError, "thresholds: got dict"),
-        (lambda m, x: diagnose(m, [{"images": x}]), ValueError, "needs a 'pixel_values' entry; got keys"),
+        (lambda m, x: diagnose(m, [{"images": x}]), ValueError, "a dict batch needs 'pixel_values'; got keys"),
         (lambda m, x: diagnose(m, [x.numpy()]), TypeError, "expected torch tensors or dicts of them, got ndarray"),
         (lambda m, x: diagnose(m, [x[0]]), ValueError, "expected \\(batch, 3, height, width\\), got shape"),
         (lambda m, x: diagnose(m, [x[:, :1]]), ValueError, "expected \\(batch, 3, height, width\\)"),

@@ -236,7 +236,7 @@ def imagefolder(root: Path) -> Path:
     [
         ("missing", "model: '{tmp}/nowhere' is not a folder; allowed: a checkpoint folder or a Hub id"),
         ("hub", "model: 'noorg/nomodel' (no local folder of that name; as a Hub id) could not be loaded"),
-        ("unsupported", "is a ViTMAEModel checkpoint; supported architectures: SinkViTModel"),
+        ("unsupported", "is a Data2VecVisionModel checkpoint (model_type 'data2vec-vision'); the diagnostics support"),
         ("columns", "label_column: '{tmp}/images' has no column 'kind'; its columns are ['image', 'label']"),
         ("remote", "runs its own code (config model_type needs remote code); pass --trust_remote_code"),
         ("local-revision", "revision: 'v1' given for the local folder"),
@@ -244,12 +244,12 @@ def imagefolder(root: Path) -> Path:
     ],
 )
 def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoint, tmp_path, capsys):
-    from transformers import ViTMAEConfig, ViTMAEModel
+    from transformers import Data2VecVisionConfig, Data2VecVisionModel
 
     argv = {
         "missing": ["--model", tmp_path / "nowhere"],
         "hub": ["--model", "noorg/nomodel"],
-        "unsupported": ["--model", tmp_path / "mae", "--dataset", "digits"],
+        "unsupported": ["--model", tmp_path / "d2v", "--dataset", "digits"],
         "columns": ["--model", checkpoint, "--trust_remote_code", "--dataset", imagefolder(tmp_path / "images")]
         + ["--label_column", "kind"],
         "remote": ["--model", checkpoint],
@@ -257,8 +257,9 @@ def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoin
         "suite": ["--suite", "nosuch"],
     }[case]
     if case == "unsupported":
-        mae = ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
-        ViTMAEModel(mae).save_pretrained(tmp_path / "mae")
+        # Its attention bypasses the attention-function registry.
+        d2v = Data2VecVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
+        Data2VecVisionModel(d2v).save_pretrained(tmp_path / "d2v")
     code, out = run([*argv, *outputs(tmp_path)], capsys)
     assert code != 0
     lines = [line for line in out.splitlines() if line.strip()]

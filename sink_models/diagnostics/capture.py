@@ -1,75 +1,141 @@
-"""Where each supported architecture keeps its attention parts, and the streaming capture behind `diagnose`.
+"""The streaming capture behind `diagnose`: the model's own attention kernel, seen through transformers' attention
+interface.
 
-Forward hooks read what the model computes anyway (the q/k/v projections, the gate, the attention output that
-o_proj reads, each block's output), so the model runs on whatever attention backend it was loaded with; the
-attention matrix of one layer is rebuilt from its queries and keys, measured, and dropped before the next layer runs.
+While a capture is active, the configs of the captured attention modules name `sink_capture:<backend>`, a function
+registered with `AttentionInterface` that calls the backend the model was loaded with (sdpa, eager, flex, ...) and hands
+the kernel's query, key, value, mask or bias, scaling and output to the diagnostics: they are those after RoPE, q/k
+norms and logit biases, and the model's outputs are those of an uninstrumented forward. The mask function registered
+under the same name is the backend's own, so masks keep their format. The backend is restored on exit, also on error.
 """
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..convert import SUPPORTED as CONVERTIBLE
+from .families import FAMILIES, Family, blocks_of, count, family_of, gamma_of, vision_config
 
-# Ours, and every stock class that sink_models.convert takes.
-SUPPORTED = ("SinkViTModel", "SinkViTForImageClassification", *CONVERTIBLE)
+PREFIX = "sink_capture:"
+# Active captures by attention module: the registered function serves every model, and passes modules it does not
+# capture (a masked autoencoder's decoder) straight to the backend.
+_ACTIVE: dict[int, tuple["LayerCapture", int]] = {}
 
 
 @dataclass
 class LayerParts:
-    """One block: its attention projections, LayerScale gamma (or None) and gate projection (or None)."""
+    """One block: its attention module, output projection, LayerScale gamma (or None) and gate projection (or None)."""
 
     block: nn.Module
     attention: nn.Module
+    output: nn.Linear
     gamma: torch.Tensor | None
     gate_proj: nn.Module | None
 
 
 @dataclass
 class Adapter:
-    """Token layout and per-block parts of a supported model, and how to read a block's output tokens."""
+    """A supported model's family, token layout and per-block parts, and the module its forward runs."""
 
+    family: Family
     layers: list[LayerParts]
     num_heads: int
-    num_prefix_tokens: int
+    num_cls_tokens: int
+    num_register_tokens: int
     patch_size: tuple[int, int]
-    block_output: Callable[[object], torch.Tensor]
+    forward: nn.Module  # the model itself, or a dual encoder's vision tower
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.num_cls_tokens + self.num_register_tokens
+
+
+def supported_names() -> str:
+    return ", ".join(FAMILIES)
 
 
 def adapter_for(model: nn.Module) -> Adapter:
-    """The adapter of a SinkViT, ViT (DeiT), DINOv2 or DINOv2-with-registers model, with or without a head."""
-    name = type(model).__name__
-    if name not in SUPPORTED:
+    """The adapter of any supported model, base or with a head; a dual encoder (CLIPModel, SiglipModel, ...) is
+    diagnosed through its `vision_model`."""
+    config = getattr(model, "config", None)
+    family = None if config is None else family_of(config)
+    if family is None:
+        kind = type(model).__name__ if config is None else f"{type(model).__name__} (model_type {config.model_type!r})"
         raise ValueError(
-            f"model: {name} is not supported by the diagnostics; supported classes: {', '.join(SUPPORTED)}."
+            f"model: {kind} is not supported by the diagnostics, which need a vision encoder whose attention runs "
+            f"through transformers' attention-function registry; supported families (model_type): {supported_names()}."
         )
-    config = model.config
-    base = model.base_model
+    encoder = model
+    if vision_config(config) is not config and not type(model).__name__.endswith("ForImageClassification"):
+        encoder = model.vision_model
+    config = vision_config(config)
+    layers = []
+    for block in blocks_of(encoder, family):
+        attention = getattr(block, family.attention)
+        layers.append(
+            LayerParts(
+                block,
+                attention,
+                getattr(attention, family.output),
+                gamma_of(block, family),
+                getattr(attention, "gate_proj", None),
+            )
+        )
     patch = config.patch_size
     patch = tuple(patch) if isinstance(patch, (list, tuple)) else (patch, patch)
-    if config.model_type == "sink_vit":
-        layers = [
-            LayerParts(block, block.attention, getattr(block.layer_scale1, "lambda1", None), block.attention.gate_proj)
-            for block in base.layers
-        ]
-        return Adapter(layers, config.num_attention_heads, config.num_prefix_tokens, patch, lambda out: out[0])
-    if config.model_type == "vit":
-        layers = [LayerParts(block, block.attention, None, None) for block in base.layers]
-        return Adapter(layers, config.num_attention_heads, 1, patch, _first)
-    registers = getattr(config, "num_register_tokens", 0)
-    layers = [LayerParts(block, block.attention, block.layer_scale1.lambda1, None) for block in base.encoder.layer]
-    return Adapter(layers, config.num_attention_heads, 1 + registers, patch, _first)
+    return Adapter(
+        family,
+        layers,
+        config.num_attention_heads,
+        count(config, family.cls),
+        count(config, family.registers),
+        patch,
+        encoder,
+    )
 
 
-def _first(output) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+def _capture_forward(backend: str, module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The attention interface function of `sink_capture:<backend>`: the backend's result, the kernel's inputs kept."""
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    original = ALL_ATTENTION_FUNCTIONS.get_interface(backend, eager)
+    if original is None:
+        raise ValueError(f"model: {type(module).__module__} has no eager_attention_forward to run eager attention.")
+    output, weights = original(module, query, key, value, attention_mask, **kwargs)
+    active = _ACTIVE.get(id(module))
+    if active is not None:
+        capture, _ = active
+        scaling = kwargs.get("scaling")
+        capture.captured.update(
+            query=query,
+            key=key,
+            value=value,
+            mask=attention_mask,
+            scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
+            output=output,  # o = A v, (batch, tokens, heads, head_dim): before any gate
+        )
+    return output, weights
+
+
+def _capture_name(backend: str | None) -> str:
+    """Register `sink_capture:<backend>` (once) and return the name."""
+    backend = backend or "eager"
+    name = PREFIX + backend
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, partial(_capture_forward, backend))
+        if backend in ALL_MASK_ATTENTION_FUNCTIONS:
+            AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[backend])
+    return name
 
 
 class LayerCapture:
-    """Forward hooks that hand each block's q, k, v, gate and o_proj input to `on_attention` as soon as its attention
-    has run (so they are freed before the MLP allocates its own), and the block's output tokens to `on_output`."""
+    """Routes each block's attention through the capture backend and hands its kernel inputs and output, and gate, to
+    `on_attention` as soon as the attention module returns (so they are freed before the MLP allocates its own), and
+    the block's output tokens to `on_output`."""
 
     def __init__(
         self,
@@ -80,40 +146,52 @@ class LayerCapture:
         self.adapter, self.on_attention, self.on_output = adapter, on_attention, on_output
         self.captured: dict = {}
         self.handles = []
+        self.configs: dict[int, tuple] = {}
 
     def __enter__(self) -> "LayerCapture":
-        for index, parts in enumerate(self.adapter.layers):
-            for name in ("q_proj", "k_proj", "v_proj"):
-                self.handles.append(getattr(parts.attention, name).register_forward_hook(self._keep(name)))
-            if parts.gate_proj is not None:
-                self.handles.append(parts.gate_proj.register_forward_hook(self._keep("gate_proj")))
-            else:
-                # Without a gate, o_proj's input is the kernel's output o = A v: the diagnostics need not redo it.
-                self.handles.append(parts.attention.o_proj.register_forward_hook(self._keep("o_proj", from_input=True)))
-            self.handles.append(parts.attention.register_forward_hook(self._attention_done(index)))
-            self.handles.append(parts.block.register_forward_hook(self._block_done(index)))
+        try:
+            for index, parts in enumerate(self.adapter.layers):
+                config = parts.attention.config
+                if id(config) not in self.configs:
+                    self.configs[id(config)] = (config, config._attn_implementation_internal)
+                    config._attn_implementation_internal = _capture_name(config._attn_implementation)
+                _ACTIVE[id(parts.attention)] = (self, index)
+                if parts.gate_proj is not None:
+                    self.handles.append(parts.gate_proj.register_forward_hook(self._keep_gate))
+                self.handles.append(parts.attention.register_forward_hook(self._attention_done(index)))
+                self.handles.append(parts.block.register_forward_hook(self._block_done(index)))
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
+        for parts in self.adapter.layers:
+            _ACTIVE.pop(id(parts.attention), None)
+        for config, implementation in self.configs.values():
+            config._attn_implementation_internal = implementation
+        self.handles, self.configs = [], {}
         self.captured.clear()
 
-    def _keep(self, name: str, from_input: bool = False):
-        def hook(module, args, output):
-            self.captured[name] = args[0] if from_input else output
-
-        return hook
+    def _keep_gate(self, module, args, output) -> None:
+        self.captured["gate"] = output
 
     def _attention_done(self, index: int):
         def hook(module, args, output):
             captured, self.captured = self.captured, {}
+            if "query" not in captured:
+                raise ValueError(
+                    f"model: layer {index}'s attention ({type(module).__name__}) did not call the attention-function "
+                    "registry, so its kernel cannot be seen; this model is not supported by the diagnostics."
+                )
             self.on_attention(index, captured)
 
         return hook
 
     def _block_done(self, index: int):
         def hook(module, args, output):
-            self.on_output(index, self.adapter.block_output(output))
+            self.on_output(index, output[0] if isinstance(output, tuple) else output)
 
         return hook

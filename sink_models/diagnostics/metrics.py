@@ -49,13 +49,17 @@ def layer_metrics(
     value: torch.Tensor,
     scaling: float,
     projection: HeadProjection,
-    num_prefix_tokens: int,
+    layout: tuple[int, int],
     thresholds: Thresholds,
-    output: torch.Tensor | None = None,
+    output: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
     chunks: int = 4,
 ) -> dict[str, torch.Tensor]:
-    """Per (image, head) quantities of one layer from its queries, keys and values, each (batch, tokens, heads, d_h),
-    and the attention output o = A v of the forward in the same shape (None: recomputed here).
+    """Per (image, head) quantities of one layer from the kernel's queries, keys and values, each (batch, heads,
+    tokens, d_h), its mask or logit bias (None, boolean: True attends, or additive; broadcastable to (batch, heads,
+    tokens, tokens)) and its output o = A v, (batch, tokens, heads, d_h). `layout` is (CLS tokens, prefix tokens);
+    `valid` (batch, tokens), if given, marks the tokens that count: padding is neither a query nor a token.
 
     Returns float64 / int64 / bool tensors of shape (batch, heads) keyed by name, plus `inflow` (batch, heads,
     tokens): the mean attention each key receives. The quantities reported for sink events only (`ratio_out`,
@@ -63,17 +67,25 @@ def layer_metrics(
     elsewhere. The attention maps are built for one head and a group of images at a time, about 1/`chunks` of the
     layer's maps: the only N x N tensor held.
     """
-    tokens = query.shape[1]
-    inflow, to_sink, gram, energy, mean = _attention_statistics(query, key, value, scaling, projection, output, chunks)
+    if key.shape[1] != query.shape[1]:  # grouped keys and values: each serves several query heads
+        key, value = (t.repeat_interleave(query.shape[1] // t.shape[1], dim=1) for t in (key, value))
+    tokens = query.new_full((query.shape[0],), query.shape[2], dtype=torch.float64)
+    if valid is not None:
+        tokens = valid.double().sum(-1)
+    stats = _attention_statistics(query, key, value, scaling, projection, output, bias, valid, chunks)
+    inflow, to_sink, gram, energy, mean = stats
     sink = inflow.argmax(dim=-1)
-    routed_frac = (to_sink >= thresholds.routed).double().mean(dim=-1)
+    routed = to_sink >= thresholds.routed
+    if valid is not None:
+        routed = routed & valid[:, None, :]
+    routed_frac = routed.double().sum(dim=-1) / tokens[:, None]
     event = routed_frac >= thresholds.event
 
     energy = energy.clamp_min(0)
     defined = energy > 1e-30
     mean = mean.double()
     mean_update = torch.einsum("bhd,hde,bhe->bh", mean, projection.p, mean)  # ||mean_i U_i||^2
-    common_mode = torch.where(defined, tokens * mean_update / energy.clamp_min(1e-300), torch.nan)
+    common_mode = torch.where(defined, tokens[:, None] * mean_update / energy.clamp_min(1e-300), torch.nan)
 
     # What is reported for sink events only is computed for them alone, all of the layer's events in one batch.
     images, event_heads = event.nonzero().unbind(1)
@@ -81,11 +93,12 @@ def layer_metrics(
     def at_events(x: torch.Tensor) -> torch.Tensor:
         return torch.full_like(energy, torch.nan).index_put((images, event_heads), x.double())
 
-    values = value[images, :, event_heads].float()  # E, N, d_h
+    values = value[images, event_heads].float()  # E, N, d_h
+    keep = None if valid is None else valid[images]
     factor = projection.factor[event_heads]  # the F of each event's head
     u_norm = (values @ factor.float()).norm(dim=-1)  # ||u_j|| = ||F^T v_j||
-    ratio_out = at_events(_sink_ratio(u_norm.double(), sink[event]))
-    ratio_head = at_events(_sink_ratio(values.norm(dim=-1).double(), sink[event]))
+    ratio_out = at_events(_sink_ratio(u_norm.double(), sink[event], keep))
+    ratio_head = at_events(_sink_ratio(values.norm(dim=-1).double(), sink[event], keep))
     # The non-zero eigenvalues of U U^T (N x N) are those of F^T G F (d_h x d_h), solved in float64.
     top = at_events(torch.linalg.eigvalsh(factor.transpose(-1, -2) @ gram[event].double() @ factor)[..., -1])
     top = top.clamp_min(0)
@@ -96,11 +109,12 @@ def layer_metrics(
     broadcast = (ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)
     klass = torch.where(broadcast, 1, klass)
     klass = torch.where(ratio_out <= thresholds.nop_ratio, 0, klass)
-    token_type = torch.where(sink == 0, 0, torch.where(sink < num_prefix_tokens, 1, 2))
+    num_cls, num_prefix = layout
+    token_type = torch.where(sink < num_cls, 0, torch.where(sink < num_prefix, 1, 2))
     return {
         "sink": sink,
         "max_inflow": inflow.gather(-1, sink[..., None]).squeeze(-1).double(),
-        "cls_inflow": inflow[..., 0].double(),
+        "cls_inflow": inflow[..., :num_cls].double().sum(-1),
         "routed_frac": routed_frac,
         "event": event,
         "ratio_out": ratio_out,
@@ -120,59 +134,94 @@ def _attention_statistics(
     value: torch.Tensor,
     scaling: float,
     projection: HeadProjection,
-    output: torch.Tensor | None,
+    output: torch.Tensor,
+    bias: torch.Tensor | None,
+    valid: torch.Tensor | None,
     chunks: int,
 ) -> tuple[torch.Tensor, ...]:
     """What `layer_metrics` needs of the attention maps, per (image, head): the inflow of each key, each query's
-    attention to the dominant key, the Gram matrix G = o^T o, ||U||_F^2 and the mean of o."""
-    batch, tokens, heads, width = query.shape
+    attention to the dominant key, the Gram matrix G = o^T o, ||U||_F^2 and the mean of o (over valid queries)."""
+    batch, heads, tokens, width = query.shape
     inflow, to_sink = (query.new_empty(batch, heads, tokens, dtype=torch.float32) for _ in range(2))
     gram = query.new_empty(batch, heads, width, width, dtype=torch.float32)  # G = o^T o
     energy = query.new_empty(batch, heads, dtype=torch.float64)  # ||U||_F^2 = tr(G P)
     mean = query.new_empty(batch, heads, width, dtype=torch.float32)  # mean_i o_i
-    # One head at a time, on strided views of the (batch, tokens, heads, d_h) tensors: BLAS reads them in place.
+    weight = None if valid is None else valid.float()  # 1 for a query that counts, 0 for padding
     # Each head's images in ceil(chunks / heads) groups: a group holds about 1/chunks of the layer's maps.
     step = -(-batch // -(-chunks // heads))
     for head in range(heads):
-        q, k, v = (t[:, :, head].float() for t in (query, key, value))  # B, N, d_h
-        recomputed = []
+        q, k = (t[:, head].float() for t in (query, key))  # B, N, d_h
         for start in range(0, batch, step):
             part = slice(start, start + step)
             attention = (q[part] * scaling) @ k[part].transpose(-1, -2)  # B, N(queries), N(keys)
+            if bias is not None:
+                _apply_bias(attention, bias, part, head)
             torch.softmax(attention, dim=-1, out=attention)  # in place: no second N x N tensor
-            inflow[part, head] = attention.mean(dim=1)
+            if weight is None:
+                inflow[part, head] = attention.mean(dim=1)
+            else:
+                attention.nan_to_num_(0.0)  # a padding query that may attend nowhere: 0 * NaN would spread
+                counts = weight[part].sum(-1, keepdim=True)
+                inflow[part, head] = (weight[part, None] @ attention).squeeze(1) / counts
             index = inflow[part, head].argmax(dim=-1)[:, None, None].expand(-1, tokens, 1)
             to_sink[part, head] = attention.gather(-1, index).squeeze(-1)
-            if output is None:
-                recomputed.append(attention @ v[part])
             del attention
-        o = torch.cat(recomputed) if output is None else output[:, :, head].float()  # o = A v
+        o = output[:, :, head].float()  # o = A v
+        if weight is not None:
+            o = o * weight[..., None]
         gram[:, head] = o.transpose(-1, -2) @ o
         energy[:, head] = (gram[:, head].double() * projection.p[head]).sum((-2, -1))  # float64: it has cancellations
-        mean[:, head] = o.mean(dim=1)
+        mean[:, head] = o.mean(dim=1) if weight is None else o.sum(dim=1) / weight.sum(-1, keepdim=True)
     return inflow, to_sink, gram, energy, mean
 
 
-def _sink_ratio(norms: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
-    """||x_s|| / mean_{j != s} ||x_j|| for norms (..., tokens) and sinks (...)."""
+def _apply_bias(attention: torch.Tensor, bias: torch.Tensor, part: slice, head: int) -> None:
+    """Add the kernel's logit bias, or mask out what a boolean mask forbids, in place; `bias` broadcasts over the
+    batch and heads as the kernel's does."""
+    rows = bias[part if bias.shape[0] > 1 else slice(None), head if bias.shape[1] > 1 else 0]
+    if rows.dtype == torch.bool:
+        attention.masked_fill_(~rows, float("-inf"))
+    else:
+        attention.add_(rows.float())
+
+
+def _sink_ratio(norms: torch.Tensor, sink: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """||x_s|| / mean_{j != s} ||x_j|| for norms (..., tokens) and sinks (...), over the valid tokens if given."""
     at_sink = norms.gather(-1, sink[..., None]).squeeze(-1)
-    others = (norms.sum(-1) - at_sink) / (norms.shape[-1] - 1)
+    if valid is None:
+        others = (norms.sum(-1) - at_sink) / (norms.shape[-1] - 1)
+    else:
+        others = ((norms * valid).sum(-1) - at_sink) / (valid.double().sum(-1) - 1)
     # A zero sink value is a NOP even when every value is zero (a pruned head): 0, not 0/0.
     return torch.where(at_sink == 0, 0.0, at_sink / others)
 
 
-def gate_metrics(gate: torch.Tensor, num_heads: int, closed: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (image, head) mean gate and share of queries whose gate for the head is below `closed`.
+def gate_metrics(
+    gate: torch.Tensor, num_heads: int, closed: float, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (image, head) mean gate and share of queries whose gate for the head is below `closed` (valid ones only,
+    if `valid` (batch, tokens) is given).
 
     `gate` is (batch, tokens, heads) for a headwise gate or (batch, tokens, channels) for an elementwise one,
     whose per-query value for a head is the mean over the head's channels.
     """
     per_head = gate.double().reshape(*gate.shape[:2], num_heads, -1).mean(-1)  # B, N, H
-    return per_head.mean(1), (per_head < closed).double().mean(1)
+    if valid is None:
+        return per_head.mean(1), (per_head < closed).double().mean(1)
+    weight = valid.double()[..., None]
+    counts = weight.sum(1)
+    return (per_head * weight).sum(1) / counts, ((per_head < closed).double() * weight).sum(1) / counts
 
 
-def token_norm_metrics(hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: the largest token norm and its ratio to the median token norm (the usual median)."""
+def token_norm_metrics(
+    hidden_states: torch.Tensor, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the largest token norm and its ratio to the median token norm (the usual median), over the valid
+    tokens if `valid` (batch, tokens) is given."""
     norms = hidden_states.double().norm(dim=-1)
-    largest = norms.max(dim=-1).values
-    return largest, largest / torch.quantile(norms, 0.5, dim=-1)
+    if valid is None:
+        largest = norms.max(dim=-1).values
+        return largest, largest / torch.quantile(norms, 0.5, dim=-1)
+    kept = [row[mask] for row, mask in zip(norms, valid, strict=True)]
+    largest = torch.stack([row.max() for row in kept])
+    return largest, largest / torch.stack([torch.quantile(row, 0.5) for row in kept])

@@ -122,6 +122,7 @@ class SinkReport:
     @classmethod
     def from_accumulator(cls, acc: Accumulator, thresholds: Thresholds, model: dict, attention) -> "SinkReport":
         n = acc.images
+        has_cls = model.get("num_cls_tokens", 1) > 0  # without CLS tokens, CLS figures are undefined, not zero
         acc.events.sort(key=lambda r: (r["layer"], r["head"], r["image"]))
         by_head: dict[tuple[int, int], list[dict]] = {}
         for record in acc.events:
@@ -134,8 +135,8 @@ class SinkReport:
                 row["max_inflow"] = float(acc.head_sums["max_inflow"][layer, head]) / n
                 for name in ("ratio_out", "stable_rank", "ratio_head", "rank1_energy"):
                     row[name] = median([e[name] for e in events])
-                row["cls_inflow"] = float(acc.head_sums["cls_inflow"][layer, head]) / n
-                row["cls_sink_rate"] = float(acc.head_sums["cls_sink"][layer, head]) / n
+                row["cls_inflow"] = float(acc.head_sums["cls_inflow"][layer, head]) / n if has_cls else None
+                row["cls_sink_rate"] = float(acc.head_sums["cls_sink"][layer, head]) / n if has_cls else None
                 count = float(acc.common_mode_count[layer, head])
                 row["common_mode"] = float(acc.head_sums["common_mode"][layer, head]) / count if count else None
                 row["gate_mean"] = float(acc.head_sums["gate_mean"][layer, head]) / n if acc.gated else None
@@ -145,7 +146,8 @@ class SinkReport:
         for layer in range(acc.num_layers):
             events = [e for e in acc.events if e["layer"] == layer]
             row = {"layer": layer, **_counts(events), "sinks_per_image": len(events) / n}
-            row["cls_sink_rate"] = float(acc.head_sums["cls_sink"][layer].sum()) / (n * acc.num_heads)
+            rate = float(acc.head_sums["cls_sink"][layer].sum()) / (n * acc.num_heads)
+            row["cls_sink_rate"] = rate if has_cls else None
             row["token_norm_max"] = float(acc.norm_max[layer])
             row["token_norm_max_over_median"] = float(acc.norm_ratio_sum[layer]) / n
             layers.append(row)
@@ -159,7 +161,9 @@ class SinkReport:
             c: {t: sum(e["class"] == c and e["token_type"] == t for e in acc.events) / n for t in TOKEN_TYPES}
             for c in CLASSES
         }
-        summary["cls_sink_rate"] = float(acc.head_sums["cls_sink"].sum()) / (n * acc.num_layers * acc.num_heads)
+        summary["cls_sink_rate"] = (
+            float(acc.head_sums["cls_sink"].sum()) / (n * acc.num_layers * acc.num_heads) if has_cls else None
+        )
         # The paper's tables leave out block 0, whose sinks are of another kind.
         summary["excluding_first_layer"] = _per_image([e for e in acc.events if e["layer"] > 0], n)
         return cls(summary, heads, layers, acc.events, thresholds.to_dict(), model, attention)

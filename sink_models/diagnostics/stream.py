@@ -1,11 +1,12 @@
 """`diagnose`: stream batches through a model and measure the sinks of every layer and head."""
 
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from .capture import LayerCapture, adapter_for
+from .capture import Adapter, LayerCapture, adapter_for
 from .metrics import HeadProjection, Thresholds, gate_metrics, layer_metrics, token_norm_metrics
 from .report import Accumulator, SinkReport
 
@@ -22,8 +23,12 @@ def diagnose(
 ) -> SinkReport:
     """Sink diagnostics (SCIENCE.md sections 2-3) of `model` on the images of `batches`.
 
-    `batches` yields dicts with `pixel_values` or bare `(batch, channels, height, width)` tensors. The model runs
-    with the attention backend it has (sdpa included); one layer's attention maps are held at a time.
+    `model` is a SinkViT or a stock vision encoder of a supported family (`sink_models.diagnostics.SUPPORTED`), base,
+    with a head, or a dual encoder (CLIP, SigLIP, ...), whose `vision_model` is diagnosed. `batches` yields the image
+    processor's output (dicts with `pixel_values`, and for SigLIP2 `pixel_attention_mask` and `spatial_shapes`) or bare
+    `(batch, channels, height, width)` tensors. The model runs with the attention backend it has (sdpa included),
+    seen through the attention interface, and gives the outputs it gives uninstrumented; one layer's attention maps
+    are held at a time.
 
     Under accelerate, give each process its own shard of the batches (without the padding that `even_batches`
     adds) and the `accelerator`: the report is the one a single process gives on all the images, process 0's
@@ -43,48 +48,63 @@ def diagnose(
     adapter = adapter_for(model)
     heads, device = adapter.num_heads, next(model.parameters()).device
     acc = Accumulator(len(adapter.layers), heads)
+    layout = (adapter.num_cls_tokens, adapter.num_prefix_tokens)
     kept: dict = {}
+    state: dict = {"valid": None}  # the batch's valid tokens, for families that pad
 
     def on_attention(index: int, captured: dict) -> None:
-        q, k, v = (captured[name].unflatten(-1, (heads, -1)) for name in ("q_proj", "k_proj", "v_proj"))
-        output = captured.get("o_proj")  # o = A v, captured for models without a gate
-        output = None if output is None else output.unflatten(-1, (heads, -1))
-        gates = captured.get("gate_proj")
-        parts = adapter.layers[index]
+        parts, valid = adapter.layers[index], state["valid"]
         # Made anew for each batch (0.1 ms a layer at ViT-Tiny width, ~6 ms at ViT-L's, small beside the forward):
         # kept for every layer, they would stay in memory throughout, about as much as one layer's attention maps.
-        projection = HeadProjection(parts.attention.o_proj.weight.to(device), parts.gamma, heads)
+        projection = HeadProjection(parts.output.weight.to(device), parts.gamma, heads)
+        bias = _dense_mask(captured["mask"], captured["query"])
         # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
         metrics = layer_metrics(
-            q, k, v, parts.attention.scaling, projection, adapter.num_prefix_tokens, thresholds, output, chunks=4
+            captured["query"],
+            captured["key"],
+            captured["value"],
+            captured["scaling"],
+            projection,
+            layout,
+            thresholds,
+            captured["output"],
+            bias=bias,
+            valid=valid,
+            chunks=4,
         )
-        gate = None if gates is None else gate_metrics(torch.sigmoid(gates), heads, thresholds.gate_closed)
+        gates = captured.get("gate")
+        gate = None if gates is None else gate_metrics(torch.sigmoid(gates), heads, thresholds.gate_closed, valid)
         acc.add_layer(index, acc.images, metrics, gate)
         acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
         local = attention_image - acc.images
         if 0 <= local < len(metrics["sink"]):
-            kept.setdefault("inflow", []).append(metrics["inflow"][local].float().cpu().tolist())
+            inflow = metrics["inflow"][local]
+            if valid is not None:
+                inflow = inflow[:, valid[local]]
+            kept.setdefault("inflow", []).append(inflow.float().cpu().tolist())
 
     def on_output(index: int, tokens: torch.Tensor) -> None:
-        acc.add_token_norms(index, *token_norm_metrics(tokens))
+        acc.add_token_norms(index, *token_norm_metrics(tokens, state["valid"]))
 
     training = model.training
     model.eval()
     try:
-        with torch.no_grad(), LayerCapture(adapter, on_attention, on_output):
+        with torch.no_grad(), LayerCapture(adapter, on_attention, on_output), _all_patches_kept(adapter):
             for batch in batches:
-                pixel_values = _pixel_values(batch, model.config.num_channels, adapter.patch_size)
+                inputs = model_inputs(batch, adapter, model.config.num_channels)
                 if max_images is not None:
-                    pixel_values = pixel_values[: max_images - acc.images]
-                if len(pixel_values) == 0:
+                    inputs = {name: value[: max_images - acc.images] for name, value in inputs.items()}
+                count = len(inputs["pixel_values"])
+                if count == 0:
                     continue
-                if acc.images <= attention_image < acc.images + len(pixel_values):
-                    (height, width), (ph, pw) = pixel_values.shape[-2:], adapter.patch_size
-                    kept["grid"] = [height // ph, width // pw]
-                outputs = model(pixel_values=pixel_values.to(device))
+                inputs = {name: value.to(device) for name, value in inputs.items()}
+                state["valid"] = _valid_tokens(inputs, adapter)
+                if acc.images <= attention_image < acc.images + count:
+                    kept["grid"] = _grid(inputs, adapter, attention_image - acc.images)
+                outputs = adapter.forward(**inputs, **_forward_options(inputs, adapter))
                 if on_outputs is not None:
-                    on_outputs(batch, outputs, len(pixel_values))
-                acc.images += len(pixel_values)
+                    on_outputs(batch, outputs, count)
+                acc.images += count
                 if max_images is not None and acc.images >= max_images:
                     break
     finally:
@@ -106,22 +126,84 @@ def diagnose(
     return SinkReport.from_accumulator(acc, thresholds, _model_info(model, adapter), attention)
 
 
-def _pixel_values(batch, channels: int, patch: tuple[int, int]) -> torch.Tensor:
-    """The batch's images, checked: a (batch, channels, height, width) tensor whose sides are patch multiples."""
+def model_inputs(batch, adapter: Adapter, channels: int) -> dict[str, torch.Tensor]:
+    """The batch's model inputs, checked: images (batch, channels, height, width) whose sides are patch multiples, or,
+    for a family that pads (SigLIP2), the processor's patches with their `pixel_attention_mask` and `spatial_shapes`."""
+    names = ("pixel_values", "pixel_attention_mask", "spatial_shapes") if adapter.family.padded else ("pixel_values",)
     if isinstance(batch, Mapping):
-        if "pixel_values" not in batch:
-            raise ValueError(f"batches: a dict batch needs a 'pixel_values' entry; got keys {sorted(batch)}.")
-        batch = batch["pixel_values"]
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"batches: expected torch tensors or dicts of them, got {type(batch).__name__}.")
-    if batch.ndim != 4 or batch.shape[1] != channels:
-        raise ValueError(f"pixel_values: expected (batch, {channels}, height, width), got shape {tuple(batch.shape)}.")
-    if batch.shape[2] % patch[0] or batch.shape[3] % patch[1]:
+        missing = [name for name in names if name not in batch]
+        if missing:
+            needed = " and ".join(map(repr, missing))
+            raise ValueError(f"batches: a dict batch needs {needed}; got keys {sorted(batch)}.")
+        inputs = {name: batch[name] for name in names}
+    elif adapter.family.padded:
+        raise TypeError(f"batches: {adapter.family.name} needs dicts with {', '.join(names)} (its processor's output).")
+    else:
+        inputs = {"pixel_values": batch}
+    for name, value in inputs.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"batches: expected torch tensors or dicts of them, got {type(value).__name__} ({name}).")
+    if adapter.family.padded:
+        return inputs
+    pixels, patch = inputs["pixel_values"], adapter.patch_size
+    if pixels.ndim != 4 or pixels.shape[1] != channels:
+        raise ValueError(f"pixel_values: expected (batch, {channels}, height, width), got shape {tuple(pixels.shape)}.")
+    if pixels.shape[2] % patch[0] or pixels.shape[3] % patch[1]:
         raise ValueError(
-            f"pixel_values: image size {batch.shape[2]}x{batch.shape[3]} is not a multiple of the patch size "
+            f"pixel_values: image size {pixels.shape[2]}x{pixels.shape[3]} is not a multiple of the patch size "
             f"{patch[0]}x{patch[1]}."
         )
-    return batch
+    return inputs
+
+
+def _valid_tokens(inputs: dict, adapter: Adapter) -> torch.Tensor | None:
+    """(batch, tokens) True for the tokens that count, for a family that pads; None when every token counts."""
+    if not adapter.family.padded:
+        return None
+    patches = inputs["pixel_attention_mask"].bool()
+    prefix = patches.new_ones(len(patches), adapter.num_prefix_tokens)
+    return torch.cat([prefix, patches], dim=1)
+
+
+def _grid(inputs: dict, adapter: Adapter, image: int) -> list[int]:
+    """The patch grid (rows, columns) of one image of the batch."""
+    if adapter.family.padded:
+        return [int(side) for side in inputs["spatial_shapes"][image]]
+    (height, width), (ph, pw) = inputs["pixel_values"].shape[-2:], adapter.patch_size
+    return [height // ph, width // pw]
+
+
+def _forward_options(inputs: dict, adapter: Adapter) -> dict:
+    """Keyword arguments of the forward beyond the inputs: a masked autoencoder keeps its patches in order."""
+    if not adapter.family.identity_masking:
+        return {}
+    pixels, (ph, pw) = inputs["pixel_values"], adapter.patch_size
+    patches = (pixels.shape[-2] // ph) * (pixels.shape[-1] // pw)
+    return {"noise": torch.arange(patches, device=pixels.device, dtype=torch.float32).expand(len(pixels), -1)}
+
+
+@contextmanager
+def _all_patches_kept(adapter: Adapter):
+    """A masked autoencoder's `mask_ratio` set to 0 for the duration: it sees every patch, as at inference."""
+    config = adapter.forward.config
+    if not adapter.family.identity_masking or config.mask_ratio == 0:
+        yield
+        return
+    ratio, config.mask_ratio = config.mask_ratio, 0.0
+    try:
+        yield
+    finally:
+        config.mask_ratio = ratio
+
+
+def _dense_mask(mask, query: torch.Tensor) -> torch.Tensor | None:
+    """The kernel's mask as a tensor: flex attention's BlockMask evaluated element by element."""
+    if mask is None or isinstance(mask, torch.Tensor):
+        return mask
+    from torch.nn.attention.flex_attention import create_mask
+
+    batch, heads, tokens, _ = query.shape
+    return create_mask(mask.mask_mod, batch, heads, tokens, mask.seq_lengths[1], device=query.device)
 
 
 def _model_info(model: nn.Module, adapter) -> dict:
@@ -132,6 +214,9 @@ def _model_info(model: nn.Module, adapter) -> dict:
         "name_or_path": config.name_or_path,
         "layers": len(adapter.layers),
         "heads": adapter.num_heads,
+        "family": adapter.family.name,
+        "num_cls_tokens": adapter.num_cls_tokens,
+        "num_register_tokens": adapter.num_register_tokens,
         "num_prefix_tokens": adapter.num_prefix_tokens,
-        "attn_implementation": config._attn_implementation,
+        "attn_implementation": adapter.layers[0].attention.config._attn_implementation,
     }
