@@ -48,6 +48,7 @@ class Adapter:
     num_cls_tokens: int
     num_register_tokens: int
     patch_size: tuple[int, int]
+    num_channels: int
     forward: nn.Module  # the model itself, or a dual encoder's vision tower
 
     @property
@@ -95,6 +96,7 @@ def adapter_for(model: nn.Module) -> Adapter:
         count(config, family.cls),
         count(config, family.registers),
         patch,
+        getattr(config, "num_channels", 3),
         encoder,
     )
 

@@ -91,7 +91,7 @@ def diagnose(
     try:
         with torch.no_grad(), LayerCapture(adapter, on_attention, on_output), _all_patches_kept(adapter):
             for batch in batches:
-                inputs = model_inputs(batch, adapter, model.config.num_channels)
+                inputs = model_inputs(batch, adapter)
                 if max_images is not None:
                     inputs = {name: value[: max_images - acc.images] for name, value in inputs.items()}
                 count = len(inputs["pixel_values"])
@@ -126,7 +126,7 @@ def diagnose(
     return SinkReport.from_accumulator(acc, thresholds, _model_info(model, adapter), attention)
 
 
-def model_inputs(batch, adapter: Adapter, channels: int) -> dict[str, torch.Tensor]:
+def model_inputs(batch, adapter: Adapter) -> dict[str, torch.Tensor]:
     """The batch's model inputs, checked: images (batch, channels, height, width) whose sides are patch multiples, or,
     for a family that pads (SigLIP2), the processor's patches with their `pixel_attention_mask` and `spatial_shapes`."""
     names = ("pixel_values", "pixel_attention_mask", "spatial_shapes") if adapter.family.padded else ("pixel_values",)
@@ -145,7 +145,7 @@ def model_inputs(batch, adapter: Adapter, channels: int) -> dict[str, torch.Tens
             raise TypeError(f"batches: expected torch tensors or dicts of them, got {type(value).__name__} ({name}).")
     if adapter.family.padded:
         return inputs
-    pixels, patch = inputs["pixel_values"], adapter.patch_size
+    pixels, patch, channels = inputs["pixel_values"], adapter.patch_size, adapter.num_channels
     if pixels.ndim != 4 or pixels.shape[1] != channels:
         raise ValueError(f"pixel_values: expected (batch, {channels}, height, width), got shape {tuple(pixels.shape)}.")
     if pixels.shape[2] % patch[0] or pixels.shape[3] % patch[1]:
