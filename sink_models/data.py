@@ -242,8 +242,9 @@ class Collate:
                 image = self.augmentation(image, rng)
             images.append(image)
             labels.append(row["label"])
-        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values, "labels": torch.tensor(labels, dtype=torch.long)}
+        # Everything the processor returns: SigLIP2's also marks its padding patches and their grid.
+        features = dict(self.processor(images, return_tensors="pt"))
+        return {**features, "labels": torch.tensor(labels, dtype=torch.long)}
 
 
 def _decode(image) -> Image.Image:

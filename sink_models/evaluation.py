@@ -19,7 +19,9 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .data import IGNORED, Collate, Indexed, load_image_data, parse_options
 from .diagnostics import SinkReport, diagnose
-from .diagnostics.families import SUPPORTED, family_of
+from .diagnostics.capture import adapter_for
+from .diagnostics.families import SUPPORTED, family_of, vision_config
+from .diagnostics.stream import model_inputs
 from .errors import first_line
 from .hub import ZOO_VERSION
 
@@ -262,7 +264,7 @@ def evaluate_checkpoint(
             raise EvalError(f"max_images: got {args.max_images}; allowed: a positive number of images.")
         images = images.select(range(min(args.max_images, len(images))))
     mapping, no_accuracy = label_map(model, data.labels)
-    mode = "RGB" if model.config.num_channels == 3 else "L"
+    mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
     indices = list(range(len(images)))
     if accelerator is not None and accelerator.num_processes > 1:
         with accelerator.split_between_processes(indices) as mine:
@@ -318,7 +320,7 @@ def evaluate_checkpoint(
             "parameters": sum(p.numel() for p in model.parameters()),
             "attn_implementation": model.config._attn_implementation,
         },
-        "cost": measure_cost(model, next(iter(loader))["pixel_values"] if len(loader) else None),
+        "cost": measure_cost(model, next(iter(loader)) if len(loader) else None),
         "dataset": {
             "name": choice.dataset,
             "options": parse_options(choice.options),
@@ -341,30 +343,33 @@ def evaluate_checkpoint(
 
 
 @torch.no_grad()
-def measure_cost(model: torch.nn.Module, pixel_values: torch.Tensor | None, rounds: int = 3) -> dict:
+def measure_cost(model: torch.nn.Module, batch: dict | None, rounds: int = 3) -> dict:
     """GFLOPs of one image's forward (torch's FLOP counter) and forward images/s (best of `rounds` timed batches of
-    real images, on the model's device): the cost columns of the leaderboard."""
-    if pixel_values is None:
+    real images, on the model's device): the cost columns of the leaderboard. A dual encoder's is its vision tower's."""
+    if batch is None:
         return {"gflops": None, "images_per_s": None}
     from torch.utils.flop_counter import FlopCounterMode
 
     device = next(model.parameters()).device
-    pixel_values = pixel_values.to(device)
+    adapter = adapter_for(model)
+    inputs = {name: value.to(device) for name, value in model_inputs(batch, adapter).items()}
+    forward = adapter.forward
     counter = FlopCounterMode(display=False)
     backend = model.config._attn_implementation
     model.set_attn_implementation("eager")  # the counter misses the fused CPU sdpa kernels' matmuls
     try:
         with counter:
-            model(pixel_values=pixel_values[:1])
+            forward(**{name: value[:1] for name, value in inputs.items()})
     finally:
         model.set_attn_implementation(backend)
-    model(pixel_values=pixel_values)  # warm-up
+    forward(**inputs)  # warm-up
     best = float("inf")
+    pixel_values = inputs["pixel_values"]
     for _ in range(rounds):
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        model(pixel_values=pixel_values)
+        forward(**inputs)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)

@@ -75,22 +75,24 @@ def test_diagnostics_benchmark_plants_twelve_sinks_per_image_at_vit_tiny_size():
 def test_diagnostics_benchmark_prints_both_cases_and_the_targets(monkeypatch, capsys):
     bench = load_bench(DIAGNOSTICS_BENCH)
     # A fresh process per method and case measures peak memory (tested below): a stand-in here keeps this quick.
-    monkeypatch.setattr(bench, "peak_memory", lambda size, batch, sinks, method: 15.0)
+    monkeypatch.setattr(bench, "peak_memory", lambda size, batch, sinks, method, family="sink_vit": 15.0)
     monkeypatch.setattr(sys, "argv", ["diagnostics.py", "--size", "toy", "--batch", "2", "--reps", "1"])
     bench.main()
     out = capsys.readouterr().out
     methods = ("sdpa forward", "eager forward + attentions", "paper procedure", "diagnose", "diagnose, all events")
     rows = [m for line in out.splitlines() for m in methods if re.match(rf"{re.escape(m)} +[\d.]+ ", line)]
-    assert rows == list(methods) * 2
+    stock = [m for m in methods if m != "paper procedure"]  # the DINOv3 case: the paper procedure is SinkViT's
+    assert rows == list(methods) * 2 + stock
     assert "no sinks (random model): 0.00 sink events per image" in out
     # The toy model has 4 layers: one planted sink head each, NOP and broadcast in turn.
     assert "planted sinks: 4.00 sink events per image (2.00 NOP, 2.00 broadcast, 0.00 other" in out
     assert len(re.findall(r"diagnose vs paper procedure: [\d.]+x faster \(>= 3x: (met|MISSED)\)", out)) == 2
-    assert len(re.findall(r"diagnose memory over sdpa forward: 0.0 MiB \(<= one layer's maps", out)) == 2
+    assert len(re.findall(r"diagnose memory over sdpa forward: 0.0 MiB \(<= one layer's maps", out)) == 3
+    assert "DINOv3 (64 wide, 4 layers, random): " in out
     figures = json.loads(out.splitlines()[-1])
-    assert list(figures) == ["no sinks", "sinks"]
-    assert [case["sinks_per_image"] for case in figures.values()] == [0, 4]
-    assert all(case["worst"] <= 1e-4 for case in figures.values())
+    assert list(figures) == ["no sinks", "sinks", "dinov3"]
+    assert [case["sinks_per_image"] for case in figures.values()][:2] == [0, 4]
+    assert all(case["worst"] <= 1e-4 for case in list(figures.values())[:2])
 
 
 def test_diagnostics_benchmark_measures_peak_memory_in_a_fresh_process(monkeypatch):

@@ -10,15 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_nested_close, free_port, images, tiny_config
+from families import build
 from huggingface_hub import ModelCard
 from PIL import Image
 from planted import plant
-from transformers import BitImageProcessorPil, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers import (
+    BitImageProcessorPil,
+    CLIPImageProcessorPil,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    Siglip2ImageProcessorPil,
+)
 
 from sink_models import SinkViTForImageClassification
 from sink_models.cards import merge_sections
 from sink_models.checkpoint import save_checkpoint
-from sink_models.data import digits
+from sink_models.data import _decode, digits
+from sink_models.diagnostics import diagnose
 from sink_models.hub import ZOO_VERSION
 from sink_models.training import DataArguments, ModelArguments, TrainArguments
 
@@ -176,6 +184,37 @@ def test_stock_dinov2_with_registers_without_remote_code(tmp_path, capsys):
     card = ModelCard.load(tmp_path / "cards" / "dinov2-reg" / "README.md")
     assert "trust_remote_code" not in card.text and "no accuracy" in card.text
     assert {r.metric_type for r in card.data.eval_results} >= {"sinks_per_image", "register_sink_share"}
+
+
+STOCK_FAMILIES = {
+    # name: (model, processor): the processors without torchvision, at the tiny models' 32 x 32 / patch 8
+    "dinov3": lambda: (build("dinov3"), BitImageProcessorPil(size={"shortest_edge": 32}, crop_size=32)),
+    "clip-dual": lambda: (build("clip_dual"), CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size=32)),
+    "siglip2": lambda: (build("siglip2"), Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16)),
+}
+
+
+@pytest.mark.parametrize("family", STOCK_FAMILIES)
+def test_stock_families_without_a_head_get_the_diagnostics(family, tmp_path, capsys):
+    model, processor = STOCK_FAMILIES[family]()
+    folder = tmp_path / family
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    argv = ["--model", folder, "--dataset", "digits", "--max_images", 6, "--batch_size", 4, *outputs(tmp_path)]
+    code, out = run(argv, capsys)
+    assert code == 0, out
+    result = json.loads((tmp_path / "results" / f"{family}.json").read_text())
+    assert result["accuracy"] is None and "no classification head" in result["accuracy_note"]
+    assert result["model"]["class"] == type(model).__name__ and result["dataset"]["images"] == 6
+    assert len(result["heads"]) == 8 and result["cost"]["gflops"] > 0
+    # The same report as diagnose on the same processed images, in the same batches.
+    rows = digits().eval.select(range(6))
+    pictures = [_decode(row["image"]).convert("RGB") for row in rows]
+    batches = [dict(processor(pictures[i : i + 4], return_tensors="pt")) for i in (0, 4)]
+    expected = diagnose(model, batches)
+    assert result["sinks"]["sinks_per_image"] == expected.summary["sinks_per_image"]
+    assert_nested_close(result["heads"], expected.heads, rel=1e-6, where="heads")
+    assert (tmp_path / "cards" / family / "README.md").exists()
 
 
 def test_two_processes_give_the_report_of_one(checkpoint, tmp_path, capsys):

@@ -103,6 +103,9 @@ def _diagnostic_plane(report):
 def _inflow_maps(report, layer: int):
     maps = report.attention
     prefix, (rows, cols) = maps["num_prefix_tokens"], maps["grid"]
+    cls = maps.get("num_cls_tokens", 1)
+    names = ["CLS"] if cls == 1 else [f"CLS{i}" for i in range(1, cls + 1)]
+    names += [f"R{i}" for i in range(1, prefix - cls + 1)]
     inflow = np.array(maps["inflow"][layer])  # heads x tokens
     heads = inflow.shape[0]
     figure, axes = plt.subplots(
@@ -116,9 +119,12 @@ def _inflow_maps(report, layer: int):
     for head in range(heads):
         strip, grid = axes[0, 2 * head], axes[0, 2 * head + 1]
         vmax = inflow[head].max()
-        strip.imshow(inflow[head, :prefix, None], cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
-        strip.set_yticks(range(prefix), ["CLS"] + [f"R{i}" for i in range(1, prefix)], fontsize=7)
-        strip.set_xticks([])
+        if prefix:
+            strip.imshow(inflow[head, :prefix, None], cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+            strip.set_yticks(range(prefix), names, fontsize=7)
+            strip.set_xticks([])
+        else:  # no CLS or register tokens (SigLIP): patches only
+            strip.axis("off")
         image = grid.imshow(inflow[head, prefix:].reshape(rows, cols), cmap="viridis", vmin=0, vmax=vmax)
         grid.set(title=f"head {head}", xticks=[], yticks=[])
         sink = int(inflow[head].argmax())

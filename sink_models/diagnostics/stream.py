@@ -118,7 +118,8 @@ def diagnose(
     acc.reduce(accelerator)
     attention = None
     if "inflow" in kept:
-        attention = {"image": attention_image, "num_prefix_tokens": adapter.num_prefix_tokens, **kept}
+        layout = {"num_cls_tokens": adapter.num_cls_tokens, "num_prefix_tokens": adapter.num_prefix_tokens}
+        attention = {"image": attention_image, **layout, **kept}
     if accelerator is not None and accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
