@@ -1,8 +1,16 @@
-"""`python -m sink_models`: build a SinkViT, save it as a Hub folder, reload it with trust_remote_code, show outputs."""
+"""`python -m sink_models`: build a SinkViT, save it as a Hub folder, reload it with trust_remote_code, show outputs.
+
+`python -m sink_models inspect MODEL ...` runs `sink-models inspect` instead (see sink_models/inspection/)."""
 
 import argparse
 import os
+import sys
 import tempfile
+
+if sys.argv[1:2] == ["inspect"]:  # before the demo's offline switch below: inspect may fetch Hub ids
+    from sink_models.inspection import main as inspect_main
+
+    sys.exit(inspect_main(sys.argv[2:]))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local: never look for a Hub
 

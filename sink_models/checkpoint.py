@@ -1,14 +1,12 @@
 """Save a model as a self-contained Hub folder: config with auto_map, the two remote-code files, weights, processor."""
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from transformers import ViTImageProcessorPil
 
 from .configuration_sink_vit import as_pair
-from .files import umask
+from .files import atomic_folder
 from .modeling_sink_vit import SinkViTPreTrainedModel
 
 
@@ -36,25 +34,7 @@ def save_checkpoint(model: SinkViTPreTrainedModel, folder: str | os.PathLike, im
             f"image_processor: required for a model converted from {source!r}; pass its own processor (e.g. "
             f"AutoImageProcessor.from_pretrained({source!r})): the default one would preprocess its inputs wrongly."
         )
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    staging.chmod(0o777 & ~umask())  # mkdtemp makes it owner-only; a saved model is an ordinary folder
-    try:
+    with atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         (image_processor or default_image_processor(model.config)).save_pretrained(staging)
-        if not folder.exists():
-            os.replace(staging, folder)
-            return folder
-        retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-        os.replace(folder, retired / folder.name)
-        try:
-            os.replace(staging, folder)
-        except OSError:
-            os.replace(retired / folder.name, folder)
-            raise
-        finally:
-            shutil.rmtree(retired, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return Path(folder)

@@ -24,6 +24,7 @@ from .diagnostics.families import SUPPORTED, family_of, vision_config
 from .diagnostics.stream import model_inputs
 from .errors import first_line
 from .hub import ZOO_VERSION
+from .inspection.loading import from_pretrained
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -122,7 +123,7 @@ def load_checkpoint(
     auto = AutoModelForImageClassification if head else AutoModel
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "attn_implementation": attn_implementation}
     try:
-        model = auto.from_pretrained(source, **kwargs)
+        model = from_pretrained(auto, source, config=config, **kwargs)
         processor = AutoImageProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as error:
         raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None

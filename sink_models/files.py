@@ -1,8 +1,11 @@
-"""Atomic writes: a temporary file in the target's folder renamed into place, so a reader never sees half a file."""
+"""Atomic writes: a temporary file or folder beside the target, renamed into place: a reader never sees half of one."""
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,6 +23,38 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging folder beside `folder` (its parent created) to write into; on success rename it to
+    `folder`, replacing an earlier `folder` only then. On failure `folder` is left as it was; no staging remains."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging.chmod(0o777 & ~umask())  # mkdtemp makes it owner-only; the result is an ordinary folder
+    try:
+        yield staging
+        _replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _replace(staging: Path, folder: Path) -> None:
+    """Rename `staging` to `folder`; an old `folder` is set aside first and restored if the rename fails."""
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    # Set aside, not deleted: os.replace cannot replace a non-empty folder, and the old one must survive a failure.
+    retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+    os.replace(folder, retired / folder.name)
+    try:
+        os.replace(staging, folder)
+    except OSError:
+        os.replace(retired / folder.name, folder)
+        raise
+    finally:
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, data) -> Path:

@@ -55,6 +55,8 @@ def _events_by_head(report):
                 axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
         axis.set(title=f"{name} sinks per image", xlabel="head", ylabel="layer")
         axis.set_xticks(range(values.shape[1]))
+        # Every layer labelled on short stacks, every other on deep ones; never matplotlib's half-step ticks.
+        axis.set_yticks(range(0, values.shape[0], 1 if values.shape[0] <= 16 else 2))
         figure.colorbar(image, ax=axis, shrink=0.8)
     figure.suptitle(f"{report.model['class']}: sink events by layer and head ({report.summary['images']} images)")
     return figure

@@ -1,0 +1,27 @@
+"""`sink-models inspect`: sink diagnostics of a vision model on a few images, as a command and a library call.
+
+One module per stage: images (what to diagnose), loading (model and image processor), then `diagnose`, tables (the
+tables and the printed text), report (the report folder, report.md); command ties them together and parses options."""
+
+from .command import InspectResult, cli, inspect_model, main
+from .errors import InspectError
+from .images import DESCRIPTION, ImageSet, builtin_images, collect_images
+from .loading import load_model
+from .report import render_markdown, write_report
+from .tables import summary_text
+
+__all__ = [
+    "DESCRIPTION",
+    "ImageSet",
+    "InspectError",
+    "InspectResult",
+    "builtin_images",
+    "cli",
+    "collect_images",
+    "inspect_model",
+    "load_model",
+    "main",
+    "render_markdown",
+    "summary_text",
+    "write_report",
+]

@@ -1,0 +1,170 @@
+"""The images `sink-models inspect` diagnoses: a folder, PIL images, a `datasets` dataset or a built-in set, and
+their batches through the model's image processor."""
+
+import io
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..errors import first_line
+from .errors import InspectError
+
+# The built-in set, made offline from scikit-learn's two bundled photos. (view, crop box as fractions of width and
+# height: left, top, right, bottom, mirrored): whole photos, crops at different places and scales, mirrored crops;
+# the processor resizes each to the model's input size.
+VIEWS = (
+    ("whole", (0.0, 0.0, 1.0, 1.0), False),
+    ("centre crop", (0.2, 0.1, 0.8, 0.9), False),
+    ("top-left zoom", (0.05, 0.05, 0.4, 0.55), False),
+    ("mirrored bottom-right crop", (0.45, 0.35, 1.0, 1.0), True),
+)
+PHOTOS = ("china.jpg", "flower.jpg")
+DESCRIPTION = (
+    f"{len(PHOTOS) * len(VIEWS)} built-in images made from scikit-learn's bundled sample photos "
+    f"({' and '.join(PHOTOS)}: {', '.join(view for view, _, _ in VIEWS)})"
+)
+
+
+@dataclass
+class ImageSet:
+    """The images to diagnose, where they came from, and the files or rows skipped because they could not be read."""
+
+    source: str
+    names: list[str] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: set[int] = field(default_factory=set)  # indices of images the processor could not take
+
+    @property
+    def used(self) -> list[str]:
+        return [name for i, name in enumerate(self.names) if i not in self.failed]
+
+
+def collect_images(
+    images=None, *, dataset: str | None = None, split: str = "train", max_images: int = 16, mode: str = "RGB"
+) -> ImageSet:
+    """At most `max_images` images in PIL `mode` from a folder, a list of PIL images, a `datasets` id or local
+    imagefolder path, or (neither given) the built-in set."""
+    if images is not None and dataset is not None:
+        raise InspectError("images, dataset: give one of them, not both.")
+    if dataset is not None:
+        return _dataset_images(dataset, split, max_images, mode)
+    if isinstance(images, str | os.PathLike):
+        return _folder_images(Path(images), max_images, mode)
+    if images is not None:
+        images = list(images)[:max_images]
+        if not images:
+            raise InspectError("images: got an empty list; allowed: a folder, PIL images, or None (built-in set).")
+        names = [f"image {i}" for i in range(len(images))]
+        return ImageSet(f"{len(images)} images given by the caller", names, [image.convert(mode) for image in images])
+    samples = builtin_images()
+    chosen = samples[:max_images]
+    source = DESCRIPTION if len(chosen) == len(samples) else f"{len(chosen)} of the {DESCRIPTION}"
+    return ImageSet(source, [name for name, _ in chosen], [image.convert(mode) for _, image in chosen])
+
+
+def builtin_images() -> list[tuple[str, Image.Image]]:
+    """The built-in set as (name, RGB image) pairs, the same on every call: every view of every photo."""
+    from sklearn.datasets import load_sample_image
+
+    images = []
+    for photo in PHOTOS:
+        image = Image.fromarray(load_sample_image(photo))
+        width, height = image.size
+        for view, (left, top, right, bottom), mirrored in VIEWS:
+            crop = image.crop((round(left * width), round(top * height), round(right * width), round(bottom * height)))
+            if mirrored:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            images.append((f"{photo} ({view})", crop.convert("RGB")))
+    return images
+
+
+def _folder_images(folder: Path, max_images: int, mode: str) -> ImageSet:
+    if not folder.is_dir():
+        raise InspectError(f"images: {str(folder)!r} is not a folder.")
+    files = sorted(path for path in folder.iterdir() if path.is_file())
+    if not files:
+        raise InspectError(f"images: the folder {str(folder)!r} has no files.")
+    found = ImageSet("")
+    for path in files:
+        if len(found.images) == max_images:
+            break
+        _add(found, path.name, path, mode)
+    if not found.images:
+        raise InspectError(f"images: none of the {len(files)} files in {str(folder)!r} is an image PIL can read.")
+    found.source = f"{len(found.images)} image files from the folder {folder}"
+    return found
+
+
+def _dataset_images(dataset: str, split: str, max_images: int, mode: str) -> ImageSet:
+    import datasets
+
+    try:
+        # Streaming: only the rows used are read, not a whole Hub dataset.
+        rows = datasets.load_dataset(dataset, split=split, streaming=True)
+    except Exception as error:  # datasets raises many kinds; all mean "no such dataset or split here"
+        raise InspectError(f"dataset: {dataset!r} (split {split!r}) could not be loaded: {first_line(error)}") from None
+    features = rows.features or {}
+    column = next((name for name, kind in features.items() if isinstance(kind, datasets.Image)), None)
+    if column is None:
+        raise InspectError(f"dataset: {dataset!r} has no column of Image type; its columns: {list(features)}.")
+    rows = rows.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    found = ImageSet("")
+    for index, row in enumerate(rows):
+        if len(found.images) == max_images:
+            break
+        value = row[column] or {}
+        name = Path(value["path"]).name if value.get("path") else f"row {index}"
+        _add(found, name, io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path"), mode)
+    if not found.images:
+        raise InspectError(f"dataset: {dataset!r} (split {split!r}) has no image PIL can read.")
+    found.source = f"{len(found.images)} images from the {split!r} split of the dataset {dataset}, column {column!r}"
+    return found
+
+
+def _add(found: ImageSet, name: str, source, mode: str) -> None:
+    try:
+        with Image.open(source) as image:
+            found.images.append(image.convert(mode))  # convert() reads the pixels: a truncated file fails here
+        found.names.append(name)
+    except (OSError, ValueError, SyntaxError, TypeError, AttributeError, Image.DecompressionBombError):
+        found.skipped.append(name)
+
+
+def _batches(processor, found: ImageSet, batch_size: int, progress: bool) -> Iterator[dict]:
+    """The processor's whole output (pixel_values and any masks or shapes) per batch, as plain dicts of tensors.
+
+    The progress bar opens when the first batch is asked for: an architecture diagnose refuses prints one line."""
+    bar = tqdm(total=len(found.images), unit="image", desc="diagnose", file=sys.stderr, disable=not progress)
+    try:
+        for start in range(0, len(found.images), batch_size):
+            indices = list(range(start, min(start + batch_size, len(found.images))))
+            try:
+                batch = _process(processor, [found.images[i] for i in indices])
+            except Exception:  # one image the processor cannot take: find it, skip it, keep the others
+                indices = [i for i in indices if _processes(processor, found, i)]
+                batch = _process(processor, [found.images[i] for i in indices]) if indices else None
+            if batch is not None:
+                yield batch
+            bar.update(min(batch_size, len(found.images) - start))
+    finally:
+        bar.close()
+
+
+def _process(processor, images: list[Image.Image]) -> dict:
+    return dict(processor(images=images, return_tensors="pt"))
+
+
+def _processes(processor, found: ImageSet, index: int) -> bool:
+    try:
+        _process(processor, [found.images[index]])
+    except Exception:  # any failure of the processor on this image
+        found.failed.add(index)
+        found.skipped.append(found.names[index])
+        return False
+    return True
