@@ -314,3 +314,13 @@ def test_reports_of_new_families_round_trip_through_json(tmp_path):
     report = diagnose(build("siglip"), [inputs("siglip")])
     assert SinkReport.from_json(report.to_json(tmp_path / "r.json")) == report
     assert report.summary["cls_sink_rate"] is None and report.summary["sink_share"]["cls"] == 0.0
+
+
+def test_flex_attention_gives_the_eager_report():
+    model = build("dinov3", "flex_attention")  # compiled on first use: the one slow test here (~10 s)
+    x = inputs("dinov3")
+    flex = diagnose(model, [x], thresholds=EVERYTHING)
+    model.set_attn_implementation("eager")
+    eager = diagnose(model, [x], thresholds=EVERYTHING)
+    assert flex.model["attn_implementation"] == "flex_attention"
+    assert_nested_close(flex.events, eager.events, rel=1e-4, abs=1e-6, where="events")

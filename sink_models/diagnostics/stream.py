@@ -57,7 +57,7 @@ def diagnose(
         # Made anew for each batch (0.1 ms a layer at ViT-Tiny width, ~6 ms at ViT-L's, small beside the forward):
         # kept for every layer, they would stay in memory throughout, about as much as one layer's attention maps.
         projection = HeadProjection(parts.output.weight.to(device), parts.gamma, heads)
-        bias = _dense_mask(captured["mask"], captured["query"])
+        bias = _dense_mask(captured["mask"])
         # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
         metrics = layer_metrics(
             captured["query"],
@@ -197,14 +197,15 @@ def _all_patches_kept(adapter: Adapter):
         config.mask_ratio = ratio
 
 
-def _dense_mask(mask, query: torch.Tensor) -> torch.Tensor | None:
-    """The kernel's mask as a tensor: flex attention's BlockMask evaluated element by element."""
+def _dense_mask(mask) -> torch.Tensor | None:
+    """The kernel's mask or logit bias, which must be a tensor (or None) for the maps to be rebuilt exactly."""
     if mask is None or isinstance(mask, torch.Tensor):
         return mask
-    from torch.nn.attention.flex_attention import create_mask
-
-    batch, heads, tokens, _ = query.shape
-    return create_mask(mask.mask_mod, batch, heads, tokens, mask.seq_lengths[1], device=query.device)
+    # No supported family builds a flex BlockMask in transformers 5.24 (those with masks do not support flex).
+    raise ValueError(
+        f"model: its attention got a {type(mask).__name__} mask, which the diagnostics cannot rebuild; load the model "
+        "with attn_implementation='sdpa' or 'eager'."
+    )
 
 
 def _model_info(model: nn.Module, adapter) -> dict:
