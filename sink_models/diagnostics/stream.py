@@ -46,70 +46,16 @@ def diagnose(
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     adapter = adapter_for(model)
-    heads, device = adapter.num_heads, next(model.parameters()).device
-    acc = Accumulator(len(adapter.layers), heads)
-    layout = (adapter.num_cls_tokens, adapter.num_prefix_tokens)
-    kept: dict = {}
-    state: dict = {"valid": None}  # the batch's valid tokens, for families that pad
-
-    def on_attention(index: int, captured: dict) -> None:
-        parts, valid = adapter.layers[index], state["valid"]
-        # Made anew for each batch (0.1 ms a layer at ViT-Tiny width, ~6 ms at ViT-L's, small beside the forward):
-        # kept for every layer, they would stay in memory throughout, about as much as one layer's attention maps.
-        projection = HeadProjection(parts.output.weight.to(device), parts.gamma, heads)
-        bias = _dense_mask(captured["mask"])
-        # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
-        metrics = layer_metrics(
-            captured["query"],
-            captured["key"],
-            captured["value"],
-            captured["scaling"],
-            projection,
-            layout,
-            thresholds,
-            captured["output"],
-            bias=bias,
-            valid=valid,
-            chunks=4,
-        )
-        gates = captured.get("gate")
-        gate = None if gates is None else gate_metrics(torch.sigmoid(gates), heads, thresholds.gate_closed, valid)
-        acc.add_layer(index, acc.images, metrics, gate)
-        acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
-        local = attention_image - acc.images
-        if 0 <= local < len(metrics["sink"]):
-            inflow = metrics["inflow"][local]
-            if valid is not None:
-                inflow = inflow[:, valid[local]]
-            kept.setdefault("inflow", []).append(inflow.float().cpu().tolist())
-
-    def on_output(index: int, tokens: torch.Tensor) -> None:
-        acc.add_token_norms(index, *token_norm_metrics(tokens, state["valid"]))
-
+    stream = _Stream(adapter, thresholds, attention_image, next(model.parameters()).device)
     training = model.training
     model.eval()
     try:
-        with torch.no_grad(), LayerCapture(adapter, on_attention, on_output), _all_patches_kept(adapter):
-            for batch in batches:
-                inputs = model_inputs(batch, adapter)
-                if max_images is not None:
-                    inputs = {name: value[: max_images - acc.images] for name, value in inputs.items()}
-                count = len(inputs["pixel_values"])
-                if count == 0:
-                    continue
-                inputs = {name: value.to(device) for name, value in inputs.items()}
-                state["valid"] = _valid_tokens(inputs, adapter)
-                if acc.images <= attention_image < acc.images + count:
-                    kept["grid"] = _grid(inputs, adapter, attention_image - acc.images)
-                outputs = adapter.forward(**inputs, **_forward_options(inputs, adapter))
-                if on_outputs is not None:
-                    on_outputs(batch, outputs, count)
-                acc.images += count
-                if max_images is not None and acc.images >= max_images:
-                    break
+        with torch.no_grad(), LayerCapture(adapter, stream.on_attention, stream.on_output), _all_patches_kept(adapter):
+            stream.run(batches, max_images, on_outputs)
     finally:
         model.train(training)
 
+    acc, kept = stream.acc, stream.kept
     total = acc.images
     if accelerator is not None and accelerator.num_processes > 1:
         total = int(accelerator.reduce(torch.tensor([acc.images], device=accelerator.device), "sum").item())
@@ -125,6 +71,71 @@ def diagnose(
 
         attention = next((maps for maps in gather_object([attention]) if maps is not None), None)
     return SinkReport.from_accumulator(acc, thresholds, _model_info(model, adapter), attention)
+
+
+class _Stream:
+    """Runs the batches and measures each layer as its attention returns: the running sums, the events, and the
+    inflow maps of one image."""
+
+    def __init__(self, adapter: Adapter, thresholds: Thresholds, attention_image: int, device: torch.device):
+        self.adapter, self.thresholds, self.attention_image, self.device = adapter, thresholds, attention_image, device
+        self.acc = Accumulator(len(adapter.layers), adapter.num_heads)
+        self.kept: dict = {}
+        self.valid = None  # the batch's valid tokens, for families that pad
+
+    def run(self, batches: Iterable, max_images: int | None, on_outputs) -> None:
+        adapter, acc = self.adapter, self.acc
+        for batch in batches:
+            inputs = model_inputs(batch, adapter)
+            if max_images is not None:
+                inputs = {name: value[: max_images - acc.images] for name, value in inputs.items()}
+            count = len(inputs["pixel_values"])
+            if count == 0:
+                continue
+            inputs = {name: value.to(self.device) for name, value in inputs.items()}
+            self.valid = _valid_tokens(inputs, adapter)
+            if acc.images <= self.attention_image < acc.images + count:
+                self.kept["grid"] = _grid(inputs, adapter, self.attention_image - acc.images)
+            outputs = adapter.forward(**inputs, **_forward_options(inputs, adapter))
+            if on_outputs is not None:
+                on_outputs(batch, outputs, count)
+            acc.images += count
+            if max_images is not None and acc.images >= max_images:
+                break
+
+    def on_attention(self, index: int, captured: dict) -> None:
+        adapter, thresholds, valid, heads = self.adapter, self.thresholds, self.valid, self.adapter.num_heads
+        parts = adapter.layers[index]
+        # Made anew for each batch (0.1 ms a layer at ViT-Tiny width, ~6 ms at ViT-L's, small beside the forward):
+        # kept for every layer, they would stay in memory throughout, about as much as one layer's attention maps.
+        projection = HeadProjection(parts.output.weight.to(self.device), parts.gamma, heads)
+        # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
+        metrics = layer_metrics(
+            captured["query"],
+            captured["key"],
+            captured["value"],
+            captured["scaling"],
+            projection,
+            (adapter.num_cls_tokens, adapter.num_prefix_tokens),
+            thresholds,
+            captured["output"],
+            bias=_dense_mask(captured["mask"]),
+            valid=valid,
+            chunks=4,
+        )
+        gates = captured.get("gate")
+        gate = None if gates is None else gate_metrics(torch.sigmoid(gates), heads, thresholds.gate_closed, valid)
+        self.acc.add_layer(index, self.acc.images, metrics, gate)
+        self.acc.add_cls_sinks(index, metrics["cls_inflow"], thresholds.cls_sink_eps)
+        local = self.attention_image - self.acc.images
+        if 0 <= local < len(metrics["sink"]):
+            inflow = metrics["inflow"][local]
+            if valid is not None:
+                inflow = inflow[:, valid[local]]
+            self.kept.setdefault("inflow", []).append(inflow.float().cpu().tolist())
+
+    def on_output(self, index: int, tokens: torch.Tensor) -> None:
+        self.acc.add_token_norms(index, *token_norm_metrics(tokens, self.valid))
 
 
 def model_inputs(batch, adapter: Adapter) -> dict[str, torch.Tensor]:
