@@ -246,7 +246,7 @@ def _usage(result: dict, repo: str, revision: str | None, remote: bool) -> str:
         "# its sinks, with sink-models (pip install sink-models):",
         "from sink_models.diagnostics import diagnose",
         "",
-        'report = diagnose(model, [inputs["pixel_values"]])',
+        'report = diagnose(model, [inputs])  # batches: processor outputs',
         "print(report.summary)",
     ]
     return "## Usage\n\n```python\n" + "\n".join(lines) + "\n```"
