@@ -10,6 +10,7 @@ under the same name is the backend's own, so masks keep their format. The backen
 
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,9 +23,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from .families import FAMILIES, Family, blocks_of, count, family_of, gamma_of, vision_config
 
 PREFIX = "sink_capture:"
-# Active captures by attention module: the registered function serves every model, and passes modules it does not
-# capture (a masked autoencoder's decoder) straight to the backend.
-_ACTIVE: dict[int, tuple["LayerCapture", int]] = {}
 
 
 @dataclass
@@ -101,25 +99,38 @@ def adapter_for(model: nn.Module) -> Adapter:
     )
 
 
+@dataclass
+class Kernel:
+    """One attention kernel call as the backend saw it: query, key, value (batch, heads, tokens, d_h), the mask or
+    additive bias, the scaling, and the output o = A v (batch, tokens, heads, d_h), before any gate."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: object
+    scaling: float
+    output: torch.Tensor
+
+
+# Handlers by attention module while routed: the registered function serves every model, and passes modules without
+# a handler (a masked autoencoder's decoder) straight to the backend. A handler may return a replacement output.
+_ACTIVE: dict[int, Callable[[Kernel], torch.Tensor | None]] = {}
+
+
 def _capture_forward(backend: str, module: nn.Module, query, key, value, attention_mask, **kwargs):
-    """The attention interface function of `sink_capture:<backend>`: the backend's result, the kernel's inputs kept."""
+    """The attention interface function of `sink_capture:<backend>`: the backend's result, shown to the module's
+    handler, which may replace the output."""
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     original = ALL_ATTENTION_FUNCTIONS.get_interface(backend, eager)
     if original is None:
         raise ValueError(f"model: {type(module).__module__} has no eager_attention_forward to run eager attention.")
     output, weights = original(module, query, key, value, attention_mask, **kwargs)
-    active = _ACTIVE.get(id(module))
-    if active is not None:
-        capture, _ = active
+    handler = _ACTIVE.get(id(module))
+    if handler is not None:
         scaling = kwargs.get("scaling")
-        capture.captured.update(
-            query=query,
-            key=key,
-            value=value,
-            mask=attention_mask,
-            scaling=query.shape[-1] ** -0.5 if scaling is None else scaling,
-            output=output,  # o = A v, (batch, tokens, heads, head_dim): before any gate
-        )
+        scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+        replaced = handler(Kernel(query, key, value, attention_mask, scaling, output))
+        output = output if replaced is None else replaced
     return output, weights
 
 
@@ -134,8 +145,29 @@ def _capture_name(backend: str | None) -> str:
     return name
 
 
+@contextmanager
+def kernel_handlers(adapter: Adapter, handlers: dict[int, Callable[[Kernel], torch.Tensor | None]]):
+    """Route the attention of the layers in `handlers` (by index) through the capture backend, each kernel call shown
+    to its layer's handler; the backends are restored on exit, also on error."""
+    configs: dict[int, tuple] = {}
+    try:
+        for index, handler in handlers.items():
+            attention = adapter.layers[index].attention
+            config = attention.config
+            if id(config) not in configs:
+                configs[id(config)] = (config, config._attn_implementation_internal)
+                config._attn_implementation_internal = _capture_name(config._attn_implementation)
+            _ACTIVE[id(attention)] = handler
+        yield
+    finally:
+        for index in handlers:
+            _ACTIVE.pop(id(adapter.layers[index].attention), None)
+        for config, implementation in configs.values():
+            config._attn_implementation_internal = implementation
+
+
 class LayerCapture:
-    """Routes each block's attention through the capture backend and hands its kernel inputs and output, and gate, to
+    """Routes each block's attention through the capture backend and hands its kernel call and gate to
     `on_attention` as soon as the attention module returns (so they are freed before the MLP allocates its own), and
     the block's output tokens to `on_output`."""
 
@@ -148,34 +180,34 @@ class LayerCapture:
         self.adapter, self.on_attention, self.on_output = adapter, on_attention, on_output
         self.captured: dict = {}
         self.handles = []
-        self.configs: dict[int, tuple] = {}
+        self.routing = None
 
     def __enter__(self) -> "LayerCapture":
         try:
+            self.routing = kernel_handlers(
+                self.adapter, {i: self._keep_kernel for i in range(len(self.adapter.layers))}
+            )
+            self.routing.__enter__()
             for index, parts in enumerate(self.adapter.layers):
-                config = parts.attention.config
-                if id(config) not in self.configs:
-                    self.configs[id(config)] = (config, config._attn_implementation_internal)
-                    config._attn_implementation_internal = _capture_name(config._attn_implementation)
-                _ACTIVE[id(parts.attention)] = (self, index)
                 if parts.gate_proj is not None:
                     self.handles.append(parts.gate_proj.register_forward_hook(self._keep_gate))
                 self.handles.append(parts.attention.register_forward_hook(self._attention_done(index)))
                 self.handles.append(parts.block.register_forward_hook(self._block_done(index)))
         except BaseException:
-            self.__exit__()
+            self.__exit__(*sys.exc_info())
             raise
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self.handles:
             handle.remove()
-        for parts in self.adapter.layers:
-            _ACTIVE.pop(id(parts.attention), None)
-        for config, implementation in self.configs.values():
-            config._attn_implementation_internal = implementation
-        self.handles, self.configs = [], {}
+        if self.routing is not None:
+            self.routing.__exit__(*exc)
+        self.handles, self.routing = [], None
         self.captured.clear()
+
+    def _keep_kernel(self, kernel: Kernel) -> None:
+        self.captured["kernel"] = kernel
 
     def _keep_gate(self, module, args, output) -> None:
         self.captured["gate"] = output
@@ -183,7 +215,7 @@ class LayerCapture:
     def _attention_done(self, index: int):
         def hook(module, args, output):
             captured, self.captured = self.captured, {}
-            if "query" not in captured:
+            if "kernel" not in captured:
                 raise ValueError(
                     f"model: layer {index}'s attention ({type(module).__name__}) did not call the attention-function "
                     "registry, so its kernel cannot be seen; this model is not supported by the diagnostics."

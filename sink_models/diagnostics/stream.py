@@ -110,16 +110,17 @@ class _Stream:
         # kept for every layer, they would stay in memory throughout, about as much as one layer's attention maps.
         projection = HeadProjection(parts.output.weight.to(self.device), parts.gamma, heads)
         # At most a quarter of the layer's attention maps at a time: well under one layer's worth.
+        kernel = captured["kernel"]
         metrics = layer_metrics(
-            captured["query"],
-            captured["key"],
-            captured["value"],
-            captured["scaling"],
+            kernel.query,
+            kernel.key,
+            kernel.value,
+            kernel.scaling,
             projection,
             (adapter.num_cls_tokens, adapter.num_prefix_tokens),
             thresholds,
-            captured["output"],
-            bias=_dense_mask(captured["mask"]),
+            kernel.output,
+            bias=dense_mask(kernel.mask),
             valid=valid,
             chunks=4,
         )
@@ -208,7 +209,7 @@ def _all_patches_kept(adapter: Adapter):
         config.mask_ratio = ratio
 
 
-def _dense_mask(mask) -> torch.Tensor | None:
+def dense_mask(mask) -> torch.Tensor | None:
     """The kernel's mask or logit bias, which must be a tensor (or None) for the maps to be rebuilt exactly."""
     if mask is None or isinstance(mask, torch.Tensor):
         return mask
