@@ -1,0 +1,9 @@
+"""Causal interventions: edit one sink head at a time, attention held fixed, and measure what changes downstream
+(SCIENCE.md sections 6 and 8; the paper's vit_causal), on every family the diagnostics support."""
+
+from .edits import DEFAULT_EDITS, EDITS
+from .report import InterventionReport
+from .run import intervene
+from .select import select_heads
+
+__all__ = ["DEFAULT_EDITS", "EDITS", "InterventionReport", "intervene", "select_heads"]

@@ -1,0 +1,375 @@
+"""`intervene`: edit one sink head at a time with its attention held fixed, run the rest of the network unchanged,
+and measure how far the final patch tokens (and the logits) move (SCIENCE.md section 8; the paper's vit_causal)."""
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..diagnostics import Thresholds, diagnose
+from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
+from ..diagnostics.metrics import HeadProjection, layer_metrics
+from ..diagnostics.stream import dense_mask, model_inputs
+from .edits import (
+    DEFAULT_EDITS,
+    EDITS,
+    GATE_EDITS,
+    LAYER_EDITS,
+    VALUE_EDITS,
+    apply_edit,
+    choices,
+    local_identity_error,
+)
+from .measure import Baseline, effects
+from .report import InterventionReport
+from .select import select_heads
+
+CLASSES = ("nop", "broadcast", "other")
+TOKEN_TYPES = ("cls", "register", "patch")
+
+
+def intervene(
+    model: nn.Module,
+    batches: Iterable,
+    *,
+    heads: list[tuple[int, int]] | None = None,
+    edits: Iterable[str] = DEFAULT_EDITS,
+    held_out: Iterable | None = None,
+    thresholds: Thresholds | None = None,
+    per_class: int = 4,
+    seed: int = 0,
+    accelerator=None,
+) -> InterventionReport:
+    """Edit each of `heads` ((layer, head) pairs; default: `select_heads` of the model's own diagnostics on `batches`)
+    on every image of `batches` where it has a sink event, once per edit of `edits` (`edits.EDITS`), and measure the
+    effects. `held_out` gives the images the head's mean sink value and the registers' mean are taken over (default:
+    `batches` themselves; the paper uses disjoint images). Batches are dicts of model inputs, with `labels` if the
+    top-1 change is wanted, or pixel tensors. The donor of an image is the next image of its batch.
+
+    Under accelerate, give each process its own whole batches: the report is the single-process one."""
+    thresholds = Thresholds() if thresholds is None else thresholds
+    edits = _checked_edits(edits)
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    adapter = adapter_for(model)
+    data = [_split(batch, adapter) for batch in batches]
+    if heads is None:
+        report = diagnose(model, [inputs for inputs, _ in data], thresholds=thresholds, accelerator=accelerator)
+        heads = select_heads(report, per_class=per_class)
+    heads = _checked_heads(heads, adapter)
+    needs_means = any(edit in ("mean_sink_value", "register_mean") for edit in edits)
+    source = data if held_out is None else [_split(batch, adapter) for batch in held_out]
+    means = _held_out_means(model, adapter, source, heads, thresholds, accelerator) if needs_means else {}
+    run = _Run(model, adapter, heads, edits, thresholds, means, seed)
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for index, (inputs, labels) in enumerate(data):
+                run.batch(index, inputs, labels)
+    finally:
+        model.train(training)
+    return InterventionReport.collect(run, accelerator)
+
+
+def _checked_edits(edits: Iterable[str]) -> tuple[str, ...]:
+    edits = tuple(edits)
+    unknown = [edit for edit in edits if edit not in EDITS]
+    if unknown or not edits:
+        raise ValueError(f"edits: got {list(edits)}; allowed: a non-empty list from {', '.join(EDITS)}.")
+    return edits
+
+
+def _checked_heads(heads, adapter: Adapter) -> list[tuple[int, int]]:
+    layers, count = len(adapter.layers), adapter.num_heads
+    checked = []
+    for pair in heads:
+        if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(type(x) is int for x in pair)):
+            raise ValueError(f"heads: got {pair!r}; allowed: (layer, head) pairs of ints.")
+        if not (0 <= pair[0] < layers and 0 <= pair[1] < count):
+            raise ValueError(f"heads: ({pair[0]}, {pair[1]}) is outside the model's {layers} layers x {count} heads.")
+        checked.append(tuple(pair))
+    return sorted(set(checked))
+
+
+def _split(batch, adapter: Adapter) -> tuple[dict, torch.Tensor | None]:
+    """The batch's model inputs and its labels (None without)."""
+    labels = batch.get("labels") if isinstance(batch, dict) else None
+    return model_inputs(batch, adapter), labels
+
+
+def head_view(kernel: Kernel, head: int) -> tuple[torch.Tensor, ...]:
+    """One head's query, key, value (batch, 1, tokens, d_h), output (batch, tokens, 1, d_h) and bias (or None)."""
+    groups = kernel.query.shape[1] // kernel.key.shape[1]  # grouped keys and values serve several query heads
+    bias = dense_mask(kernel.mask)
+    if bias is not None and bias.shape[1] > 1:
+        bias = bias[:, head : head + 1]
+    key, value = kernel.key[:, head // groups][:, None], kernel.value[:, head // groups][:, None]
+    return kernel.query[:, head : head + 1], key, value, kernel.output[:, :, head : head + 1], bias
+
+
+def head_attention(query: torch.Tensor, key: torch.Tensor, scaling: float, bias) -> torch.Tensor:
+    """softmax(q k^T * scaling + bias) of one head, (batch, N, N) in float32, as the diagnostics build it."""
+    logits = (query[:, 0].float() * scaling) @ key[:, 0].float().transpose(-1, -2)
+    if bias is not None:
+        rows = bias[:, 0]
+        logits = logits.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else logits + rows.float()
+    return torch.softmax(logits, dim=-1).nan_to_num(0.0)
+
+
+def head_projection(adapter: Adapter, layer: int, head: int) -> HeadProjection:
+    parts = adapter.layers[layer]
+    width = parts.output.weight.shape[1] // adapter.num_heads
+    weight = parts.output.weight[:, head * width : (head + 1) * width]
+    return HeadProjection(weight, parts.gamma, 1)
+
+
+def head_metrics(adapter, layer, head, kernel, thresholds, valid) -> dict[str, torch.Tensor]:
+    """The diagnostics' per-image quantities of one head (sink, event, class, token type, ...), each (batch,)."""
+    query, key, value, output, bias = head_view(kernel, head)
+    layout = (adapter.num_cls_tokens, adapter.num_prefix_tokens)
+    projection = head_projection(adapter, layer, head)
+    metrics = layer_metrics(query, key, value, kernel.scaling, projection, layout, thresholds, output, bias, valid, 1)
+    return {name: value[:, 0] for name, value in metrics.items()}
+
+
+def _held_out_means(model, adapter, data, heads, thresholds, accelerator) -> dict:
+    """Each head's mean sink value v_s over its sink events, and each layer's mean register tokens at its input,
+    on the held-out batches (float64 sums, reduced over processes)."""
+    sums: dict = {}
+    state: dict = {"valid": None}
+
+    def keep_sinks(layer):
+        def handler(kernel: Kernel) -> None:
+            for h in (h for at, h in heads if at == layer):
+                metrics = head_metrics(adapter, layer, h, kernel, thresholds, state["valid"])
+                event = metrics["event"]
+                value = head_view(kernel, h)[2][:, 0]  # batch, N, d_h
+                picked = value[torch.arange(len(value), device=value.device), metrics["sink"]][event]
+                total, count = sums.get(("sink", layer, h), (0.0, 0))
+                sums["sink", layer, h] = (total + picked.double().sum(0), count + int(event.sum()))
+
+        return handler
+
+    def keep_registers(layer):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            registers = hidden[:, adapter.num_cls_tokens : adapter.num_prefix_tokens].double()
+            total, count = sums.get(("register", layer), (0.0, 0))
+            sums["register", layer] = (total + registers.sum(0), count + len(hidden))
+
+        return hook
+
+    handles = []
+    if adapter.num_register_tokens:
+        for layer, parts in enumerate(adapter.layers):
+            handles.append(parts.block.register_forward_pre_hook(keep_registers(layer), with_kwargs=True))
+    try:
+        layers = {layer for layer, _ in heads}
+        with torch.no_grad(), kernel_handlers(adapter, {layer: keep_sinks(layer) for layer in layers}):
+            for inputs, _ in data:
+                state["valid"] = _valid(inputs, adapter)
+                adapter.forward(**_on(inputs, model), **_options(inputs, adapter))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _reduce_means(sums, accelerator)
+
+
+def _reduce_means(sums: dict, accelerator) -> dict:
+    means = {}
+    for key, (total, count) in sums.items():
+        if accelerator is not None and accelerator.num_processes > 1:
+            device = accelerator.device
+            count = int(accelerator.reduce(torch.tensor([count], device=device), "sum").item())
+            total = accelerator.reduce(torch.as_tensor(total, dtype=torch.float64, device=device), "sum").cpu()
+        means[key] = (total / count).float() if count else None
+    return means
+
+
+def _on(inputs: dict, model: nn.Module) -> dict:
+    device = next(model.parameters()).device
+    return {name: value.to(device) for name, value in inputs.items()}
+
+
+def _valid(inputs: dict, adapter: Adapter):
+    from ..diagnostics.stream import _valid_tokens
+
+    return _valid_tokens(inputs, adapter)
+
+
+def _options(inputs: dict, adapter: Adapter) -> dict:
+    from ..diagnostics.stream import _forward_options
+
+    return _forward_options(inputs, adapter)
+
+
+class _Run:
+    """The per-batch work: baseline, each head's sink events, each edit's forward and effects, the checks."""
+
+    def __init__(self, model, adapter, heads, edits, thresholds, means, seed):
+        self.model, self.adapter, self.heads, self.edits = model, adapter, heads, edits
+        self.thresholds, self.means, self.seed = thresholds, means, seed
+        self.rows: list[dict] = []
+        self.images = 0
+        self.checks = {"local_identity_max": 0.0, "noop_max": 0.0, "checked_heads": 0}
+        self.skipped = {"heads_without_events": {}, "images_without_event": 0, "edits_not_applicable": []}
+        self.events: dict = {}  # (layer, head) -> per-class event counts
+
+    def batch(self, index: int, inputs: dict, labels) -> None:
+        inputs = _on(inputs, self.model)
+        valid = _valid(inputs, self.adapter)
+        kernels: dict = {}
+        layers = {layer for layer, _ in self.heads}
+        recording = {layer: (lambda kernel, layer=layer: kernels.__setitem__(layer, kernel)) for layer in layers}
+        with kernel_handlers(self.adapter, recording):
+            base = self.forward(inputs)
+        baseline = Baseline.of(base, self.adapter, valid, labels)
+        for layer, head in self.heads:
+            metrics = head_metrics(self.adapter, layer, head, kernels[layer], self.thresholds, valid)
+            self._head(index, inputs, baseline, layer, head, kernels[layer], metrics, valid)
+        if "register_mean" in self.edits:
+            self._registers(inputs, baseline)
+        self.images += len(baseline.patches)
+
+    def forward(self, inputs: dict):
+        """The model's outputs, and its final tokens where a head hides them."""
+        from .measure import run_forward
+
+        return run_forward(self.model, self.adapter, inputs)
+
+    def _head(self, index, inputs, baseline, layer, head, kernel, metrics, valid) -> None:
+        event = metrics["event"].cpu()
+        klass = [CLASSES[int(c)] for c in metrics["class"].cpu()]
+        counts = self.events.setdefault((layer, head), dict.fromkeys(CLASSES, 0))
+        for i in event.nonzero().flatten().tolist():
+            counts[klass[i]] += 1
+        if not event.any():
+            skipped = self.skipped["heads_without_events"]
+            skipped[f"{layer}.{head}"] = skipped.get(f"{layer}.{head}", 0) + len(event)
+            return
+        self.skipped["images_without_event"] += int((~event).sum())
+        query, key, value, _, bias = head_view(kernel, head)
+        attention = head_attention(query, key, kernel.scaling, bias)
+        generator = torch.Generator().manual_seed(hash((self.seed, index, layer, head)) % 2**63)
+        first = self.adapter.num_prefix_tokens
+        counts = (valid.sum(-1) if valid is not None else torch.full_like(metrics["sink"], value.shape[2])) - first
+        chosen = choices(metrics["sink"], (first, counts), generator, self.means.get(("sink", layer, head)))
+        projection = head_projection(self.adapter, layer, head).factor  # F F^T = P: checks in u-space up to rotation
+        if (layer, head) not in self.checked:
+            self._checks(inputs, baseline, layer, head, attention, value[:, 0], chosen, projection)
+        for edit in self.edits:
+            if edit in LAYER_EDITS:
+                continue
+            outputs = self._edited(inputs, layer, head, edit, attention, value[:, 0].float(), chosen)
+            if outputs is None:
+                continue
+            measured = effects(baseline, outputs, self.adapter, chosen)
+            self._record(index, layer, head, edit, metrics, event, measured)
+
+    @property
+    def checked(self) -> set:
+        return self.__dict__.setdefault("_checked", set())
+
+    def _checks(self, inputs, baseline, layer, head, attention, value, chosen, projection) -> None:
+        """The paper's two checks, once per head: a no-op edit reproduces the outputs, and each value edit changes
+        the head's update by exactly A_{:,p} (u'_p - u_p)."""
+        self.checked.add((layer, head))
+        outputs = self._edited(inputs, layer, head, "none", attention, value.float(), chosen)
+        noop = effects(baseline, outputs, self.adapter, chosen)["final_patch_relrms"].max()
+        self.checks["noop_max"] = max(self.checks["noop_max"], float(noop))
+        for edit in self.edits:
+            if edit in VALUE_EDITS and not (edit == "mean_sink_value" and chosen.mean is None):
+                _, edited, patched = apply_edit(edit, attention, value, chosen)
+                error = local_identity_error(attention, value, edited, patched, projection)
+                self.checks["local_identity_max"] = max(self.checks["local_identity_max"], error)
+                if not error < 1e-8:
+                    raise AssertionError(f"local identity violated: head {layer}.{head}, {edit}: {error:.2e}")
+        self.checks["checked_heads"] += 1
+
+    def _edited(self, inputs, layer, head, edit, attention, value, chosen):
+        """The model's outputs with `edit` applied to one head (None where it does not apply)."""
+        if edit in GATE_EDITS:
+            return self._gated(inputs, layer, head, edit)
+        if edit == "mean_sink_value" and chosen.mean is None:
+            self._not_applicable(layer, head, edit, "no held-out sink event")
+            return None
+        edited_attention, edited_value, _ = apply_edit(edit, attention, value, chosen)
+        replaced = edited_attention @ edited_value  # batch, N, d_h
+
+        def handler(kernel: Kernel) -> torch.Tensor:
+            output = kernel.output.clone()
+            output[:, :, head] = replaced.to(output.dtype)
+            return output
+
+        with kernel_handlers(self.adapter, {layer: handler}):
+            return self.forward(inputs)
+
+    def _gated(self, inputs, layer, head, edit):
+        gate = self.adapter.layers[layer].gate_proj
+        if gate is None:
+            self._not_applicable(layer, head, edit, "the model has no attention gate")
+            return None
+        width = gate.out_features // self.adapter.num_heads  # 1 for a headwise gate
+        level = -1e4 if edit == "gate_closed" else 1e4  # sigmoid: exactly 0 or 1 in float32
+
+        def hook(module, args, output):
+            output = output.clone()
+            output[..., head * width : (head + 1) * width] = level
+            return output
+
+        handle = gate.register_forward_hook(hook)
+        try:
+            return self.forward(inputs)
+        finally:
+            handle.remove()
+
+    def _not_applicable(self, layer, head, edit, why) -> None:
+        entry = f"{edit} on {layer}.{head}: {why}"
+        if entry not in self.skipped["edits_not_applicable"]:
+            self.skipped["edits_not_applicable"].append(entry)
+
+    def _registers(self, inputs, baseline) -> None:
+        adapter = self.adapter
+        if not adapter.num_register_tokens:
+            self._not_applicable("-", "-", "register_mean", "the model has no register tokens")
+            return
+        for layer, parts in enumerate(adapter.layers):
+            mean = self.means.get(("register", layer))
+
+            def hook(module, args, kwargs, mean=mean):
+                hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+                hidden[:, adapter.num_cls_tokens : adapter.num_prefix_tokens] = mean.to(hidden.dtype)
+                return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+            handle = parts.block.register_forward_pre_hook(hook, with_kwargs=True)
+            try:
+                outputs = self.forward(inputs)
+            finally:
+                handle.remove()
+            measured = effects(baseline, outputs, adapter, None)
+            every = torch.ones(len(baseline.patches), dtype=torch.bool)
+            self._record_layer(layer, measured, every)
+
+    def _record(self, index, layer, head, edit, metrics, event, measured) -> None:
+        for i in event.nonzero().flatten().tolist():
+            row = {"image": self.images + i, "layer": layer, "head": head, "edit": edit}
+            row["class"] = CLASSES[int(metrics["class"][i])]
+            row["token_type"] = TOKEN_TYPES[int(metrics["token_type"][i])]
+            row["sink"] = int(metrics["sink"][i])
+            row |= {name: None if values is None else _number(values[i]) for name, values in measured.items()}
+            self.rows.append(row)
+
+    def _record_layer(self, layer, measured, images) -> None:
+        for i in images.nonzero().flatten().tolist():
+            row = {"image": self.images + i, "layer": layer, "head": None, "edit": "register_mean"}
+            row |= {"class": "all", "token_type": None, "sink": None}
+            row |= {name: None if values is None else _number(values[i]) for name, values in measured.items()}
+            self.rows.append(row)
+
+
+def _number(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value and abs(value) != float("inf") else None
