@@ -35,8 +35,8 @@ class InterventionReport:
             rows = gather_object([{**row, "image": row["image"] + offset} for row in rows])
             events = _summed(gather_object([events]))
             every = gather_object([checks])
-            checks = {name: max(c[name] for c in every) for name in checks}
-            checks["checked_heads"] = sum(c["checked_heads"] for c in every)
+            checks = {name: max(c[name] for c in every) for name in ("local_identity_max", "noop_max")}
+            checks["checked_heads"] = sorted({head for c in every for head in c["checked_heads"]})
             skipped = _merged_skips(gather_object([skipped]))
             images = sum(counts)
         heads = [{"layer": layer, "head": head, **counts} for (layer, head), counts in sorted(events.items())]
@@ -88,6 +88,12 @@ class InterventionReport:
             row = [_cell(cells.get((edit, klass))) for klass in classes]
             lines.append(f"| {edit} | " + " | ".join(row) + " |")
         return "\n".join(lines)
+
+    def plot(self, path: str | os.PathLike, metric: str = "final_patch_relrms") -> Path:
+        """Write the paper's Figure 6 for `metric` (bars per edit and class, dots per head) as a PNG; returns `path`."""
+        from .plots import plot_interventions
+
+        return plot_interventions(self, Path(path), metric)
 
     def to_json(self, path: str | os.PathLike) -> Path:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}

@@ -212,7 +212,7 @@ class _Run:
         self.thresholds, self.means, self.seed = thresholds, means, seed
         self.rows: list[dict] = []
         self.images = 0
-        self.checks = {"local_identity_max": 0.0, "noop_max": 0.0, "checked_heads": 0}
+        self.checks = {"local_identity_max": 0.0, "noop_max": 0.0, "checked_heads": []}
         self.skipped = {"heads_without_events": {}, "images_without_event": 0, "edits_not_applicable": []}
         self.events: dict = {}  # (layer, head) -> per-class event counts
 
@@ -285,7 +285,7 @@ class _Run:
                 self.checks["local_identity_max"] = max(self.checks["local_identity_max"], error)
                 if not error < 1e-8:
                     raise AssertionError(f"local identity violated: head {layer}.{head}, {edit}: {error:.2e}")
-        self.checks["checked_heads"] += 1
+        self.checks["checked_heads"] = sorted({*self.checks["checked_heads"], f"{layer}.{head}"})
 
     def _edited(self, inputs, layer, head, edit, attention, value, chosen):
         """The model's outputs with `edit` applied to one head (None where it does not apply)."""
