@@ -99,3 +99,18 @@ def test_diagnostics_benchmark_measures_peak_memory_in_a_fresh_process(monkeypat
     monkeypatch.chdir(DIAGNOSTICS_BENCH.parents[1])  # that process imports bench/diagnostics.py
     bench = load_bench(DIAGNOSTICS_BENCH)
     assert 0 <= bench.peak_memory("toy", 2, True, "diagnose") < 50
+
+
+def test_interventions_benchmark_prints_both_models_and_its_checks(monkeypatch, capsys):
+    bench = load_bench(Path(__file__).parents[1] / "bench" / "interventions.py")
+    monkeypatch.setattr(sys, "argv", ["interventions.py", "--size", "toy", "--batch", "2", "--reps", "1"])
+    bench.main()
+    out = capsys.readouterr().out
+    for name in ("SinkViT", "DINOv3"):
+        line = next(line for line in out.splitlines() if line.startswith(name))
+        assert re.search(r"pass [\d.]+ s: [\d.]+x one forward; 29 forwards, so [\d.]+x per edited forward", line)
+        assert "(48 rows, local identity" in line  # 2 images x 4 heads x 6 edits, every image an event
+    figures = json.loads(out.splitlines()[-1])
+    assert list(figures) == ["SinkViT", "DINOv3"]
+    for case in figures.values():
+        assert case["per_forward"] == pytest.approx(case["ratio"] / case["forwards"])
