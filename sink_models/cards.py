@@ -123,7 +123,7 @@ def eval_results_file(result: dict) -> tuple[str, str]:
 def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, hub_revision: str) -> ModelCard:
     """The card of `result` (eval/run.py's results JSON) from `template`, its figures named after `report`'s PNGs."""
     repo, revision, remote = hub_usage(result, hub_org, hub_revision)
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data(result),
         template_path=str(template),
         title=result["name"],
@@ -138,6 +138,13 @@ def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, 
         training=_training(result),
         provenance=_provenance(result),
     )
+    if result.get("interventions") is None:
+        return card  # the template alone: cards of runs without --interventions stay as they were
+    section = f"<!-- sink-models:begin interventions -->\n{_interventions(result['interventions'])}\n"
+    section += "<!-- sink-models:end interventions -->\n\n"
+    text = str(card)
+    at = text.index("<!-- sink-models:begin provenance -->")
+    return ModelCard(text[:at] + section + text[at:])
 
 
 def write_card(card: ModelCard, report: SinkReport, folder: str | os.PathLike) -> Path:
@@ -246,7 +253,7 @@ def _usage(result: dict, repo: str, revision: str | None, remote: bool) -> str:
         "# its sinks, with sink-models (pip install sink-models):",
         "from sink_models.diagnostics import diagnose",
         "",
-        'report = diagnose(model, [inputs])  # batches: processor outputs',
+        "report = diagnose(model, [inputs])  # batches: processor outputs",
         "print(report.summary)",
     ]
     return "## Usage\n\n```python\n" + "\n".join(lines) + "\n```"
@@ -301,6 +308,35 @@ def _figures(report: SinkReport) -> str:
         layer = max(range(len(per_layer)), key=lambda i: (per_layer[i], i))
         lines.append(f"![Mean attention each token receives, per head, layer {layer}](attention_layer{layer}.png)")
     return "\n\n".join(lines)
+
+
+def _interventions(block: dict) -> str:
+    """The compact causal table: final_patch_relrms per edit (rows) and sink class (columns), `mean (heads /
+    events)`, and the checks."""
+    cells = {(e["edit"], e["class"]): e for e in block["by_class"]["final_patch_relrms"]}
+    classes = [c for c in ("nop", "broadcast", "other") if any(k[1] == c for k in cells)]
+    edits = [e for e in block["settings"]["edits"] if any(k[0] == e for k in cells)]
+    rows = [[edit, *(_causal_cell(cells.get((edit, c))) for c in classes)] for edit in edits]
+    settings, checks = block["settings"], block["checks"]
+    intro = (
+        "## Causal interventions\n\nOne sink head edited at a time with its attention held fixed, the rest of the "
+        f"network run unchanged (SCIENCE.md section 8), on {settings['images']} evaluation images; the heads are those "
+        "with the most NOP and broadcast events. Relative RMS change of the final patch tokens (the sink's own token "
+        "left out): the mean over heads of each head's mean over its sink events, with (heads / events). A NOP sink's "
+        "value edits should change nothing; a broadcast sink's should move every token."
+    )
+    if not rows:
+        return intro + "\n\nNone: no selected head has a sink event on these images."
+    table = markdown_table(["edit", *(c if c != "nop" else "NOP" for c in classes)], rows)
+    check = (
+        f"Checks: local identity max {checks['local_identity_max']:.1e} (float64, must be < 1e-8), no-op edit "
+        f"max {checks['noop_max']:.1e} (relative change of an unedited re-run)."
+    )
+    return f"{intro}\n\n{table}\n\n{check}"
+
+
+def _causal_cell(entry: dict | None) -> str:
+    return "-" if entry is None else f"{entry['mean']:.3g} ({entry['heads']} / {entry['events']})"
 
 
 def _stability(stability: dict) -> str:

@@ -44,7 +44,7 @@ def test_nop_edits_change_nothing_and_broadcast_edits_move_every_token():
     # 1e-12) redirecting leaves the head's output at 0, as the sink's zero value did.
     assert max(row["final_patch_relrms"] for row in rows_of(report, head=0, edit="redirect_sink_attention")) < 1e-6
     assert report.checks["local_identity_max"] < 1e-8 and report.checks["noop_max"] < 1e-6
-    assert report.checks["checked_heads"] == ["0.0", "0.2"]
+    assert report.checks["checked_heads"] == ["0:0", "0:2"]
 
 
 def test_zeroing_a_sink_value_equals_the_independent_forward():
@@ -102,7 +102,8 @@ def test_sdpa_and_eager_give_the_same_numbers():
 def test_heads_and_images_without_events_are_skipped_and_counted():
     model, batches = setup()
     report = intervene(model, batches, heads=[(0, 0), (1, 1)], edits=["zero_sink_value"])
-    assert report.skipped["heads_without_events"] == {"1.1": 12}  # layer 1's random heads form no sink
+    assert report.skipped["heads_without_events"] == ["1:1"]  # layer 1's random heads form no sink
+    assert report.skipped["images_without_event"] == {"0:0": 0, "1:1": 12}
     assert {(row["layer"], row["head"]) for row in report.rows} == {(0, 0)}
     assert report.heads == [
         {"layer": 0, "head": 0, "nop": 12, "broadcast": 0, "other": 0},

@@ -93,10 +93,10 @@ class _Stream:
             if count == 0:
                 continue
             inputs = {name: value.to(self.device) for name, value in inputs.items()}
-            self.valid = _valid_tokens(inputs, adapter)
+            self.valid = valid_tokens(inputs, adapter)
             if acc.images <= self.attention_image < acc.images + count:
                 self.kept["grid"] = _grid(inputs, adapter, self.attention_image - acc.images)
-            outputs = adapter.forward(**inputs, **_forward_options(inputs, adapter))
+            outputs = adapter.forward(**inputs, **forward_options(inputs, adapter))
             if on_outputs is not None:
                 on_outputs(batch, outputs, count)
             acc.images += count
@@ -169,7 +169,7 @@ def model_inputs(batch, adapter: Adapter) -> dict[str, torch.Tensor]:
     return inputs
 
 
-def _valid_tokens(inputs: dict, adapter: Adapter) -> torch.Tensor | None:
+def valid_tokens(inputs: dict, adapter: Adapter) -> torch.Tensor | None:
     """(batch, tokens) True for the tokens that count, for a family that pads; None when every token counts."""
     if not adapter.family.padded:
         return None
@@ -186,7 +186,7 @@ def _grid(inputs: dict, adapter: Adapter, image: int) -> list[int]:
     return [height // ph, width // pw]
 
 
-def _forward_options(inputs: dict, adapter: Adapter) -> dict:
+def forward_options(inputs: dict, adapter: Adapter) -> dict:
     """Keyword arguments of the forward beyond the inputs: a masked autoencoder keeps its patches in order."""
     if not adapter.family.identity_masking:
         return {}

@@ -1,7 +1,8 @@
 """`sink-models inspect`: sink diagnostics of a vision model on a few images, as a command and a library call.
 
-One module per stage: images (what to diagnose), loading (model and image processor), then `diagnose`, tables (the
-tables and the printed text), report (the report folder, report.md); command ties them together and parses options."""
+One module per stage: images (what to diagnose), loading (model and image processor), then `diagnose`, causal (the
+interventions, when asked for), tables (the tables and the printed text), report (the report folder, report.md);
+command ties them together and parses options."""
 
 from .command import InspectResult, cli, inspect_model, main
 from .errors import InspectError

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from ..diagnostics import SinkReport, diagnose
+from ..interventions import DEFAULT_EDITS, InterventionReport
+from .causal import causal_text, check_heads, parse_edits, parse_heads, run_interventions
 from .errors import InspectError
 from .images import DESCRIPTION, _batches, collect_images
 from .loading import load_model
@@ -21,13 +23,15 @@ from .tables import summary_text
 
 @dataclass
 class InspectResult:
-    """What `inspect_model` measured and wrote: the report, its folder (None if not written) and the images."""
+    """What `inspect_model` measured and wrote: the report, its folder (None if not written), the images and the
+    interventions' report (None unless asked for)."""
 
     report: SinkReport
     folder: Path | None
     images_from: str
     images: list[str]
     skipped: list[str]
+    interventions: InterventionReport | None = None
 
 
 def inspect_model(
@@ -44,15 +48,23 @@ def inspect_model(
     batch_size: int = 8,
     device: str | None = None,
     progress: bool = True,
+    interventions: bool = False,
+    edits: str | Sequence[str] | None = None,
+    heads: str | Sequence[tuple[int, int]] | None = None,
 ) -> InspectResult:
     """Diagnose the sinks of a model folder or Hub id on `images` (a folder, PIL images), a `datasets` `dataset`
-    or, with neither, the built-in set; write the report folder `out` unless it is None.
+    or, with neither, the built-in set; write the report folder `out` unless it is None. With `interventions`, also
+    edit `heads` ((layer, head) pairs or "L:H,L:H"; default: those the diagnostics select) once per edit of `edits`
+    (default: `DEFAULT_EDITS`) on the same images (`sink_models.interventions.intervene`).
 
     Every problem with the inputs raises an `InspectError` before anything is written; `out` is replaced only
     once the new report is complete, and only if it is empty or an earlier report folder."""
     for name, value in (("max_images", max_images), ("batch_size", batch_size)):
         if type(value) is not int or value < 1:
             raise InspectError(f"{name}: got {value!r}; allowed: a positive integer.")
+    if not interventions and (edits is not None or heads is not None):
+        raise InspectError("edits, heads: apply with interventions=True (--interventions) only.")
+    edits, heads = parse_edits(edits), parse_heads(heads)
     if out is not None:
         check_out(Path(out))
     # The images first: a bad folder fails in a second, before a model of gigabytes is fetched.
@@ -67,6 +79,8 @@ def inspect_model(
         found.images = [image.convert(mode) for image in found.images]
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
+        if interventions:
+            check_heads(model, heads)  # a head outside the model: fail before the work
         # No max_images here: the set is already that small, and diagnose then reads every batch to the end.
         report = diagnose(model, _batches(processor, found, batch_size, progress))
     except (ValueError, TypeError) as error:  # an unsupported architecture (names the supported ones), a bad processor
@@ -78,8 +92,11 @@ def inspect_model(
         "images": found.used,
         "skipped": found.skipped,
     }
-    folder = None if out is None else write_report(report, Path(out))
-    return InspectResult(report, folder, found.source, found.used, found.skipped)
+    causal = None
+    if interventions:
+        causal = run_interventions(model, processor, found, batch_size, report, edits, heads, progress)
+    folder = None if out is None else write_report(report, Path(out), causal)
+    return InspectResult(report, folder, found.source, found.used, found.skipped, causal)
 
 
 def _line(error: BaseException) -> str:
@@ -128,6 +145,16 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=_positive, default=8, metavar="B", help="images per forward pass (default: 8)")
     p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--interventions",
+        action="store_true",
+        help="then edit sink heads one at a time on the same images (the paper's causal checks; one forward per "
+        "head and edit): adds interventions.json, interventions.png and a section to report.md",
+    )
+    p.add_argument("--edits", metavar="A,B", help=f"the edits of --interventions (default: {','.join(DEFAULT_EDITS)})")
+    p.add_argument(
+        "--heads", metavar="L:H,L:H", help="the heads of --interventions (default: those with the most sink events)"
+    )
     return p
 
 
@@ -150,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.split is not None and args.dataset is None:
         p.error("--split: applies to --dataset only")
+    if not args.interventions and (args.edits is not None or args.heads is not None):
+        p.error("--edits, --heads: apply with --interventions only")
     out = args.out or f"inspect-{model_name(args.model)}"
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # transformers' weight-loading bar: noise beside ours, and before an error
@@ -166,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             attn_implementation=args.attn_implementation,
             batch_size=args.batch_size,
             device=args.device,
+            interventions=args.interventions,
+            edits=args.edits,
+            heads=args.heads,
         )
     except InspectError as error:
         print(f"sink-models inspect: {error}", file=sys.stderr)
@@ -174,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bars:
             hf_logging.enable_progress_bar()
     print(summary_text(result.report))
+    if result.interventions is not None:
+        print("\n" + causal_text(result.interventions))
     print(f"\nreport: {result.folder / 'report.md'} (with report.json, heads.csv and the figures)")
     return 0
 

@@ -1,5 +1,6 @@
 """The report folder of `sink-models inspect`: report.json, heads.csv, the figures and report.md (title, summary,
-per-layer table, sink heads, figures with captions, what the sink classes mean, the images used)."""
+per-layer table, sink heads, figures with captions, what the sink classes mean, the causal interventions if run, the
+images used), with interventions.json and interventions.png when the interventions ran."""
 
 import os
 from collections.abc import Sequence
@@ -7,6 +8,8 @@ from pathlib import Path
 
 from ..diagnostics import SinkReport
 from ..files import atomic_folder
+from ..interventions import InterventionReport
+from .causal import FIGURE, causal_markdown
 from .errors import InspectError
 from .tables import (
     CLASSES,
@@ -40,22 +43,30 @@ def check_out(folder: Path) -> None:
         )
 
 
-def write_report(report: SinkReport, folder: Path) -> Path:
-    """report.json, heads.csv, the figures and report.md into `folder`, written beside it and renamed into place."""
+def write_report(report: SinkReport, folder: Path, interventions: InterventionReport | None = None) -> Path:
+    """report.json, heads.csv, the figures and report.md into `folder`, written beside it and renamed into place;
+    with `interventions`, interventions.json and (if anything was edited) interventions.png too."""
     check_out(folder)
     with atomic_folder(folder) as staging:
         report.to_json(staging / "report.json")
         report.to_csv(staging / "heads.csv")
         figures = [Path(path).name for path in report.plot(staging)]
-        (staging / "report.md").write_text(render_markdown(report, figures))
+        if interventions is not None:
+            interventions.to_json(staging / "interventions.json")
+            if interventions.rows:
+                interventions.plot(staging / FIGURE)
+        (staging / "report.md").write_text(render_markdown(report, figures, interventions))
     return folder
 
 
-def render_markdown(report: SinkReport, figures: Sequence[str]) -> str:
-    """report.md: title, summary, per-layer table, sink heads, figures, what the classes mean, the images."""
+def render_markdown(report: SinkReport, figures: Sequence[str], interventions: InterventionReport | None = None) -> str:
+    """report.md: title, summary, per-layer table, sink heads, figures, what the classes mean, the causal
+    interventions (if run), the images."""
     parts = [_md_title(report), _md_summary(report), _md_layers(report), _md_heads(report)]
-    parts += [_md_figures(figures), _md_classes(report), _md_images(report)]
-    return "\n\n".join(parts) + "\n"
+    parts += [_md_figures(figures), _md_classes(report)]
+    if interventions is not None:
+        parts.append(causal_markdown(interventions, report.summary.get("inputs", {})))
+    return "\n\n".join([*parts, _md_images(report)]) + "\n"
 
 
 def _md_title(report: SinkReport) -> str:

@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
-VALUE_EDITS = (
+# The paper's order (Figure 6): the four value replacements, removing the attention, and the control.
+HEAD_EDITS = (
     "zero_sink_value",
     "mean_sink_value",
     "donor_sink_value",
     "donor_nonsink_value",
+    "redirect_sink_attention",
     "zero_random_nonsink_value",
 )
-HEAD_EDITS = (*VALUE_EDITS, "redirect_sink_attention")
+VALUE_EDITS = tuple(edit for edit in HEAD_EDITS if edit != "redirect_sink_attention")
 GATE_EDITS = ("gate_closed", "gate_open")  # gated models: force the head's gate shut or fully open
 LAYER_EDITS = ("register_mean",)  # registers of a layer's input replaced by their held-out mean
 EDITS = (*HEAD_EDITS, *GATE_EDITS, *LAYER_EDITS)

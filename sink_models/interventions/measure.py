@@ -5,6 +5,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..diagnostics.stream import forward_options
+
 
 @dataclass
 class Baseline:
@@ -17,27 +19,21 @@ class Baseline:
     valid: torch.Tensor | None
 
     @classmethod
-    def of(cls, outputs: dict, adapter, valid, labels) -> "Baseline":
+    def of(cls, outputs: dict, valid, labels) -> "Baseline":
         labels = None if labels is None else labels.to(outputs["tokens"].device)
         return cls(outputs["tokens"], outputs["logits"], labels, valid)
-
-    @property
-    def patches(self) -> torch.Tensor:
-        return self.tokens
 
 
 def run_forward(model, adapter, inputs: dict) -> dict:
     """Final tokens and logits (None without a head) of the vision forward. A classifier's final tokens are its base
     model's first output (last_hidden_state), read by a hook."""
-    from ..diagnostics.stream import _forward_options
-
     kept = {}
     classifier = type(adapter.forward).__name__.endswith("ForImageClassification")
     handle = None
     if classifier:
         handle = adapter.forward.base_model.register_forward_hook(lambda m, a, o: kept.__setitem__("tokens", o[0]))
     try:
-        outputs = adapter.forward(**inputs, **_forward_options(inputs, adapter))
+        outputs = adapter.forward(**inputs, **forward_options(inputs, adapter))
     finally:
         if handle is not None:
             handle.remove()
@@ -79,7 +75,8 @@ def effects(baseline: Baseline, outputs: dict, adapter, chosen) -> dict[str, tor
     if chosen is not None:
         own = (before * mask[..., None]).sum(1) / count[:, None]
         direction = own[chosen.donor] - own
-        measured["donor_cosine"] = F.cosine_similarity(mean_change, direction, dim=-1)
+        cosine = F.cosine_similarity(mean_change, direction, dim=-1)
+        measured["donor_cosine"] = torch.where(energy > 0, cosine, torch.nan)  # no change: no direction
     measured |= _logit_effects(baseline, outputs)
     return measured
 

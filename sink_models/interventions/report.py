@@ -36,10 +36,11 @@ class InterventionReport:
             events = _summed(gather_object([events]))
             every = gather_object([checks])
             checks = {name: max(c[name] for c in every) for name in ("local_identity_max", "noop_max")}
-            checks["checked_heads"] = sorted({head for c in every for head in c["checked_heads"]})
+            checks["checked_heads"] = sorted({head for c in every for head in c["checked_heads"]}, key=_by_position)
             skipped = _merged_skips(gather_object([skipped]))
             images = sum(counts)
         heads = [{"layer": layer, "head": head, **counts} for (layer, head), counts in sorted(events.items())]
+        skipped = {"heads_without_events": [f"{h['layer']}:{h['head']}" for h in heads if not _events(h)], **skipped}
         settings = {"edits": list(run.edits), "seed": run.seed, "images": images}
         settings["thresholds"] = run.thresholds.to_dict()
         model = {"class": type(run.model).__name__, "family": run.adapter.family.name}
@@ -127,12 +128,20 @@ def _summed(parts: list[dict]) -> dict:
     return total
 
 
+def _events(head: dict) -> int:
+    return sum(head[klass] for klass in ("nop", "broadcast", "other"))
+
+
+def _by_position(name: str) -> tuple[int, int]:
+    layer, head = name.split(":")
+    return int(layer), int(head)
+
+
 def _merged_skips(parts: list[dict]) -> dict:
-    merged = {"heads_without_events": {}, "images_without_event": 0, "edits_not_applicable": []}
+    merged = {"images_without_event": {}, "edits_not_applicable": []}
     for part in parts:
-        for key, value in part["heads_without_events"].items():
-            merged["heads_without_events"][key] = merged["heads_without_events"].get(key, 0) + value
-        merged["images_without_event"] += part["images_without_event"]
+        for key, value in part["images_without_event"].items():
+            merged["images_without_event"][key] = merged["images_without_event"].get(key, 0) + value
         for entry in part["edits_not_applicable"]:
             if entry not in merged["edits_not_applicable"]:
                 merged["edits_not_applicable"].append(entry)

@@ -8,8 +8,7 @@ from torch import nn
 
 from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
-from ..diagnostics.metrics import HeadProjection, layer_metrics
-from ..diagnostics.stream import dense_mask, model_inputs
+from ..diagnostics.stream import model_inputs, valid_tokens
 from .edits import (
     DEFAULT_EDITS,
     EDITS,
@@ -20,6 +19,8 @@ from .edits import (
     choices,
     local_identity_error,
 )
+from .heads import head_attention, head_metrics, head_projection, head_view
+from .means import held_out_means, inputs_on
 from .measure import Baseline, effects
 from .report import InterventionReport
 from .select import select_heads
@@ -59,7 +60,10 @@ def intervene(
     heads = _checked_heads(heads, adapter)
     needs_means = any(edit in ("mean_sink_value", "register_mean") for edit in edits)
     source = data if held_out is None else [_split(batch, adapter) for batch in held_out]
-    means = _held_out_means(model, adapter, source, heads, thresholds, accelerator) if needs_means else {}
+    sinks, registers = "mean_sink_value" in edits, "register_mean" in edits
+    means = (
+        held_out_means(model, adapter, source, heads, thresholds, accelerator, sinks, registers) if needs_means else {}
+    )
     run = _Run(model, adapter, heads, edits, thresholds, means, seed)
     training = model.training
     model.eval()
@@ -98,112 +102,6 @@ def _split(batch, adapter: Adapter) -> tuple[dict, torch.Tensor | None]:
     return model_inputs(batch, adapter), labels
 
 
-def head_view(kernel: Kernel, head: int) -> tuple[torch.Tensor, ...]:
-    """One head's query, key, value (batch, 1, tokens, d_h), output (batch, tokens, 1, d_h) and bias (or None)."""
-    groups = kernel.query.shape[1] // kernel.key.shape[1]  # grouped keys and values serve several query heads
-    bias = dense_mask(kernel.mask)
-    if bias is not None and bias.shape[1] > 1:
-        bias = bias[:, head : head + 1]
-    key, value = kernel.key[:, head // groups][:, None], kernel.value[:, head // groups][:, None]
-    return kernel.query[:, head : head + 1], key, value, kernel.output[:, :, head : head + 1], bias
-
-
-def head_attention(query: torch.Tensor, key: torch.Tensor, scaling: float, bias) -> torch.Tensor:
-    """softmax(q k^T * scaling + bias) of one head, (batch, N, N) in float32, as the diagnostics build it."""
-    logits = (query[:, 0].float() * scaling) @ key[:, 0].float().transpose(-1, -2)
-    if bias is not None:
-        rows = bias[:, 0]
-        logits = logits.masked_fill(~rows, float("-inf")) if rows.dtype == torch.bool else logits + rows.float()
-    return torch.softmax(logits, dim=-1).nan_to_num(0.0)
-
-
-def head_projection(adapter: Adapter, layer: int, head: int) -> HeadProjection:
-    parts = adapter.layers[layer]
-    width = parts.output.weight.shape[1] // adapter.num_heads
-    weight = parts.output.weight[:, head * width : (head + 1) * width]
-    return HeadProjection(weight, parts.gamma, 1)
-
-
-def head_metrics(adapter, layer, head, kernel, thresholds, valid) -> dict[str, torch.Tensor]:
-    """The diagnostics' per-image quantities of one head (sink, event, class, token type, ...), each (batch,)."""
-    query, key, value, output, bias = head_view(kernel, head)
-    layout = (adapter.num_cls_tokens, adapter.num_prefix_tokens)
-    projection = head_projection(adapter, layer, head)
-    metrics = layer_metrics(query, key, value, kernel.scaling, projection, layout, thresholds, output, bias, valid, 1)
-    return {name: value[:, 0] for name, value in metrics.items()}
-
-
-def _held_out_means(model, adapter, data, heads, thresholds, accelerator) -> dict:
-    """Each head's mean sink value v_s over its sink events, and each layer's mean register tokens at its input,
-    on the held-out batches (float64 sums, reduced over processes)."""
-    sums: dict = {}
-    state: dict = {"valid": None}
-
-    def keep_sinks(layer):
-        def handler(kernel: Kernel) -> None:
-            for h in (h for at, h in heads if at == layer):
-                metrics = head_metrics(adapter, layer, h, kernel, thresholds, state["valid"])
-                event = metrics["event"]
-                value = head_view(kernel, h)[2][:, 0]  # batch, N, d_h
-                picked = value[torch.arange(len(value), device=value.device), metrics["sink"]][event]
-                total, count = sums.get(("sink", layer, h), (0.0, 0))
-                sums["sink", layer, h] = (total + picked.double().sum(0), count + int(event.sum()))
-
-        return handler
-
-    def keep_registers(layer):
-        def hook(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            registers = hidden[:, adapter.num_cls_tokens : adapter.num_prefix_tokens].double()
-            total, count = sums.get(("register", layer), (0.0, 0))
-            sums["register", layer] = (total + registers.sum(0), count + len(hidden))
-
-        return hook
-
-    handles = []
-    if adapter.num_register_tokens:
-        for layer, parts in enumerate(adapter.layers):
-            handles.append(parts.block.register_forward_pre_hook(keep_registers(layer), with_kwargs=True))
-    try:
-        layers = {layer for layer, _ in heads}
-        with torch.no_grad(), kernel_handlers(adapter, {layer: keep_sinks(layer) for layer in layers}):
-            for inputs, _ in data:
-                state["valid"] = _valid(inputs, adapter)
-                adapter.forward(**_on(inputs, model), **_options(inputs, adapter))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return _reduce_means(sums, accelerator)
-
-
-def _reduce_means(sums: dict, accelerator) -> dict:
-    means = {}
-    for key, (total, count) in sums.items():
-        if accelerator is not None and accelerator.num_processes > 1:
-            device = accelerator.device
-            count = int(accelerator.reduce(torch.tensor([count], device=device), "sum").item())
-            total = accelerator.reduce(torch.as_tensor(total, dtype=torch.float64, device=device), "sum").cpu()
-        means[key] = (total / count).float() if count else None
-    return means
-
-
-def _on(inputs: dict, model: nn.Module) -> dict:
-    device = next(model.parameters()).device
-    return {name: value.to(device) for name, value in inputs.items()}
-
-
-def _valid(inputs: dict, adapter: Adapter):
-    from ..diagnostics.stream import _valid_tokens
-
-    return _valid_tokens(inputs, adapter)
-
-
-def _options(inputs: dict, adapter: Adapter) -> dict:
-    from ..diagnostics.stream import _forward_options
-
-    return _forward_options(inputs, adapter)
-
-
 class _Run:
     """The per-batch work: baseline, each head's sink events, each edit's forward and effects, the checks."""
 
@@ -213,24 +111,25 @@ class _Run:
         self.rows: list[dict] = []
         self.images = 0
         self.checks = {"local_identity_max": 0.0, "noop_max": 0.0, "checked_heads": []}
-        self.skipped = {"heads_without_events": {}, "images_without_event": 0, "edits_not_applicable": []}
+        # Images a head was not edited on (no sink event of it there), by "layer:head"; edits that did not apply.
+        self.skipped = {"images_without_event": {}, "edits_not_applicable": []}
         self.events: dict = {}  # (layer, head) -> per-class event counts
 
     def batch(self, index: int, inputs: dict, labels) -> None:
-        inputs = _on(inputs, self.model)
-        valid = _valid(inputs, self.adapter)
+        inputs = inputs_on(inputs, self.model)
+        valid = valid_tokens(inputs, self.adapter)
         kernels: dict = {}
         layers = {layer for layer, _ in self.heads}
         recording = {layer: (lambda kernel, layer=layer: kernels.__setitem__(layer, kernel)) for layer in layers}
         with kernel_handlers(self.adapter, recording):
             base = self.forward(inputs)
-        baseline = Baseline.of(base, self.adapter, valid, labels)
+        baseline = Baseline.of(base, valid, labels)
         for layer, head in self.heads:
             metrics = head_metrics(self.adapter, layer, head, kernels[layer], self.thresholds, valid)
             self._head(index, inputs, baseline, layer, head, kernels[layer], metrics, valid)
         if "register_mean" in self.edits:
             self._registers(inputs, baseline)
-        self.images += len(baseline.patches)
+        self.images += len(baseline.tokens)
 
     def forward(self, inputs: dict):
         """The model's outputs, and its final tokens where a head hides them."""
@@ -244,11 +143,10 @@ class _Run:
         counts = self.events.setdefault((layer, head), dict.fromkeys(CLASSES, 0))
         for i in event.nonzero().flatten().tolist():
             counts[klass[i]] += 1
+        unedited = self.skipped["images_without_event"]
+        unedited[f"{layer}:{head}"] = unedited.get(f"{layer}:{head}", 0) + int((~event).sum())
         if not event.any():
-            skipped = self.skipped["heads_without_events"]
-            skipped[f"{layer}.{head}"] = skipped.get(f"{layer}.{head}", 0) + len(event)
             return
-        self.skipped["images_without_event"] += int((~event).sum())
         query, key, value, _, bias = head_view(kernel, head)
         attention = head_attention(query, key, kernel.scaling, bias)
         generator = torch.Generator().manual_seed(hash((self.seed, index, layer, head)) % 2**63)
@@ -285,7 +183,7 @@ class _Run:
                 self.checks["local_identity_max"] = max(self.checks["local_identity_max"], error)
                 if not error < 1e-8:
                     raise AssertionError(f"local identity violated: head {layer}.{head}, {edit}: {error:.2e}")
-        self.checks["checked_heads"] = sorted({*self.checks["checked_heads"], f"{layer}.{head}"})
+        self.checks["checked_heads"] = sorted({*self.checks["checked_heads"], f"{layer}:{head}"}, key=_by_position)
 
     def _edited(self, inputs, layer, head, edit, attention, value, chosen):
         """The model's outputs with `edit` applied to one head (None where it does not apply)."""
@@ -325,14 +223,14 @@ class _Run:
             handle.remove()
 
     def _not_applicable(self, layer, head, edit, why) -> None:
-        entry = f"{edit} on {layer}.{head}: {why}"
+        entry = f"{edit}: {why}" if head is None else f"{edit} on {layer}:{head}: {why}"
         if entry not in self.skipped["edits_not_applicable"]:
             self.skipped["edits_not_applicable"].append(entry)
 
     def _registers(self, inputs, baseline) -> None:
         adapter = self.adapter
         if not adapter.num_register_tokens:
-            self._not_applicable("-", "-", "register_mean", "the model has no register tokens")
+            self._not_applicable(None, None, "register_mean", "the model has no register tokens")
             return
         for layer, parts in enumerate(adapter.layers):
             mean = self.means.get(("register", layer))
@@ -348,7 +246,7 @@ class _Run:
             finally:
                 handle.remove()
             measured = effects(baseline, outputs, adapter, None)
-            every = torch.ones(len(baseline.patches), dtype=torch.bool)
+            every = torch.ones(len(baseline.tokens), dtype=torch.bool)
             self._record_layer(layer, measured, every)
 
     def _record(self, index, layer, head, edit, metrics, event, measured) -> None:
@@ -366,6 +264,11 @@ class _Run:
             row |= {"class": "all", "token_type": None, "sink": None}
             row |= {name: None if values is None else _number(values[i]) for name, values in measured.items()}
             self.rows.append(row)
+
+
+def _by_position(name: str) -> tuple[int, int]:
+    layer, head = name.split(":")
+    return int(layer), int(head)
 
 
 def _number(value) -> float | None:
