@@ -29,6 +29,7 @@ from sink_models.evaluation import (  # noqa: E402
     load_checkpoint,
 )
 from sink_models.files import write_json  # noqa: E402
+from sink_models.interventions.zoo import causal_runs, write_interventions  # noqa: E402
 from sink_models.leaderboard import leaderboard_record, markdown, table  # noqa: E402
 from sink_models.processes import exit_launched  # noqa: E402
 from sink_models.synthetic import synthetic_rows, write_synthetic  # noqa: E402
@@ -55,7 +56,7 @@ def parse(argv: list[str]) -> EvalArguments:
         if unknown:
             raise EvalError(f"{path}: unknown keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}")
         if builtin:  # the built-in suites name the repository's zoo, wherever the command runs
-            for key in ("model", "synthetic_models"):
+            for key in ("model", "synthetic_models", "intervention_models"):
                 values[key] = [os.path.relpath(ROOT / item) for item in values.get(key, [])]
         parser.set_defaults(**values)
     args, _, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)  # _: --suite
@@ -96,12 +97,18 @@ def main(argv: list[str]) -> int:
     synthetic = None
     if args.synthetic_models and accelerator.is_main_process:
         synthetic = synthetic_rows(args.synthetic_models, args.retrain_steps, args.seeds, Path(args.work_dir))
+    causal = None
+    if args.intervention_models and accelerator.is_main_process:
+        trusted = [args.trust_remote_code or in_zoo(source) for source in args.intervention_models]
+        causal = causal_runs(args.intervention_models, args.intervention_images, trusted)
     if accelerator.is_main_process:
         for (result, report), card in zip(evaluated, cards, strict=True):
             write_json(Path(args.results_dir) / f"{result['name']}.json", result)
             write_card(card, report, Path(args.cards_dir) / result["name"])
         if synthetic is not None:
             write_synthetic(synthetic, Path(args.results_dir), args.retrain_steps)
+        if causal is not None:
+            write_interventions(causal, Path(args.results_dir), args.intervention_images)
         if any((result.get("training") or {}).get("data", {}).get("dataset") == CANVAS for result, _ in evaluated):
             write_images(Path(args.results_dir))  # over every seed with results there, not only this run's
         if evaluated:

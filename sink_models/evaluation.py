@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .data import IGNORED, Collate, Indexed, load_image_data, parse_options
+from .data import IGNORED, Collate, ImageData, Indexed, load_image_data, parse_options
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import adapter_for
 from .diagnostics.families import SUPPORTED, family_of, vision_config
@@ -25,6 +25,8 @@ from .diagnostics.stream import model_inputs
 from .errors import first_line
 from .hub import ZOO_VERSION
 from .inspection.loading import from_pretrained
+from .interventions import InterventionReport, intervene
+from .interventions.report import METRICS
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -54,6 +56,15 @@ class EvalArguments:
     retrain_steps: int = field(default=0, metadata={"help": "retrain the synthetic models for N steps (0: as given)"})
     work_dir: str = field(default="runs/synthetic", metadata={"help": "where retrained synthetic models go"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds of retrained synthetic models"})
+    interventions: bool = field(
+        default=False, metadata={"help": "also edit each model's sink heads (a card section; one forward per edit)"}
+    )
+    intervention_images: int = field(
+        default=64, metadata={"help": "images edited (and as many more held out for the mean sink value)"}
+    )
+    intervention_models: list[str] = field(
+        default_factory=list, metadata={"help": "zoo checkpoints whose causal edits go to results/interventions.md"}
+    )
 
 
 class EvalError(ValueError):
@@ -248,17 +259,7 @@ def evaluate_checkpoint(
     model = checkpoint.model
     if accelerator is not None:
         model = model.to(accelerator.device)
-    try:
-        data = load_image_data(
-            choice.dataset,
-            image_column=choice.image_column,
-            label_column=choice.label_column,
-            train_split=choice.split,
-            eval_split=choice.split,
-            options=choice.options,
-        )
-    except ValueError as error:
-        raise EvalError(str(error)) from None
+    data = load_choice(choice)
     images = data.eval
     if args.max_images is not None:
         if args.max_images < 1:
@@ -310,6 +311,10 @@ def evaluate_checkpoint(
         ks = [1, 5] if top >= 5 else [1]
         accuracy = metric.compute(predictions=[r for r, _ in rows], references=[y for _, y in rows], k=ks)
         accuracy["images"] = len(rows)
+    interventions = None
+    if args.interventions:
+        causal = intervention_report(checkpoint, data, args.intervention_images, args.batch_size, accelerator)
+        interventions = intervention_block(causal)
     return {
         "name": checkpoint.name,
         "model": {
@@ -340,7 +345,64 @@ def evaluate_checkpoint(
         "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
-    }, report
+    } | ({"interventions": interventions} if interventions is not None else {}), report
+
+
+def load_choice(choice: DataChoice) -> ImageData:
+    """The images of `choice` (its split serves as both splits); a bad dataset is an EvalError."""
+    try:
+        return load_image_data(
+            choice.dataset,
+            image_column=choice.image_column,
+            label_column=choice.label_column,
+            train_split=choice.split,
+            eval_split=choice.split,
+            options=choice.options,
+        )
+    except ValueError as error:
+        raise EvalError(str(error)) from None
+
+
+def intervention_report(
+    checkpoint: Checkpoint, data: ImageData, count: int, batch_size: int = 64, accelerator=None
+) -> InterventionReport:
+    """`intervene` on the first `count` held-out images of `data` (labels as the model's classes, so the top-1 change
+    is measured), with the next `count` as the held-out images of the mean sink value (the paper keeps them
+    disjoint; with none left, the edited images serve). Under accelerate each process takes a contiguous share."""
+    if type(count) is not int or count < 1:
+        raise EvalError(f"intervention_images: got {count!r}; allowed: a positive number of images.")
+    model, images = checkpoint.model, data.eval
+    mapping, _ = label_map(model, data.labels)
+    mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
+    collate = Collate(checkpoint.processor, mode=mode)
+
+    def batches(rows: range) -> list[dict]:
+        rows = list(rows)
+        if accelerator is not None and accelerator.num_processes > 1:
+            with accelerator.split_between_processes(rows) as mine:
+                rows = list(mine)
+        out = [collate([(i, images[i]) for i in rows[at : at + batch_size]]) for at in range(0, len(rows), batch_size)]
+        for batch in out:  # dataset label -> the model's class; without a head for these labels, no top-1 change
+            labels = batch.pop("labels").tolist()
+            if mapping is not None:
+                batch["labels"] = torch.tensor([mapping[y] if y != IGNORED else IGNORED for y in labels])
+        return out
+
+    edited, held = range(min(count, len(images))), range(count, min(2 * count, len(images)))
+    held_out = batches(held) if len(held) else None
+    return intervene(model, batches(edited), held_out=held_out, accelerator=accelerator)
+
+
+def intervention_block(report: InterventionReport) -> dict:
+    """The results JSON's `interventions`: settings, checks, skips, heads and the per-class tables of every metric
+    (means over heads; the per-head rows and the per-image rows left out to keep the file small)."""
+    tables = {metric: [_without(e, "per_head") for e in report.by_class(metric)] for metric in METRICS}
+    fields = ("settings", "checks", "skipped", "heads")
+    return {name: getattr(report, name) for name in fields} | {"by_class": tables}
+
+
+def _without(entry: dict, key: str) -> dict:
+    return {name: value for name, value in entry.items() if name != key}
 
 
 @torch.no_grad()

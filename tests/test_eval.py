@@ -279,7 +279,7 @@ def imagefolder(root: Path) -> Path:
         ("columns", "label_column: '{tmp}/images' has no column 'kind'; its columns are ['image', 'label']"),
         ("remote", "runs its own code (config model_type needs remote code); pass --trust_remote_code"),
         ("local-revision", "revision: 'v1' given for the local folder"),
-        ("suite", "--suite: no suite 'nosuch'; allowed: ['seeds', 'synthetic', 'zoo']"),
+        ("suite", "--suite: no suite 'nosuch'; allowed: ['interventions', 'seeds', 'synthetic', 'zoo']"),
     ],
 )
 def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoint, tmp_path, capsys):

@@ -21,8 +21,8 @@ def held_out_means(model, adapter, data, heads, thresholds, accelerator, sinks: 
                 event = metrics["event"]
                 value = head_view(kernel, h)[2][:, 0]  # batch, N, d_h
                 picked = value[torch.arange(len(value), device=value.device), metrics["sink"]][event]
-                total, count = sums.get(("sink", layer, h), (0.0, 0))
-                sums["sink", layer, h] = (total + picked.double().sum(0), count + int(event.sum()))
+                total, count = sums["sink", layer, h]
+                sums["sink", layer, h] = (total + picked.double().sum(0).cpu(), count + int(event.sum()))
 
         return handler
 
@@ -30,11 +30,18 @@ def held_out_means(model, adapter, data, heads, thresholds, accelerator, sinks: 
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             registers = hidden[:, adapter.num_cls_tokens : adapter.num_prefix_tokens].double()
-            total, count = sums.get(("register", layer), (0.0, 0))
-            sums["register", layer] = (total + registers.sum(0), count + len(hidden))
+            total, count = sums["register", layer]
+            sums["register", layer] = (total + registers.sum(0).cpu(), count + len(hidden))
 
         return hook
 
+    # Every key from the start, in one order: each process then reduces the same tensors, even one without events.
+    width = adapter.layers[0].output.weight.shape[1] // adapter.num_heads
+    for layer, head in heads if sinks else ():
+        sums["sink", layer, head] = (torch.zeros(width, dtype=torch.float64), 0)
+    for layer, parts in enumerate(adapter.layers if registers and adapter.num_register_tokens else ()):
+        channels = parts.output.weight.shape[0]
+        sums["register", layer] = (torch.zeros(adapter.num_register_tokens, channels, dtype=torch.float64), 0)
     handles = []
     if registers and adapter.num_register_tokens:
         for layer, parts in enumerate(adapter.layers):
@@ -58,7 +65,7 @@ def _reduce_means(sums: dict, accelerator) -> dict:
         if accelerator is not None and accelerator.num_processes > 1:
             device = accelerator.device
             count = int(accelerator.reduce(torch.tensor([count], device=device), "sum").item())
-            total = accelerator.reduce(torch.as_tensor(total, dtype=torch.float64, device=device), "sum").cpu()
+            total = accelerator.reduce(total.to(device), "sum").cpu()
         means[key] = (total / count).float() if count else None
     return means
 
