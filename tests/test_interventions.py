@@ -180,3 +180,24 @@ def test_two_processes_give_the_single_process_report(tmp_path):
     assert_nested_close(sorted(distributed.rows, key=key), sorted(single.rows, key=key), rel=1e-9, where="rows")
     for name in ("heads", "checks", "skipped", "settings"):
         assert_nested_close(getattr(distributed, name), getattr(single, name), rel=1e-9, where=name)
+
+
+@pytest.mark.parametrize("name", ["dinov3", "beit"])  # RoPE; a relative-position bias in the logits
+def test_planted_heads_of_stock_models(name):
+    from test_families import plant as plant_stock
+
+    model = build(name)
+    x = inputs(name, batch=4)
+    target = CASES[name].cls + CASES[name].registers - 1
+    plant_stock(model, name, x, head=1, target=target, kind="nop")
+    plant_stock(model, name, x, head=3, target=0, kind="broadcast")
+    report = intervene(model, [x], heads=[(0, 1), (0, 3)], edits=["zero_sink_value", "gate_closed"])
+    nop, broadcast = rows_of(report, head=1), rows_of(report, head=3)
+    assert len(nop) == len(broadcast) == 4 and {r["class"] for r in nop} == {"nop"}
+    assert {r["class"] for r in broadcast} == {"broadcast"}
+    assert max(row["final_patch_relrms"] for row in nop) < 1e-6
+    assert min(row["final_patch_relrms"] for row in broadcast) > 0.05
+    assert report.skipped["edits_not_applicable"] == [
+        "gate_closed on 0:1: the model has no attention gate",
+        "gate_closed on 0:3: the model has no attention gate",
+    ]
