@@ -4,6 +4,7 @@ corrupt images.
 """
 
 import io
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -15,6 +16,8 @@ import torch
 from PIL import Image
 
 from .errors import first_line, json_object
+
+logger = logging.getLogger(__name__)
 
 DIGITS = "digits"
 CANVAS = "canvas-digits"
@@ -230,8 +233,11 @@ class Collate:
                 image = _decode(row["image"]).convert(self.mode)
             except Exception as error:  # noqa: BLE001 -- any decoding failure means a bad file: skip it
                 self.skipped += 1
+                example = f"row {index}: {type(error).__name__}: {error}"
                 if len(self.skipped_examples) < 10:
-                    self.skipped_examples.append(f"row {index}: {type(error).__name__}: {error}")
+                    self.skipped_examples.append(example)
+                # A loader worker's counters die with it: the log keeps what it skipped.
+                logger.warning("unreadable image skipped: %s", example)
                 images.append(Image.new(self.mode, (8, 8)))
                 labels.append(IGNORED)
                 continue

@@ -82,6 +82,11 @@ class TrainArguments:
     save_total_limit: int = 2
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "auto, or a checkpoint folder"})
     report_to: str = field(default="none", metadata={"help": "none or an accelerate tracker, e.g. tensorboard"})
+    dataloader_num_workers: int | None = field(
+        default=None,
+        metadata={"help": "processes that decode and augment images; default: from the machine's cores (0 on two)"},
+    )
+    dataloader_prefetch_factor: int = field(default=2, metadata={"help": "batches each worker prepares ahead"})
     common_mode_penalty: float = field(
         default=0.0, metadata={"help": "lambda of the paper's Eq. 5 penalty on each layer's common attention update"}
     )
@@ -93,6 +98,7 @@ class TrainState:
 
     def __init__(self):
         self.step, self.spikes, self.largest_grad, self.largest_activation = 0, 0, 0.0, 0.0
+        self.unreadable = 0  # training images that could not be decoded (every epoch's)
         self.recent_losses: list[float] = []
 
     def record(self, loss: float, grad_norm: float | None, activation: float) -> None:
@@ -233,6 +239,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
                 optimizer.zero_grad(set_to_none=True)
             window.append(loss.detach())
             images_since += len(batch["pixel_values"]) * accelerator.num_processes
+            if task is None:  # unreadable images, labelled IGNORED by the collate (in a worker or here)
+                state.unreadable += int((batch["labels"] == IGNORED).sum())
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -299,6 +307,8 @@ def _checked_overrides(model_args: ModelArguments, args: TrainArguments) -> dict
     overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
     if model_args.variant not in VARIANTS:
         raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
+    workers = 0 if args.dataloader_num_workers is None else args.dataloader_num_workers
+    loader_options(workers, args.dataloader_prefetch_factor, persistent=False)  # checked before any data is read
     if not args.common_mode_penalty >= 0:
         raise ValueError(f"common_mode_penalty: got {args.common_mode_penalty}; allowed: a weight >= 0 (0 = off).")
     return overrides
@@ -338,8 +348,10 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
         augmentation = Augmentation(scale=(data_args.crop_scale_min, 1.0), flip=data_args.flip)
     mode = "RGB" if config.num_channels == 3 else "L"
     collate = Collate(processor, mode=mode, prepare=data.prepare, augmentation=augmentation, seed=args.seed)
+    workers = default_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
     # Its own generator: a loader that draws its worker seed from the global RNG when an iterator starts
-    # would shift the model's dropout stream on resume, which starts an iterator mid-epoch.
+    # would shift the model's dropout stream on resume, which starts an iterator mid-epoch. Training workers are
+    # not persistent: they fork with the epoch's collate (its epoch seeds the augmentation), once an epoch.
     loader = torch.utils.data.DataLoader(
         Indexed(data.train),
         args.per_device_batch_size,
@@ -347,11 +359,34 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
         collate_fn=collate,
         drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
+        **loader_options(workers, args.dataloader_prefetch_factor, persistent=False),
     )
     eval_loader = torch.utils.data.DataLoader(
-        Indexed(data.eval), args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
+        Indexed(data.eval),
+        args.per_device_batch_size,
+        collate_fn=Collate(processor, mode=mode),
+        **loader_options(workers, args.dataloader_prefetch_factor, persistent=True),
     )
     return ImageRun(model, data, collate, loader, eval_loader, processor)
+
+
+def default_workers() -> int:
+    """Loader workers for this machine: all cores but one (at most 8), none on two cores or fewer, where a worker
+    would only take time from the model."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def loader_options(workers: int, prefetch_factor: int, persistent: bool) -> dict:
+    """DataLoader keywords: workers that decode and augment, pinned memory for a GPU, prefetching."""
+    if type(workers) is not int or workers < 0:
+        raise ValueError(f"dataloader_num_workers: got {workers!r}; allowed: None (from the cores) or an int >= 0.")
+    if type(prefetch_factor) is not int or prefetch_factor < 1:
+        raise ValueError(f"dataloader_prefetch_factor: got {prefetch_factor!r}; allowed: an int >= 1.")
+    options = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    if workers:
+        options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
+    return options
 
 
 def _check_canvas(image_size, options: str) -> None:
@@ -449,7 +484,7 @@ def _evaluate(accelerator, model, task, eval_loader, data_args: DataArguments, a
 
 def _summary(accelerator, model, state: TrainState, evaluation: dict, collate: Collate | None) -> dict:
     """The run summary (summary.json): steps, final loss, held-out figures, stability, skipped images, checksums."""
-    skipped = None if collate is None else int(accelerator.reduce(torch.tensor(collate.skipped), "sum"))
+    skipped = None if collate is None else int(accelerator.reduce(torch.tensor(state.unreadable), "sum"))
     return {
         "steps": state.step,
         "final_loss": state.recent_losses[-1] if state.recent_losses else None,
@@ -460,6 +495,7 @@ def _summary(accelerator, model, state: TrainState, evaluation: dict, collate: C
             "largest_activation": state.largest_activation,
         },
         "skipped_images": skipped,
+        # Decoded in workers, the examples stay there (each is logged as a warning): only this process's are kept.
         "skipped_examples": [] if collate is None else collate.skipped_examples,
         "processes": accelerator.num_processes,
         # One sum of all parameters per process: equal when the ranks stayed in sync.

@@ -1,11 +1,13 @@
 import importlib.util
 import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from sink_models import preset_config
 
@@ -114,3 +116,65 @@ def test_interventions_benchmark_prints_both_models_and_its_checks(monkeypatch, 
     assert list(figures) == ["SinkViT", "DINOv3"]
     for case in figures.values():
         assert case["per_forward"] == pytest.approx(case["ratio"] / case["forwards"])
+
+
+def test_data_benchmark_prints_a_row_per_worker_count_and_the_workers_a_gpu_needs(monkeypatch, capsys):
+    bench = load_bench(Path(__file__).parents[1] / "bench" / "data.py")
+    argv = ["data.py", "--images", "8", "--batch", "4", "--workers", "0", "1", "--size", "toy", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--gpu-rate", "1000"])
+    bench.main()
+    out = capsys.readouterr().out
+    figures = json.loads(out.splitlines()[-1])
+    rates = {int(workers): rate for workers, rate in figures["rates"].items()}
+    assert list(rates) == [0, 1] and all(rate > 0 for rate in rates.values())
+    for workers, rate in rates.items():
+        assert re.search(rf"^ +{workers} +{rate:.1f} +{rate / rates[0]:.2f} +{rate / figures['step']:.2f}$", out, re.M)
+    assert figures["per_worker"] == pytest.approx(max(rates[0], rates[1]))
+    assert figures["workers_needed"] == math.ceil(1000 / figures["per_worker"])
+    assert f"needs about {figures['workers_needed']} workers" in out
+
+
+def test_data_benchmark_images_are_imagenet_sized_jpegs(tmp_path):
+    bench = load_bench(Path(__file__).parents[1] / "bench" / "data.py")
+    bench.make_images(tmp_path, 3)
+    files = sorted(tmp_path.rglob("*.jpg"))
+    assert [f.parent.name for f in files] == ["class0", "class0", "class1"]
+    for path in files:
+        with Image.open(path) as image:
+            assert image.size == (500, 375) and image.format == "JPEG"
+
+
+def test_gpu_benchmark_tiny_mode_prints_every_model_and_consistent_figures(monkeypatch, capsys):
+    bench = load_bench(Path(__file__).parents[1] / "bench" / "gpu.py")
+    # One round: a ratio (the median of per-round ratios) is then exactly the ratio of the two throughputs.
+    monkeypatch.setattr(sys, "argv", ["gpu.py", "--tiny", "--reps", "1"])
+    bench.main()
+    out = capsys.readouterr().out
+    models = ["transformers ViT"] + [f"SinkViT {v}" for v in ("plain", "gated", "reg", "gated-reg")]
+    row = rf"^toy +(\S+) +no +(\w+) +({'|'.join(models)}) +[\d.]+ +[\d.]+ +([\d.]+|-) +([\d.]+|-)$"
+    rows = [match.groups()[:3] for line in out.splitlines() if (match := re.match(row, line))]
+    modes = ("forward", "train", "diagnose")
+    assert [r for r in rows if r[0] == "sdpa"] == [("sdpa", mode, model) for mode in modes for model in models]
+    figures = json.loads(out.splitlines()[-1])
+    assert figures["skipped"] == [] and figures["failed"] == {}
+    if "flash_attention_2" in figures["unavailable"]:  # always on CPU: the reason is printed once
+        assert re.search(r"^flash_attention_2: unavailable, skipped \(\w+: .+\)$", out, re.MULTILINE)
+    assert len(figures["cases"]) == len({r[:2] for r in rows})
+    for case in figures["cases"]:
+        assert list(case["models"]) == models
+        peer = case["models"]["transformers ViT"]["images_per_s"]
+        for model in case["models"].values():
+            assert model["images_per_s"] > 0 and model["ratio"] == pytest.approx(model["images_per_s"] / peer)
+    diagnosed = figures["cases"][2]
+    assert diagnosed["mode"] == "diagnose" and all(m["x_forward"] > 0 for m in diagnosed["models"].values())
+
+
+def test_gpu_benchmark_refuses_in_one_line_without_a_gpu_or_tiny(monkeypatch, capsys):
+    bench = load_bench(Path(__file__).parents[1] / "bench" / "gpu.py")
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)  # so it refuses on a CUDA machine too
+    monkeypatch.setattr(sys, "argv", ["gpu.py"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    message = str(exit_info.value.code)
+    assert "no CUDA GPU" in message and "--tiny" in message and "\n" not in message
+    assert capsys.readouterr().out == ""  # refused before any work

@@ -72,6 +72,44 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)
 
 
+def test_loader_workers_give_the_images_of_the_main_process_and_resume_exactly(tmp_path):
+    # Two workers decode and augment (random crops and flips): the run equals one without workers, and an
+    # interrupted run resumed mid-epoch with workers equals both.
+    model_args, _, _ = arguments(tmp_path)
+    data_args = DataArguments(crop_scale_min=0.5, augment=True)
+    train(model_args, data_args, arguments(tmp_path / "main", dataloader_num_workers=0)[2])
+
+    def stop(step, metrics):
+        if step == 7:
+            raise Interrupted
+
+    fields = {"dataloader_num_workers": 2, "save_steps": 5}
+    with pytest.raises(Interrupted):
+        train(model_args, data_args, arguments(tmp_path / "workers", **fields)[2], on_step=stop)
+    resumed = arguments(tmp_path / "workers", resume_from_checkpoint="auto", **fields)[2]
+    summary = train(model_args, data_args, resumed)
+    assert summary["steps"] == 12
+    a = load_file(tmp_path / "main" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "workers" / "model" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_loader_options():
+    from sink_models.training import default_workers, loader_options
+
+    assert loader_options(0, 2, persistent=True) == {"num_workers": 0, "pin_memory": torch.cuda.is_available()}
+    assert loader_options(3, 4, persistent=False) == {
+        "num_workers": 3, "pin_memory": torch.cuda.is_available(), "persistent_workers": False, "prefetch_factor": 4
+    }  # fmt: skip
+    cores = len(os.sched_getaffinity(0))
+    assert default_workers() == (0 if cores <= 2 else min(8, cores - 1))
+    with pytest.raises(ValueError, match="dataloader_num_workers: got -1; allowed: None"):
+        train(*arguments("unused", dataloader_num_workers=-1))
+    with pytest.raises(ValueError, match="dataloader_prefetch_factor: got 0; allowed: an int >= 1"):
+        train(*arguments("unused", dataloader_prefetch_factor=0))
+
+
 def test_resume_with_gradient_accumulation_in_a_later_epoch(tmp_path):
     # 11 batches of 128 per epoch, 2 per step: 6 steps an epoch (the last one a single batch); resume in epoch 2.
     fields = {"per_device_batch_size": 128, "gradient_accumulation_steps": 2, "max_steps": 14, "logging_steps": 1}
