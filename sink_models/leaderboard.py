@@ -73,11 +73,17 @@ def load_records(source: str, endpoint: str | None = None, token: str | None = N
     """The records of a local folder of `*.json` files, or of a results dataset on the Hub (`org/name`)."""
     folder = _folder(source, endpoint, token)
     records = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
-    # eval/run.py's results (e.g. the repository's results/ folder) become records too; synthetic.json is no model.
-    records = [r if "config" in r else leaderboard_record(r, r["name"], None) for r in records if "rows" not in r]
+    # eval/run.py's results (e.g. the repository's results/ folder) become records too; the suites' summaries
+    # (synthetic.json, interventions.json) describe no one model.
+    records = [r if "config" in r else leaderboard_record(r, r["name"], None) for r in records if _is_model(r)]
     if not records:
         raise ValueError(f"results: no JSON records in {source!r}; allowed: a results dataset or a folder of them.")
     return records
+
+
+def _is_model(record: dict) -> bool:
+    """A leaderboard record, or a results JSON of one model."""
+    return "config" in record or ("name" in record and "sinks" in record)
 
 
 def load_task_rows(source: str, endpoint: str | None = None, token: str | None = None) -> list[dict]:

@@ -193,8 +193,9 @@ def test_old_results_and_old_records_still_load(tmp_path):
 
 
 def test_a_local_results_folder_is_read_as_records_and_task_rows():
-    records = load_records(str(ROOT / "results"))  # eval/run.py's results; synthetic.json is left out
-    models = [path.stem for path in (ROOT / "results").glob("*.json") if path.name != "synthetic.json"]
+    records = load_records(str(ROOT / "results"))  # eval/run.py's results; the suites' summaries are left out
+    summaries = ("synthetic.json", "interventions.json")
+    models = [path.stem for path in (ROOT / "results").glob("*.json") if path.name not in summaries]
     assert sorted(r["config"]["model_name"] for r in records) == sorted(models) and len(models) >= len(NAMES)
     synthetic = json.loads((ROOT / "results" / "synthetic.json").read_text())
     assert load_task_rows(str(ROOT / "results")) == synthetic["rows"]
