@@ -19,8 +19,11 @@ def default_image_processor(config) -> ViTImageProcessorPil:
     )
 
 
-def save_checkpoint(model: SinkViTPreTrainedModel, folder: str | os.PathLike, image_processor=None) -> Path:
-    """Write `model` (and its image processor, the default one if None) to `folder`, atomically.
+def save_checkpoint(
+    model: SinkViTPreTrainedModel, folder: str | os.PathLike, image_processor=None, state_dict: dict | None = None
+) -> Path:
+    """Write `model` (and its image processor, the default one if None) to `folder`, atomically; `state_dict`, if
+    given, holds its weights (a sharded model's, gathered).
 
     The folder loads with `AutoModel` / `AutoModelForImageClassification.from_pretrained(folder,
     trust_remote_code=True)` and with `pipeline("image-classification", model=folder, trust_remote_code=True)`.
@@ -35,6 +38,6 @@ def save_checkpoint(model: SinkViTPreTrainedModel, folder: str | os.PathLike, im
             f"AutoImageProcessor.from_pretrained({source!r})): the default one would preprocess its inputs wrongly."
         )
     with atomic_folder(folder) as staging:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
         (image_processor or default_image_processor(model.config)).save_pretrained(staging)
     return Path(folder)

@@ -27,6 +27,8 @@ RUN_KEYS = (
     "save_total_limit",
     "resume_from_checkpoint",
     "report_to",
+    "dataloader_num_workers",  # the images a step sees do not depend on who decodes them (tested)
+    "dataloader_prefetch_factor",
 )
 # (heading, how to read it from a record); numbers stay numbers so that the table sorts by value.
 COLUMNS = (

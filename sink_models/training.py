@@ -276,9 +276,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 
     evaluation = _evaluate(accelerator, model, task, eval_loader, data_args, args)
     summary = _summary(accelerator, model, state, evaluation, collate)
+    # Every process takes part: under FSDP the weights are shards, gathered here into the main process's copy.
+    weights = accelerator.get_state_dict(model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save_final(accelerator.unwrap_model(model), task, output_dir, model_args, data_args, args, processor)
+        unwrapped = accelerator.unwrap_model(model)
+        _save_final(unwrapped, weights, task, output_dir, model_args, data_args, args, processor)
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.wait_for_everyone()
     # Not end_training(): it also destroys the process group, whose gloo teardown can deadlock (see processes.py).
@@ -503,15 +506,15 @@ def _summary(accelerator, model, state: TrainState, evaluation: dict, collate: C
     }
 
 
-def _save_final(model, task, output_dir: Path, model_args, data_args, args, processor) -> None:
+def _save_final(model, weights: dict, task, output_dir: Path, model_args, data_args, args, processor) -> None:
     arguments = {"model": asdict(model_args), "data": asdict(data_args), "train": asdict(args)}
     folder = output_dir / "model"
     if task is None:
-        save_checkpoint(model, folder, image_processor=processor)
+        save_checkpoint(model, folder, image_processor=processor, state_dict=weights)
     else:
         folder.mkdir(parents=True, exist_ok=True)
         model.config.save_pretrained(folder)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+        save_file({k: v.contiguous() for k, v in weights.items()}, folder / "model.safetensors")
     (folder / "training_args.json").write_text(json.dumps(arguments, indent=1))
 
 
