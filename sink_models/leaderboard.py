@@ -29,6 +29,8 @@ RUN_KEYS = (
     "report_to",
     "dataloader_num_workers",  # the images a step sees do not depend on who decodes them (tested)
     "dataloader_prefetch_factor",
+    "torch_compile",  # the same computation, compiled
+    "torch_compile_backend",
 )
 # (heading, how to read it from a record); numbers stay numbers so that the table sorts by value.
 COLUMNS = (

@@ -87,6 +87,8 @@ class TrainArguments:
         metadata={"help": "processes that decode and augment images; default: from the machine's cores (0 on two)"},
     )
     dataloader_prefetch_factor: int = field(default=2, metadata={"help": "batches each worker prepares ahead"})
+    torch_compile: bool = field(default=False, metadata={"help": "train the torch.compile'd model (fullgraph)"})
+    torch_compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend, e.g. eager"})
     common_mode_penalty: float = field(
         default=0.0, metadata={"help": "lambda of the paper's Eq. 5 penalty on each layer's common attention update"}
     )
@@ -196,6 +198,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
         steps_per_epoch = None
+    # The loop runs the compiled model; saving, loading and evaluation use the prepared one it wraps.
+    forward = torch.compile(model, backend=args.torch_compile_backend) if args.torch_compile else model
     total_steps = args.max_steps or math.ceil(args.num_epochs * (steps_per_epoch or 0))
     if total_steps <= 0:
         raise ValueError("max_steps: a synthetic task needs max_steps > 0 (it has no epochs).")
@@ -221,7 +225,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     while state.step < total_steps:
         for batch in _batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
             with accelerator.accumulate(model):
-                outputs = model(**batch)
+                outputs = forward(**batch)
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
                 if task is None and bool((batch["labels"] == IGNORED).all()):
                     loss = outputs.logits.sum() * 0.0  # every image unreadable: same calls as the other ranks
