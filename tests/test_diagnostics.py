@@ -350,3 +350,26 @@ def test_the_diagnostic_plane_labels_one_two_five_ticks_only():
 
     labels = {value: _one_two_five(value, None) for value in (0.02, 0.03, 0.5, 0.7, 1.0, 2.0, 4.0, 50.0)}
     assert labels == {0.02: "0.02", 0.03: "", 0.5: "0.5", 0.7: "", 1.0: "1", 2.0: "2", 4.0: "", 50.0: "50"}
+
+
+def test_bfloat16_report_agrees_with_float32_within_stated_tolerances():
+    """The tolerances the README states: the same sink events with the same classes and sinks; per record, max_inflow
+    and routed_frac within 0.02, ratio_out within 0.02 + 5%, stable rank within 5% (the metrics run in float32 /
+    float64 on the bf16 kernel's q, k, v)."""
+    import copy
+
+    model = SinkViTModel(tiny_config("gated-reg")).eval()
+    x = images(model.config, batch=8)
+    plant(model, x, head=0, target=0, kind="nop")
+    plant(model, x, head=2, target=1, kind="broadcast")
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    full_events, half_events = diagnose(model, [x]).events, diagnose(half, [x]).events
+    strip = ("image", "layer", "head", "sink", "class", "token_type")
+    assert [{k: e[k] for k in strip} for e in half_events] == [{k: e[k] for k in strip} for e in full_events]
+    full = {(e["image"], e["layer"], e["head"]): e for e in diagnose(model, [x], thresholds=EVERYTHING).events}
+    for e in diagnose(half, [x], thresholds=EVERYTHING).events:
+        want = full[e["image"], e["layer"], e["head"]]
+        assert abs(e["max_inflow"] - want["max_inflow"]) <= 0.02 and abs(e["routed_frac"] - want["routed_frac"]) <= 0.02
+        assert abs(e["ratio_out"] - want["ratio_out"]) <= 0.02 + 0.05 * want["ratio_out"]
+        if want["stable_rank"] is not None:
+            assert e["stable_rank"] == pytest.approx(want["stable_rank"], rel=0.05)
