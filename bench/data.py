@@ -25,8 +25,7 @@ from PIL import Image
 
 from sink_models import SinkViTForImageClassification, preset_config
 from sink_models.checkpoint import default_image_processor
-from sink_models.data import Augmentation, Collate, Indexed, load_image_data
-from sink_models.training import loader_options
+from sink_models.data import Augmentation, Collate, Indexed, load_image_data, loader_options
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> Path:

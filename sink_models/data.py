@@ -264,6 +264,25 @@ def _decode(image) -> Image.Image:
     return decoded
 
 
+def default_workers() -> int:
+    """Loader workers for this machine: all cores but one (at most 8), none on two cores or fewer, where a worker
+    would only take time from the model."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def loader_options(workers: int, prefetch_factor: int, persistent: bool) -> dict:
+    """DataLoader keywords: workers that decode and augment, pinned memory for a GPU, prefetching."""
+    if type(workers) is not int or workers < 0:
+        raise ValueError(f"dataloader_num_workers: got {workers!r}; allowed: None (from the cores) or an int >= 0.")
+    if type(prefetch_factor) is not int or prefetch_factor < 1:
+        raise ValueError(f"dataloader_prefetch_factor: got {prefetch_factor!r}; allowed: an int >= 1.")
+    options = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
+    if workers:
+        options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
+    return options
+
+
 class Indexed(torch.utils.data.Dataset):
     """A datasets.Dataset whose items carry their row number (the augmentation seed)."""
 

@@ -4,6 +4,7 @@ Used by eval/run.py. A checkpoint is a local folder or a Hub id: our SinkViT mod
 transformers ViT / DINOv2 (with or without registers, with or without a classification head).
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,7 +18,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
-from .data import IGNORED, Collate, ImageData, Indexed, load_image_data, parse_options
+from .data import (
+    IGNORED,
+    Collate,
+    ImageData,
+    Indexed,
+    default_workers,
+    load_image_data,
+    loader_options,
+    parse_options,
+)
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import adapter_for
 from .diagnostics.families import SUPPORTED, family_of, vision_config
@@ -46,6 +56,10 @@ class EvalArguments:
     max_images: int | None = field(default=None, metadata={"help": "first N images of the split (default: all)"})
     batch_size: int = 64
     attn_implementation: str = field(default="sdpa", metadata={"help": "eager, sdpa, flex_attention, ..."})
+    autocast: str = field(default="no", metadata={"help": "no, bf16 or fp16: the forward under torch.autocast"})
+    dataloader_num_workers: int | None = field(
+        default=None, metadata={"help": "processes that decode images; default: from the machine's cores (0 on two)"}
+    )
     results_dir: str = "results"
     cards_dir: str = "model_cards"
     hub_org: str = field(default="sink-models", metadata={"help": "org of the Hub repos in the cards' snippets"})
@@ -271,10 +285,12 @@ def evaluate_checkpoint(
     if accelerator is not None and accelerator.num_processes > 1:
         with accelerator.split_between_processes(indices) as mine:
             indices = list(mine)
+    workers = default_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(Indexed(images), indices),
         batch_size=args.batch_size,
         collate_fn=Collate(checkpoint.processor, mode=mode),
+        **loader_options(workers, 2, persistent=False),
     )
     progress = tqdm(total=len(indices), desc=checkpoint.name, unit="img", disable=not show_progress)
     rows: list[tuple[list[int], int]] = []
@@ -299,7 +315,7 @@ def evaluate_checkpoint(
             if fine.any():
                 yield batch if fine.all() else {name: value[fine] for name, value in batch.items()}
 
-    with progress:
+    with progress, autocast(args.autocast, next(model.parameters()).device):
         report = diagnose(model, readable(loader), accelerator=accelerator, on_outputs=keep)
     skipped = unreadable[0]
     if accelerator is not None and accelerator.num_processes > 1:
@@ -346,6 +362,16 @@ def evaluate_checkpoint(
         "versions": package_versions(),
         "date": date.today().isoformat(),
     } | ({"interventions": interventions} if interventions is not None else {}), report
+
+
+def autocast(precision: str, device: torch.device):
+    """torch.autocast for `precision` (no, bf16 or fp16) on `device`; the metrics keep their float32 / float64."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision == "no":
+        return contextlib.nullcontext()
+    if precision not in dtypes:
+        raise EvalError(f"autocast: got {precision!r}; allowed: no, bf16 or fp16.")
+    return torch.autocast(device.type, dtype=dtypes[precision])
 
 
 def load_choice(choice: DataChoice) -> ImageData:

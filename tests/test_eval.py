@@ -386,3 +386,22 @@ def test_a_canvas_model_is_evaluated_on_the_canvases_its_recipe_names(tmp_path, 
     result = json.loads((tmp_path / "results" / "run.json").read_text())  # named after its run
     assert result["dataset"]["name"] == "canvas-digits" and result["dataset"]["options"] == options
     assert result["dataset"]["images"] == 359 and result["accuracy"] is not None
+
+
+def test_loader_workers_and_bf16_autocast(checkpoint, tmp_path, capsys):
+    argv = ["--model", checkpoint, "--trust_remote_code", "--max_images", 24, "--batch_size", 8]
+    assert run([*argv, "--dataloader_num_workers", 0, *outputs(tmp_path / "zero")], capsys)[0] == 0
+    assert run([*argv, "--dataloader_num_workers", 2, *outputs(tmp_path / "two")], capsys)[0] == 0
+    assert run([*argv, "--autocast", "bf16", *outputs(tmp_path / "bf16")], capsys)[0] == 0
+    zero, two, bf16 = (
+        json.loads((tmp_path / name / "results" / "vit-planted.json").read_text()) for name in ("zero", "two", "bf16")
+    )
+    assert two["accuracy"] == zero["accuracy"] and two["sinks"] == zero["sinks"]  # workers decode the same images
+    assert_nested_close(two["heads"], zero["heads"], rel=1e-9, where="heads")
+    # Under bf16 autocast the planted sinks stay what they are (the tolerances of the bf16 diagnostics test).
+    assert bf16["sinks"]["sinks_per_image"] == zero["sinks"]["sinks_per_image"] == 2.0
+    for got, want in zip(bf16["heads"], zero["heads"], strict=True):
+        assert (got["nop"], got["broadcast"]) == (want["nop"], want["broadcast"])
+        assert abs(got["max_inflow"] - want["max_inflow"]) <= 0.02
+    code, out = run([*argv, "--autocast", "fp8", *outputs(tmp_path / "bad")], capsys)
+    assert code == 2 and "autocast: got 'fp8'; allowed: no, bf16 or fp16." in out

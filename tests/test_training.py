@@ -96,7 +96,7 @@ def test_loader_workers_give_the_images_of_the_main_process_and_resume_exactly(t
 
 
 def test_loader_options():
-    from sink_models.training import default_workers, loader_options
+    from sink_models.data import default_workers, loader_options
 
     assert loader_options(0, 2, persistent=True) == {"num_workers": 0, "pin_memory": torch.cuda.is_available()}
     assert loader_options(3, 4, persistent=False) == {
