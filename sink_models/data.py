@@ -283,6 +283,53 @@ def loader_options(workers: int, prefetch_factor: int, persistent: bool) -> dict
     return options
 
 
+class StreamedRows(torch.utils.data.IterableDataset):
+    """One split of a dataset streamed (datasets' IterableDataset): this process's shards
+    (`split_dataset_by_node`), shuffled through a buffer anew each epoch, as (index, row) pairs for `Collate`; an
+    index is unique over processes and loader workers (it seeds the row's augmentation). `limit` stops each
+    process's stream after that many rows (held-out sets of a fixed size)."""
+
+    def __init__(self, name: str, split: str, columns: tuple[str, str], node: tuple[int, int], seed: int, buffer: int,
+                 limit: int | None = None):  # fmt: skip
+        from datasets.distributed import split_dataset_by_node
+
+        try:
+            stream = datasets.load_dataset(name, split=split, streaming=True)
+        except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "cannot stream this"
+            raise ValueError(
+                f"dataset: {name!r} split {split!r} cannot be streamed ({first_line(error, 200)})."
+            ) from error
+        image, label = columns
+        names = stream.features or {}
+        if image not in names or label not in names:
+            raise ValueError(f"columns: streamed {name!r} has columns {sorted(names)}; needed {image!r} and {label!r}.")
+        if not isinstance(names[label], datasets.ClassLabel):
+            raise ValueError(f"label_column: streamed {name!r}'s {label!r} is not a ClassLabel; a stream cannot be "
+                             "class-encoded: give the dataset ClassLabel features.")  # fmt: skip
+        self.labels = [str(name) for name in names[label].names]
+        stream = stream.select_columns([image, label])
+        renames = {old: new for old, new in ((image, "image"), (label, "label")) if old != new}
+        stream = stream.rename_columns(renames) if renames else stream
+        stream = split_dataset_by_node(stream.cast_column("image", datasets.Image(decode=False)), *node)
+        self.stream = stream.shuffle(seed=seed, buffer_size=buffer) if buffer else stream
+        self.rank, self.limit = node[0], limit
+
+    @property
+    def shards(self) -> int:
+        return self.stream.num_shards
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        first = (self.rank * 64 + (worker.id if worker else 0)) * 10**9
+        for position, row in enumerate(self.stream):
+            if self.limit is not None and position >= self.limit:
+                return
+            yield first + position, row
+
+
 class Indexed(torch.utils.data.Dataset):
     """A datasets.Dataset whose items carry their row number (the augmentation seed)."""
 

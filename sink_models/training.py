@@ -28,6 +28,7 @@ from .data import (
     Collate,
     ImageData,
     Indexed,
+    StreamedRows,
     default_workers,
     load_image_data,
     loader_options,
@@ -61,6 +62,9 @@ class DataArguments:
     augment: bool = field(default=True, metadata={"help": "random resized crop (and flip) while training"})
     crop_scale_min: float = 0.8
     flip: bool = True
+    streaming: bool = field(default=False, metadata={"help": "stream the dataset (Hub id or a folder of shards)"})
+    shuffle_buffer: int = field(default=10_000, metadata={"help": "streaming: rows in the shuffle buffer"})
+    streaming_eval_images: int = field(default=1_000, metadata={"help": "streaming: held-out images per process"})
     task_dim: int = 32
     task_length: int = 16
     task_eval_batches: int = 8
@@ -166,6 +170,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
     """
     overrides = _checked_overrides(model_args, args)
+    if data_args.streaming and data_args.dataset in TASKS:
+        raise ValueError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
     output_dir = Path(args.output_dir)
     trackers = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
@@ -188,7 +194,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     blocks = model.sink_vit.layers
 
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
-    if task is None:
+    if data_args.streaming:  # each process reads its own shards: accelerate must neither dispatch nor re-split
+        model, optimizer = accelerator.prepare(model, optimizer)
+        steps_per_epoch = None
+    elif task is None:
         model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
         # accelerate also steps at the end of the loader, after a shorter last accumulation
         steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
@@ -225,7 +234,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, images_since, window, penalties = time.perf_counter(), 0, [], []
     while state.step < total_steps:
-        for batch in _batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
+        batches = _streamed_batches if data_args.streaming else _batches
+        for batch in batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
             with accelerator.accumulate(model):
                 outputs = forward(**batch)
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
@@ -337,15 +347,18 @@ class ImageRun(NamedTuple):
 def _image_run(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, overrides: dict,
                accelerator: Accelerator) -> ImageRun:  # fmt: skip
     """The image classifier (paired initial weights), its image processor and the training and held-out loaders."""
-    with accelerator.main_process_first():  # one process prepares the data, the others read its cache
-        data = load_image_data(
-            data_args.dataset,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            train_split=data_args.train_split,
-            eval_split=data_args.eval_split,
-            options=data_args.dataset_options,
-        )
+    if data_args.streaming:
+        data = _streamed(data_args, args, accelerator)
+    else:
+        with accelerator.main_process_first():  # one process prepares the data, the others read its cache
+            data = load_image_data(
+                data_args.dataset,
+                image_column=data_args.image_column,
+                label_column=data_args.label_column,
+                train_split=data_args.train_split,
+                eval_split=data_args.eval_split,
+                options=data_args.dataset_options,
+            )
     labels = dict(enumerate(data.labels))
     config = preset_config(model_args.variant, model_args.size, id2label=labels, **overrides)
     if data_args.dataset == CANVAS:
@@ -358,6 +371,16 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
     mode = "RGB" if config.num_channels == 3 else "L"
     collate = Collate(processor, mode=mode, prepare=data.prepare, augmentation=augmentation, seed=args.seed)
     workers = default_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
+    if data_args.streaming:  # each process reads its own shards; a worker reads whole shards
+        options = loader_options(min(workers, data.train.shards), args.dataloader_prefetch_factor, persistent=False)
+        generator = torch.Generator().manual_seed(args.seed)  # not the global one: see below
+        loader = torch.utils.data.DataLoader(
+            data.train, args.per_device_batch_size, collate_fn=collate, generator=generator, **options
+        )
+        eval_loader = torch.utils.data.DataLoader(  # in this process: `limit` counts this process's rows
+            data.eval, args.per_device_batch_size, collate_fn=Collate(processor, mode=mode)
+        )
+        return ImageRun(model, data, collate, loader, eval_loader, processor)
     # Its own generator: a loader that draws its worker seed from the global RNG when an iterator starts
     # would shift the model's dropout stream on resume, which starts an iterator mid-epoch. Training workers are
     # not persistent: they fork with the epoch's collate (its epoch seeds the augmentation), once an epoch.
@@ -377,6 +400,24 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
         **loader_options(workers, args.dataloader_prefetch_factor, persistent=True),
     )
     return ImageRun(model, data, collate, loader, eval_loader, processor)
+
+
+def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accelerator) -> ImageData:
+    """The training and held-out splits streamed, this process's shards of each."""
+    if not args.max_steps:
+        raise ValueError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
+    columns = (data_args.image_column, data_args.label_column)
+    node = (accelerator.process_index, accelerator.num_processes)
+    train = StreamedRows(data_args.dataset, data_args.train_split, columns, node, args.seed, data_args.shuffle_buffer)
+    held_out = StreamedRows(
+        data_args.dataset, data_args.eval_split, columns, node, args.seed, 0, limit=data_args.streaming_eval_images
+    )
+    if train.shards % accelerator.num_processes:
+        raise ValueError(
+            f"dataset: {data_args.dataset!r} has {train.shards} shards for {accelerator.num_processes} processes; "
+            "allowed: a multiple of the process count, so that each process reads its own shards."
+        )
+    return ImageData(train, held_out, train.labels)
 
 
 def _check_canvas(image_size, options: str) -> None:
@@ -425,6 +466,25 @@ def _batches(task, loader, step: int, steps_per_epoch, args: TrainArguments, acc
     yield from accelerator.skip_first_batches(loader, skip) if skip else loader
 
 
+def _streamed_batches(task, loader, step: int, steps_per_epoch, args: TrainArguments, accelerator, collate):
+    """The batches of a streamed dataset from optimizer step `step` on, epoch after epoch. A resumed run reads the
+    stream again from the start and drops the batches already trained on: exact, at the price of reading them."""
+    skip, epoch = step * args.gradient_accumulation_steps, 0
+    while True:
+        loader.dataset.set_epoch(epoch)
+        collate.epoch = epoch
+        produced = False
+        for batch in loader:
+            produced = True
+            if skip:
+                skip -= 1
+                continue
+            yield {name: value.to(accelerator.device) for name, value in batch.items()}
+        if not produced:
+            raise ValueError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
+        epoch += 1
+
+
 def _drop_log_lines_after(path: Path, step: int) -> None:
     """A resumed run logs again the steps after its checkpoint: remove the interrupted run's lines for them."""
     if path.exists():
@@ -461,6 +521,15 @@ def _evaluate(accelerator, model, task, eval_loader, data_args: DataArguments, a
                 errors.append(accelerator.reduce(model(**batch)["loss"], "mean"))
             return {"mse": float(torch.stack(errors).mean())}
         correct = total = 0
+        if data_args.streaming:  # each process its own held-out rows, counted here and summed once
+            for batch in eval_loader:
+                predictions = model(pixel_values=batch["pixel_values"].to(accelerator.device)).logits.argmax(-1)
+                labels = batch["labels"].to(accelerator.device)
+                readable = labels != IGNORED
+                correct += int((predictions == labels)[readable].sum())
+                total += int(readable.sum())
+            counts = accelerator.reduce(torch.tensor([correct, total], device=accelerator.device), "sum").tolist()
+            return {"accuracy": counts[0] / max(counts[1], 1), "images": int(counts[1])}
         for batch in eval_loader:
             predictions = model(pixel_values=batch["pixel_values"]).logits.argmax(-1)
             predictions, labels = accelerator.gather_for_metrics((predictions, batch["labels"]))
