@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -38,6 +39,8 @@ from .errors import json_object
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, preset_config
 from .tasks import TASKS, SinkTask, TokenRegressor
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -412,10 +415,11 @@ def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accel
     held_out = StreamedRows(
         data_args.dataset, data_args.eval_split, columns, node, args.seed, 0, limit=data_args.streaming_eval_images
     )
-    if train.shards % accelerator.num_processes:
-        raise ValueError(
+    if train.shards % accelerator.num_processes and accelerator.is_main_process:
+        # datasets then gives each process every N-th row of every shard: all processes read all the data.
+        logger.warning(
             f"dataset: {data_args.dataset!r} has {train.shards} shards for {accelerator.num_processes} processes; "
-            "allowed: a multiple of the process count, so that each process reads its own shards."
+            "with a multiple of the process count each process would read only its own shards."
         )
     return ImageData(train, held_out, train.labels)
 
