@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 DIGITS = "digits"
 CANVAS = "canvas-digits"
 IGNORED = -100  # the label of an unreadable image: cross-entropy and the accuracy leave it out
+INK = 0.25  # a pixel belongs to a digit where its upscaled ink exceeds this share of the full range
 
 
 @dataclass
@@ -151,6 +152,33 @@ class Canvas:
         region = canvas[top : top + size, left : left + size]
         np.maximum(region, scaled, out=region)
 
+    def render_with_labels(
+        self, digit: np.ndarray, rng: random.Random, pool: np.ndarray, label: int, pool_labels: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`render`'s canvas (same draws from `rng`, same bytes) and its pixel label map (uint8): 0 for background,
+        1 + class where a digit's upscaled ink exceeds `INK` of the full range. Distractors carry their own class when
+        `pool_labels` is given (a patch holding a 3 describes a 3, named by the label or not), else background; where
+        digits overlap the later one wins, so the labelled digit, pasted last, is never covered."""
+        canvas = np.zeros((self.size, self.size), dtype=np.float32)
+        label_map = np.zeros((self.size, self.size), dtype=np.uint8)
+        for _ in range(self.distractors):
+            index = rng.randrange(len(pool))
+            value = 0 if pool_labels is None else 1 + int(pool_labels[index])
+            self._paste_labelled(canvas, label_map, pool[index], self.distractor_size, rng, value)
+        self._paste_labelled(canvas, label_map, digit, self.digit_size, rng, 1 + int(label))
+        noise = np.random.RandomState(rng.getrandbits(32)).normal(0.0, 255 * self.noise, canvas.shape)
+        return np.clip(np.round(canvas + noise), 0, 255).astype(np.uint8), label_map
+
+    def _paste_labelled(
+        self, canvas: np.ndarray, label_map: np.ndarray, digit: np.ndarray, size: int, rng: random.Random, value: int
+    ) -> None:
+        # `_paste`'s draws in `_paste`'s order, so that the canvas stays byte-identical to `render`'s.
+        scaled = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR), np.float32)
+        top, left = rng.randint(0, self.size - size), rng.randint(0, self.size - size)
+        region = canvas[top : top + size, left : left + size]
+        np.maximum(region, scaled, out=region)
+        label_map[top : top + size, left : left + size][scaled > INK * 255] = value
+
 
 def parse_options(options: str | dict) -> dict:
     """A dataset's options from a JSON object (as recipes and the command line give them) or a dict."""
@@ -176,6 +204,39 @@ def canvas_digits(canvas: Canvas = Canvas()) -> ImageData:
 
     labels = [str(d) for d in range(10)]
     return ImageData(_split(train_pixels, train_labels), _split(rendered, test_labels), labels, prepare)
+
+
+def canvas_dense(
+    canvas: Canvas = Canvas(), split: str = "eval", limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(canvases, pixel label maps, image labels) of a split of `canvas_digits(canvas)`, deterministic. "eval" gives
+    exactly its held-out canvases (same draws); "train" places the training digits once, from generators keyed by
+    `canvas.seed` and the row (training runs place them anew each epoch: these are a fixed draw for probes)."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split: got {split!r}; allowed: 'train', 'eval'.")
+    (train_pixels, train_labels), (test_pixels, test_labels) = _digit_split(0.2, 0)
+    pixels, labels = (test_pixels, test_labels) if split == "eval" else (train_pixels, train_labels)
+    key = "test" if split == "eval" else "dense-train"
+    rendered = [
+        canvas.render_with_labels(p, random.Random(f"{canvas.seed}-{key}-{i}"), pixels, y, labels)
+        for i, (p, y) in enumerate(zip(pixels[:limit], labels[:limit], strict=True))
+    ]
+    return np.stack([r[0] for r in rendered]), np.stack([r[1] for r in rendered]), labels[:limit]
+
+
+def patch_labels(label_map: np.ndarray, patch_size: int | tuple[int, int], min_share: float = 0.5) -> np.ndarray:
+    """(..., rows, columns) patch labels of (..., height, width) pixel label maps: the digit class (1 + class) with
+    the most pixels in the patch when it covers at least `min_share` of it, background (0) otherwise."""
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    height, width = label_map.shape[-2:]
+    if height % ph or width % pw:
+        raise ValueError(f"patch_size: the {height}x{width} map is not a multiple of the patch size {ph}x{pw}.")
+    patches = label_map.reshape(*label_map.shape[:-2], height // ph, ph, width // pw, pw).swapaxes(-3, -2)
+    patches = patches.reshape(*patches.shape[:-2], ph * pw).astype(np.int64)
+    counts = np.stack([(patches == c).sum(-1) for c in range(int(label_map.max()) + 1)], -1)
+    counts[..., 0] = -1  # background wins only when no digit covers enough of the patch
+    best = counts.argmax(-1)
+    return np.where(counts.max(-1) >= min_share * ph * pw, best, 0).astype(np.uint8)
 
 
 def _png(array: np.ndarray) -> bytes:

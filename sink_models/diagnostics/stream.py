@@ -50,7 +50,7 @@ def diagnose(
     training = model.training
     model.eval()
     try:
-        with torch.no_grad(), LayerCapture(adapter, stream.on_attention, stream.on_output), _all_patches_kept(adapter):
+        with torch.no_grad(), LayerCapture(adapter, stream.on_attention, stream.on_output), all_patches_kept(adapter):
             stream.run(batches, max_images, on_outputs)
     finally:
         model.train(training)
@@ -196,7 +196,7 @@ def forward_options(inputs: dict, adapter: Adapter) -> dict:
 
 
 @contextmanager
-def _all_patches_kept(adapter: Adapter):
+def all_patches_kept(adapter: Adapter):
     """A masked autoencoder's `mask_ratio` set to 0 for the duration: it sees every patch, as at inference."""
     config = adapter.forward.config
     if not adapter.family.identity_masking or config.mask_ratio == 0:
