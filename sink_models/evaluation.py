@@ -15,18 +15,23 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .data import (
+    CANVAS,
     IGNORED,
+    Canvas,
     Collate,
     ImageData,
     Indexed,
+    canvas_dense,
     default_workers,
     load_image_data,
     loader_options,
     parse_options,
+    patch_labels,
 )
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import adapter_for
@@ -37,6 +42,7 @@ from .hub import ZOO_VERSION
 from .inspection.loading import from_pretrained
 from .interventions import InterventionReport, intervene
 from .interventions.report import METRICS
+from .probes import linear_probe, patch_features
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -76,6 +82,10 @@ class EvalArguments:
     intervention_images: int = field(
         default=64, metadata={"help": "images edited (and as many more held out for the mean sink value)"}
     )
+    dense_probe: bool = field(
+        default=False, metadata={"help": "canvas-digits: a linear segmentation probe on the frozen patch tokens"}
+    )
+    dense_probe_train_images: int = field(default=1024, metadata={"help": "training canvases of the dense probe"})
     intervention_models: list[str] = field(
         default_factory=list, metadata={"help": "zoo checkpoints whose causal edits go to results/interventions.md"}
     )
@@ -331,6 +341,9 @@ def evaluate_checkpoint(
     if args.interventions:
         causal = intervention_report(checkpoint, data, args.intervention_images, args.batch_size, accelerator)
         interventions = intervention_block(causal)
+    extras = {} if interventions is None else {"interventions": interventions}
+    if args.dense_probe:
+        extras["dense_probe"] = dense_probe_block(checkpoint, choice, args)
     return {
         "name": checkpoint.name,
         "model": {
@@ -361,7 +374,7 @@ def evaluate_checkpoint(
         "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
-    } | ({"interventions": interventions} if interventions is not None else {}), report
+    } | extras, report
 
 
 def autocast(precision: str, device: torch.device):
@@ -417,6 +430,35 @@ def intervention_report(
     edited, held = range(min(count, len(images))), range(count, min(2 * count, len(images)))
     held_out = batches(held) if len(held) else None
     return intervene(model, batches(edited), held_out=held_out, accelerator=accelerator)
+
+
+def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments) -> dict:
+    """A linear probe of the frozen final patch tokens on canvas-digits' dense labels (SCIENCE.md section 8): trained on
+    `dense_probe_train_images` training canvases (fixed placements), scored on the held-out canvases (all, or the first
+    `max_images`); patch labels are the digit class covering at least half of a patch, else background."""
+    if choice.dataset != CANVAS:
+        raise EvalError(
+            f"dense_probe: {choice.dataset!r} has no dense labels; allowed: {CANVAS!r} (segmentation datasets such as "
+            "ADE20K or VOC are not wired in yet)."
+        )
+    canvas = Canvas(**parse_options(choice.options))
+    model, processor = checkpoint.model, checkpoint.processor
+    mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
+    patch = adapter_for(model).patch_size
+
+    def features(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        images, maps, _ = canvas_dense(canvas, split, limit=limit)
+        pictures = [Image.fromarray(image).convert(mode) for image in images]
+        batches = (dict(processor(pictures[at : at + 128], return_tensors="pt")) for at in range(0, len(pictures), 128))
+        return patch_features(model, batches), torch.as_tensor(patch_labels(maps, patch)).long()
+
+    train_features, train_labels = features("train", args.dense_probe_train_images)
+    eval_features, eval_labels = features("eval", args.max_images)
+    result = linear_probe(train_features, train_labels, eval_features, eval_labels, 11, seed=0)
+    settings = {"train_images": len(train_features), "eval_images": len(eval_features), "min_share": 0.5}
+    return {"miou": result.miou, "foreground_miou": result.foreground_miou, "accuracy": result.accuracy} | {
+        "settings": settings
+    }
 
 
 def intervention_block(report: InterventionReport) -> dict:

@@ -405,3 +405,35 @@ def test_loader_workers_and_bf16_autocast(checkpoint, tmp_path, capsys):
         assert abs(got["max_inflow"] - want["max_inflow"]) <= 0.02
     code, out = run([*argv, "--autocast", "fp8", *outputs(tmp_path / "bad")], capsys)
     assert code == 2 and "autocast: got 'fp8'; allowed: no, bf16 or fp16." in out
+
+
+def test_dense_probe_on_a_canvas_model(tmp_path, capsys):
+    from sink_models.data import Canvas, canvas_dense, patch_labels
+    from sink_models.probes import linear_probe, patch_features
+
+    model_dir = ROOT / "zoo" / "vit-plain"
+    argv = ["--model", model_dir, "--max_images", 24, "--dense_probe", "--dense_probe_train_images", 48]
+    code, out = run([*argv, *outputs(tmp_path)], capsys)
+    assert code == 0, out
+    block = json.loads((tmp_path / "results" / "vit-plain.json").read_text())["dense_probe"]
+    assert block["settings"] == {"train_images": 48, "eval_images": 24, "min_share": 0.5}
+    # The same probe by hand on the same canvases (the recipe's canvas options) gives the same scores.
+    from transformers import AutoImageProcessor
+
+    from sink_models import SinkViTForImageClassification
+
+    model = SinkViTForImageClassification.from_pretrained(model_dir).eval()
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    options = json.loads((model_dir / "training_args.json").read_text())["data"]["dataset_options"]
+    canvas = Canvas(**json.loads(options))
+
+    def features(split, limit):
+        images, maps, _ = canvas_dense(canvas, split, limit=limit)
+        pixels = processor([Image.fromarray(i).convert("L") for i in images], return_tensors="pt")["pixel_values"]
+        return patch_features(model, [pixels]), torch.as_tensor(patch_labels(maps, 8)).long()
+
+    expected = linear_probe(*features("train", 48), *features("eval", 24), 11, seed=0)
+    assert block["miou"] == pytest.approx(expected.miou, rel=1e-6)
+    assert block["accuracy"] == pytest.approx(expected.accuracy, rel=1e-6)
+    code, out = run(["--model", model_dir, "--dataset", "digits", "--dense_probe", *outputs(tmp_path / "b")], capsys)
+    assert code == 2 and "dense_probe: 'digits' has no dense labels; allowed: 'canvas-digits'" in out
