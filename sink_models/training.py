@@ -185,33 +185,14 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(args.seed)
-    task = data = collate = loader = eval_loader = processor = None
-    if data_args.dataset in TASKS:
-        task = SinkTask(data_args.dataset, dim=data_args.task_dim, length=data_args.task_length, seed=args.seed)
-        config = task.model_config(**VARIANTS[model_args.variant], **overrides)
-        model = TokenRegressor(config, learn_positions=task.kind == "broadcast")  # as in the paper's two toys
-    else:
-        model, data, collate, loader, eval_loader, processor = _image_run(
-            model_args, data_args, args, overrides, accelerator
-        )
+    task, model, data, collate, loader, eval_loader, processor = _model_and_data(
+        model_args, data_args, args, overrides, accelerator
+    )
     blocks = model.sink_vit.layers
 
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
-    if data_args.streaming:  # each process reads its own shards: accelerate must neither dispatch nor re-split
-        model, optimizer = accelerator.prepare(model, optimizer)
-        steps_per_epoch = None
-    elif task is None:
-        model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
-        # accelerate also steps at the end of the loader, after a shorter last accumulation
-        steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
-        if steps_per_epoch == 0:
-            raise ValueError(
-                f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
-                f"accumulation x {accelerator.num_processes} processes exceeds the {len(data.train)} training images."
-            )
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)
-        steps_per_epoch = None
+    prepared = _prepared(accelerator, model, optimizer, loader, eval_loader, task, data, data_args, args)
+    model, optimizer, loader, eval_loader, steps_per_epoch = prepared
     # The loop runs the compiled model; saving, loading and evaluation use the prepared one it wraps.
     forward = torch.compile(model, backend=args.torch_compile_backend) if args.torch_compile else model
     total_steps = args.max_steps or math.ceil(args.num_epochs * (steps_per_epoch or 0))
@@ -239,10 +220,13 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     while state.step < total_steps:
         batches = _streamed_batches if data_args.streaming else _batches
         for batch in batches(task, loader, state.step, steps_per_epoch, args, accelerator, collate):
+            # Unreadable images (labelled IGNORED by the collate, in a worker or here): one device sync a batch.
+            unreadable = 0 if task is not None else int((batch["labels"] == IGNORED).sum())
+            state.unreadable += unreadable
             with accelerator.accumulate(model):
                 outputs = forward(**batch)
                 loss = outputs["loss"] if isinstance(outputs, dict) else outputs.loss
-                if task is None and bool((batch["labels"] == IGNORED).all()):
+                if task is None and unreadable == len(batch["labels"]):
                     loss = outputs.logits.sum() * 0.0  # every image unreadable: same calls as the other ranks
                 objective = loss
                 if penalty is not None:
@@ -258,8 +242,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
                 optimizer.zero_grad(set_to_none=True)
             window.append(loss.detach())
             images_since += len(batch["pixel_values"]) * accelerator.num_processes
-            if task is None:  # unreadable images, labelled IGNORED by the collate (in a worker or here)
-                state.unreadable += int((batch["labels"] == IGNORED).sum())
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -295,6 +277,41 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 
     evaluation = _evaluate(accelerator, model, task, eval_loader, data_args, args)
     summary = _summary(accelerator, model, state, evaluation, collate)
+    _finish(accelerator, model, summary, task, processor, (model_args, data_args, args))
+    return summary
+
+
+def _model_and_data(model_args, data_args, args, overrides: dict, accelerator) -> tuple:
+    """(task or None, model, image data, collate, loader, held-out loader, processor); None where a task has none."""
+    if data_args.dataset not in TASKS:
+        return None, *_image_run(model_args, data_args, args, overrides, accelerator)
+    task = SinkTask(data_args.dataset, dim=data_args.task_dim, length=data_args.task_length, seed=args.seed)
+    config = task.model_config(**VARIANTS[model_args.variant], **overrides)
+    model = TokenRegressor(config, learn_positions=task.kind == "broadcast")  # as in the paper's two toys
+    return task, model, None, None, None, None, None
+
+
+def _prepared(accelerator, model, optimizer, loader, eval_loader, task, data, data_args, args) -> tuple:
+    """(model, optimizer, loader, eval_loader, optimizer steps an epoch or None) after accelerator.prepare."""
+    if data_args.streaming or task is not None:
+        # A stream: each process reads its own shards, so accelerate must neither dispatch nor re-split it.
+        model, optimizer = accelerator.prepare(model, optimizer)
+        return model, optimizer, loader, eval_loader, None
+    model, optimizer, loader, eval_loader = accelerator.prepare(model, optimizer, loader, eval_loader)
+    # accelerate also steps at the end of the loader, after a shorter last accumulation
+    steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
+            f"accumulation x {accelerator.num_processes} processes exceeds the {len(data.train)} training images."
+        )
+    return model, optimizer, loader, eval_loader, steps_per_epoch
+
+
+def _finish(accelerator, model, summary: dict, task, processor, arguments: tuple) -> None:
+    """Save the final model and the summary, and close the trackers."""
+    model_args, data_args, args = arguments
+    output_dir = Path(args.output_dir)
     # Every process takes part: under FSDP the weights are shards, gathered here into the main process's copy.
     weights = accelerator.get_state_dict(model)
     accelerator.wait_for_everyone()
@@ -306,7 +323,6 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     # Not end_training(): it also destroys the process group, whose gloo teardown can deadlock (see processes.py).
     for tracker in accelerator.trackers:
         tracker.finish()
-    return summary
 
 
 def paired_initialization(model: SinkViTForImageClassification, seed: int) -> SinkViTForImageClassification:
