@@ -66,7 +66,7 @@ class Accumulator:
             record["sink"] = values["sink"][image][head]
             record["class"] = CLASSES[values["class"][image][head]]
             record["token_type"] = TOKEN_TYPES[values["token_type"][image][head]]
-            record.update({name: _number(values[name][image][head]) for name in EVENT_FIELDS})
+            record.update({name: finite_or_none(values[name][image][head]) for name in EVENT_FIELDS})
             self.events.append(record)
 
     def add_cls_sinks(self, layer: int, cls_inflow: torch.Tensor, eps: float) -> None:
@@ -95,8 +95,10 @@ class Accumulator:
         self.gated = bool(accelerator.reduce(torch.tensor([float(self.gated)], device=device), "sum").item())
 
 
-def _number(value) -> float | None:
-    """A float for JSON: NaN (undefined) and infinity (a ratio over zero norms) become None."""
+def finite_or_none(value) -> float | None:
+    """A float for JSON: None, NaN (undefined) and infinity (a ratio over zero norms) become None."""
+    if value is None:
+        return None
     value = float(value)
     return value if math.isfinite(value) else None
 

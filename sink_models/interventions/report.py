@@ -36,7 +36,7 @@ class InterventionReport:
             events = _summed(gather_object([events]))
             every = gather_object([checks])
             checks = {name: max(c[name] for c in every) for name in ("local_identity_max", "noop_max")}
-            checks["checked_heads"] = sorted({head for c in every for head in c["checked_heads"]}, key=_by_position)
+            checks["checked_heads"] = sorted({head for c in every for head in c["checked_heads"]}, key=by_position)
             skipped = _merged_skips(gather_object([skipped]))
             images = sum(counts)
         heads = [{"layer": layer, "head": head, **counts} for (layer, head), counts in sorted(events.items())]
@@ -132,7 +132,8 @@ def _events(head: dict) -> int:
     return sum(head[klass] for klass in ("nop", "broadcast", "other"))
 
 
-def _by_position(name: str) -> tuple[int, int]:
+def by_position(name: str) -> tuple[int, int]:
+    """A "layer:head" name as (layer, head), to sort heads by position."""
     layer, head = name.split(":")
     return int(layer), int(head)
 

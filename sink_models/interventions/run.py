@@ -8,6 +8,7 @@ from torch import nn
 
 from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
+from ..diagnostics.report import finite_or_none
 from ..diagnostics.stream import model_inputs, valid_tokens
 from .edits import (
     DEFAULT_EDITS,
@@ -22,7 +23,7 @@ from .edits import (
 from .heads import head_attention, head_metrics, head_projection, head_view
 from .means import held_out_means, inputs_on
 from .measure import Baseline, effects
-from .report import InterventionReport
+from .report import InterventionReport, by_position
 from .select import select_heads
 
 CLASSES = ("nop", "broadcast", "other")
@@ -114,6 +115,7 @@ class _Run:
         # Images a head was not edited on (no sink event of it there), by "layer:head"; edits that did not apply.
         self.skipped = {"images_without_event": {}, "edits_not_applicable": []}
         self.events: dict = {}  # (layer, head) -> per-class event counts
+        self.checked: set = set()  # heads whose built-in checks ran
 
     def batch(self, index: int, inputs: dict, labels) -> None:
         inputs = inputs_on(inputs, self.model)
@@ -165,10 +167,6 @@ class _Run:
             measured = effects(baseline, outputs, self.adapter, chosen)
             self._record(index, layer, head, edit, metrics, event, measured)
 
-    @property
-    def checked(self) -> set:
-        return self.__dict__.setdefault("_checked", set())
-
     def _checks(self, inputs, baseline, layer, head, attention, value, chosen, projection) -> None:
         """The paper's two checks, once per head: a no-op edit reproduces the outputs, and each value edit changes
         the head's update by exactly A_{:,p} (u'_p - u_p)."""
@@ -183,7 +181,7 @@ class _Run:
                 self.checks["local_identity_max"] = max(self.checks["local_identity_max"], error)
                 if not error < 1e-8:
                     raise AssertionError(f"local identity violated: head {layer}.{head}, {edit}: {error:.2e}")
-        self.checks["checked_heads"] = sorted({*self.checks["checked_heads"], f"{layer}:{head}"}, key=_by_position)
+        self.checks["checked_heads"] = sorted({*self.checks["checked_heads"], f"{layer}:{head}"}, key=by_position)
 
     def _edited(self, inputs, layer, head, edit, attention, value, chosen):
         """The model's outputs with `edit` applied to one head (None where it does not apply)."""
@@ -255,24 +253,12 @@ class _Run:
             row["class"] = CLASSES[int(metrics["class"][i])]
             row["token_type"] = TOKEN_TYPES[int(metrics["token_type"][i])]
             row["sink"] = int(metrics["sink"][i])
-            row |= {name: None if values is None else _number(values[i]) for name, values in measured.items()}
+            row |= {name: None if values is None else finite_or_none(values[i]) for name, values in measured.items()}
             self.rows.append(row)
 
     def _record_layer(self, layer, measured, images) -> None:
         for i in images.nonzero().flatten().tolist():
             row = {"image": self.images + i, "layer": layer, "head": None, "edit": "register_mean"}
             row |= {"class": "all", "token_type": None, "sink": None}
-            row |= {name: None if values is None else _number(values[i]) for name, values in measured.items()}
+            row |= {name: None if values is None else finite_or_none(values[i]) for name, values in measured.items()}
             self.rows.append(row)
-
-
-def _by_position(name: str) -> tuple[int, int]:
-    layer, head = name.split(":")
-    return int(layer), int(head)
-
-
-def _number(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if value == value and abs(value) != float("inf") else None
