@@ -290,18 +290,7 @@ def evaluate_checkpoint(
             raise EvalError(f"max_images: got {args.max_images}; allowed: a positive number of images.")
         images = images.select(range(min(args.max_images, len(images))))
     mapping, no_accuracy = label_map(model, data.labels)
-    mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
-    indices = list(range(len(images)))
-    if accelerator is not None and accelerator.num_processes > 1:
-        with accelerator.split_between_processes(indices) as mine:
-            indices = list(mine)
-    workers = default_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(Indexed(images), indices),
-        batch_size=args.batch_size,
-        collate_fn=Collate(checkpoint.processor, mode=mode),
-        **loader_options(workers, 2, persistent=False),
-    )
+    loader, indices = _eval_loader(checkpoint, images, args, accelerator)
     progress = tqdm(total=len(indices), desc=checkpoint.name, unit="img", disable=not show_progress)
     rows: list[tuple[list[int], int]] = []
     top = min(5, model.config.num_labels) if mapping is not None else 0
@@ -337,24 +326,9 @@ def evaluate_checkpoint(
         ks = [1, 5] if top >= 5 else [1]
         accuracy = metric.compute(predictions=[r for r, _ in rows], references=[y for _, y in rows], k=ks)
         accuracy["images"] = len(rows)
-    interventions = None
-    if args.interventions:
-        causal = intervention_report(checkpoint, data, args.intervention_images, args.batch_size, accelerator)
-        interventions = intervention_block(causal)
-    extras = {} if interventions is None else {"interventions": interventions}
-    if args.dense_probe:
-        extras["dense_probe"] = dense_probe_block(checkpoint, choice, args)
     return {
         "name": checkpoint.name,
-        "model": {
-            "source": checkpoint.source,
-            "revision": checkpoint.revision,
-            "commit": checkpoint.commit,
-            "class": type(model).__name__,
-            "config_digest": config_digest(model.config),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "attn_implementation": model.config._attn_implementation,
-        },
+        "model": _model_record(checkpoint, model),
         "cost": measure_cost(model, next(iter(loader)) if len(loader) else None),
         "dataset": {
             "name": choice.dataset,
@@ -374,7 +348,48 @@ def evaluate_checkpoint(
         "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
-    } | extras, report
+    } | _opt_in(checkpoint, data, choice, args, accelerator), report
+
+
+def _eval_loader(checkpoint: Checkpoint, images, args: EvalArguments, accelerator) -> tuple:
+    """The evaluation loader over this process's contiguous share of `images`, and that share's indices."""
+    model = checkpoint.model
+    mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
+    indices = list(range(len(images)))
+    if accelerator is not None and accelerator.num_processes > 1:
+        with accelerator.split_between_processes(indices) as mine:
+            indices = list(mine)
+    workers = default_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(Indexed(images), indices),
+        batch_size=args.batch_size,
+        collate_fn=Collate(checkpoint.processor, mode=mode),
+        **loader_options(workers, 2, persistent=False),
+    )
+    return loader, indices
+
+
+def _model_record(checkpoint: Checkpoint, model) -> dict:
+    return {
+        "source": checkpoint.source,
+        "revision": checkpoint.revision,
+        "commit": checkpoint.commit,
+        "class": type(model).__name__,
+        "config_digest": config_digest(model.config),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "attn_implementation": model.config._attn_implementation,
+    }
+
+
+def _opt_in(checkpoint: Checkpoint, data: ImageData, choice: DataChoice, args: EvalArguments, accelerator) -> dict:
+    """The results of the opt-in measurements: the causal interventions and the dense probe."""
+    extras = {}
+    if args.interventions:
+        causal = intervention_report(checkpoint, data, args.intervention_images, args.batch_size, accelerator)
+        extras["interventions"] = intervention_block(causal)
+    if args.dense_probe:
+        extras["dense_probe"] = dense_probe_block(checkpoint, choice, args)
+    return extras
 
 
 def autocast(precision: str, device: torch.device):
