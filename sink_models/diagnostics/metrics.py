@@ -87,21 +87,7 @@ def layer_metrics(
     mean_update = torch.einsum("bhd,hde,bhe->bh", mean, projection.p, mean)  # ||mean_i U_i||^2
     common_mode = torch.where(defined, tokens[:, None] * mean_update / energy.clamp_min(1e-300), torch.nan)
 
-    # What is reported for sink events only is computed for them alone, all of the layer's events in one batch.
-    images, event_heads = event.nonzero().unbind(1)
-
-    def at_events(x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(energy, torch.nan).index_put((images, event_heads), x.double())
-
-    values = value[images, event_heads].float()  # E, N, d_h
-    keep = None if valid is None else valid[images]
-    factor = projection.factor[event_heads]  # the F of each event's head
-    u_norm = (values @ factor.float()).norm(dim=-1)  # ||u_j|| = ||F^T v_j||
-    ratio_out = at_events(_sink_ratio(u_norm.double(), sink[event], keep))
-    ratio_head = at_events(_sink_ratio(values.norm(dim=-1).double(), sink[event], keep))
-    # The non-zero eigenvalues of U U^T (N x N) are those of F^T G F (d_h x d_h), solved in float64.
-    top = at_events(torch.linalg.eigvalsh(factor.transpose(-1, -2) @ gram[event].double() @ factor)[..., -1])
-    top = top.clamp_min(0)
+    ratio_out, ratio_head, top = _at_events(event, sink, value, gram, projection, valid, energy)
     stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
     rank1_energy = torch.where(defined, top / energy.clamp_min(1e-300), torch.nan)
 
@@ -126,6 +112,25 @@ def layer_metrics(
         "token_type": token_type,  # 0 CLS, 1 register, 2 patch
         "inflow": inflow,
     }
+
+
+def _at_events(event, sink, value, gram, projection: HeadProjection, valid, energy) -> tuple[torch.Tensor, ...]:
+    """ratio_out, ratio_head and the top eigenvalue of U U^T, computed for the sink events alone (all of the layer's
+    in one batch), NaN elsewhere."""
+    images, event_heads = event.nonzero().unbind(1)
+
+    def placed(x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(energy, torch.nan).index_put((images, event_heads), x.double())
+
+    values = value[images, event_heads].float()  # E, N, d_h
+    keep = None if valid is None else valid[images]
+    factor = projection.factor[event_heads]  # the F of each event's head
+    u_norm = (values @ factor.float()).norm(dim=-1)  # ||u_j|| = ||F^T v_j||
+    ratio_out = placed(_sink_ratio(u_norm.double(), sink[event], keep))
+    ratio_head = placed(_sink_ratio(values.norm(dim=-1).double(), sink[event], keep))
+    # The non-zero eigenvalues of U U^T (N x N) are those of F^T G F (d_h x d_h), solved in float64.
+    top = placed(torch.linalg.eigvalsh(factor.transpose(-1, -2) @ gram[event].double() @ factor)[..., -1])
+    return ratio_out, ratio_head, top.clamp_min(0)
 
 
 def _attention_statistics(
