@@ -32,6 +32,7 @@ import torch
 
 from sink_models import SinkViTForImageClassification, preset_config
 from sink_models.diagnostics import Thresholds, diagnose
+from sink_models.presets import dinov3_config
 
 METHODS = ("sdpa forward", "eager forward + attentions", "paper procedure", "diagnose", "diagnose, all events")
 STOCK_METHODS = tuple(method for method in METHODS if method != "paper procedure")
@@ -52,11 +53,9 @@ def setup(size: str, batch: int, sinks: bool = False, family: str = "sink_vit"):
 
 def setup_dinov3(size: str, batch: int):
     """A random DINOv3 ViT-S/16 with 4 registers (or one of the preset's size for `size` toy), and images."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from transformers import DINOv3ViTModel
 
-    preset = preset_config("reg", "small" if size == "tiny" else size)
-    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size")
-    config = DINOv3ViTConfig(**{f: getattr(preset, f) for f in fields}, patch_size=16, num_register_tokens=4)
+    config = dinov3_config("small" if size == "tiny" else size)
     model = DINOv3ViTModel(config).eval()
     return model, torch.randn(batch, 3, config.image_size, config.image_size)
 

@@ -21,18 +21,17 @@ import torch
 from sink_models import SinkViTForImageClassification, preset_config
 from sink_models.diagnostics import Thresholds
 from sink_models.interventions import DEFAULT_EDITS, intervene
+from sink_models.presets import dinov3_config
 
 
 def models(size: str) -> dict:
     torch.manual_seed(0)
     preset = preset_config("reg", size, num_labels=10, layerscale_init=1.0)
     sink_vit = SinkViTForImageClassification(preset).eval()
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+    from transformers import DINOv3ViTModel
 
-    dims = preset_config("reg", "small" if size == "tiny" else size)
-    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size")
-    config = DINOv3ViTConfig(**{f: getattr(dims, f) for f in fields}, patch_size=16, num_register_tokens=4)
-    return {"SinkViT": sink_vit, "DINOv3": DINOv3ViTModel(config).eval()}
+    dinov3 = DINOv3ViTModel(dinov3_config("small" if size == "tiny" else size)).eval()
+    return {"SinkViT": sink_vit, "DINOv3": dinov3}
 
 
 def heads_of(model, count: int) -> list[tuple[int, int]]:

@@ -32,3 +32,17 @@ def preset_config(variant: str, size: str = "small", **overrides) -> SinkViTConf
     fields = {"image_size": 224, "patch_size": 16, "layerscale_init": 1e-4, **SIZES[size], **VARIANTS[variant]}
     fields.setdefault("intermediate_size", 4 * fields["hidden_size"])
     return SinkViTConfig(**{**fields, **overrides})
+
+
+def dinov3_config(size: str = "small", num_register_tokens: int = 4):
+    """A transformers DINOv3 ViT config of a preset size (ViT-S/16 with 4 registers at "small"): the stock peer the
+    benchmarks run through the same diagnostics and edits."""
+    from transformers import DINOv3ViTConfig
+
+    dims = preset_config("reg", size)
+    fields = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "image_size")
+    return DINOv3ViTConfig(
+        **{name: getattr(dims, name) for name in fields},
+        patch_size=16,
+        num_register_tokens=num_register_tokens,
+    )
