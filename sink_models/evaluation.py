@@ -15,23 +15,19 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from .data import (
     CANVAS,
     IGNORED,
-    Canvas,
     Collate,
     ImageData,
     Indexed,
-    canvas_dense,
     default_workers,
     load_image_data,
     loader_options,
     parse_options,
-    patch_labels,
 )
 from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import adapter_for
@@ -42,7 +38,8 @@ from .hub import ZOO_VERSION
 from .inspection.loading import from_pretrained
 from .interventions import InterventionReport, intervene
 from .interventions.report import METRICS
-from .probes import linear_probe, patch_features
+from .probes import ProbeSettings
+from .segmentation import DenseOptions, dense_probe
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -83,9 +80,34 @@ class EvalArguments:
         default=64, metadata={"help": "images edited (and as many more held out for the mean sink value)"}
     )
     dense_probe: bool = field(
-        default=False, metadata={"help": "canvas-digits: a linear segmentation probe on the frozen patch tokens"}
+        default=False,
+        metadata={"help": "a linear segmentation probe on the frozen patch tokens (canvas-digits, or a dataset below)"},
     )
-    dense_probe_train_images: int = field(default=1024, metadata={"help": "training canvases of the dense probe"})
+    dense_probe_dataset: str | None = field(
+        default=None, metadata={"help": "segmentation dataset: Hub id or imagefolder (default: canvas-digits' maps)"}
+    )
+    dense_probe_train_split: str = "train"
+    dense_probe_eval_split: str = field(default="validation", metadata={"help": "of a segmentation dataset"})
+    dense_probe_image_column: str = "image"
+    dense_probe_mask_column: str = field(default="mask", metadata={"help": "class-index masks (ADE20K: annotation)"})
+    dense_probe_num_labels: int | None = field(default=None, metadata={"help": "classes (ADE20K 150, VOC 20)"})
+    dense_probe_reduce_labels: bool = field(
+        default=False, metadata={"help": "pixel 0 ignored, k -> k - 1 (ADE20K; VOC as the paper probes it)"}
+    )
+    dense_probe_ignore_index: int = 255
+    dense_probe_resolution: int | None = field(
+        default=None, metadata={"help": "images and masks resized to this square (paper: 512; default: the model's)"}
+    )
+    dense_probe_train_images: int | None = field(default=None, metadata={"help": "first N training images (all)"})
+    dense_probe_min_share: float = field(
+        default=0.25, metadata={"help": "canvas-digits: a patch is a digit's when its ink covers this share"}
+    )
+    dense_probe_layer: int | None = field(default=None, metadata={"help": "a block's output (default: final)"})
+    dense_probe_optimizer: str = field(
+        default="lbfgs", metadata={"help": "lbfgs (converged, deterministic) or adamw (the paper's schedule)"}
+    )
+    dense_probe_epochs: int = field(default=25, metadata={"help": "adamw epochs (paper: ADE20K 25, VOC 100)"})
+    dense_probe_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "adamw probe seeds"})
     intervention_models: list[str] = field(
         default_factory=list, metadata={"help": "zoo checkpoints whose causal edits go to results/interventions.md"}
     )
@@ -448,32 +470,41 @@ def intervention_report(
 
 
 def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments) -> dict:
-    """A linear probe of the frozen final patch tokens on canvas-digits' dense labels (SCIENCE.md section 8): trained on
-    `dense_probe_train_images` training canvases (fixed placements), scored on the held-out canvases (all, or the first
-    `max_images`); patch labels are the digit class covering at least half of a patch, else background."""
-    if choice.dataset != CANVAS:
+    """A linear probe of the frozen patch tokens (SCIENCE.md section 8) on `dense_probe_dataset`, or for a
+    canvas-digits model on the label maps of its canvases: trained on the training split, scored on the held-out one
+    (its first `max_images`)."""
+    dataset = args.dense_probe_dataset or (CANVAS if choice.dataset == CANVAS else None)
+    if dataset is None:
         raise EvalError(
-            f"dense_probe: {choice.dataset!r} has no dense labels; allowed: {CANVAS!r} (segmentation datasets such as "
-            "ADE20K or VOC are not wired in yet)."
+            f"dense_probe: {choice.dataset!r} has no dense labels; pass --dense_probe_dataset (a segmentation dataset "
+            f"with a mask column: a Hub id or an imagefolder directory), or evaluate a {CANVAS!r} model."
         )
-    canvas = Canvas(**parse_options(choice.options))
-    model, processor = checkpoint.model, checkpoint.processor
-    mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
-    patch = adapter_for(model).patch_size
-
-    def features(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        images, maps, _ = canvas_dense(canvas, split, limit=limit)
-        pictures = [Image.fromarray(image).convert(mode) for image in images]
-        batches = (dict(processor(pictures[at : at + 128], return_tensors="pt")) for at in range(0, len(pictures), 128))
-        return patch_features(model, batches), torch.as_tensor(patch_labels(maps, patch)).long()
-
-    train_features, train_labels = features("train", args.dense_probe_train_images)
-    eval_features, eval_labels = features("eval", args.max_images)
-    result = linear_probe(train_features, train_labels, eval_features, eval_labels, 11, seed=0)
-    settings = {"train_images": len(train_features), "eval_images": len(eval_features), "min_share": 0.5}
-    return {"miou": result.miou, "foreground_miou": result.foreground_miou, "accuracy": result.accuracy} | {
-        "settings": settings
-    }
+    if args.dense_probe_optimizer == "adamw":
+        probe = ProbeSettings.paper(epochs=args.dense_probe_epochs, ignore_index=args.dense_probe_ignore_index)
+    else:
+        probe = ProbeSettings(optimizer=args.dense_probe_optimizer)
+    options = DenseOptions(
+        dataset=dataset,
+        dataset_options=choice.options if dataset == choice.dataset else "{}",
+        train_split=args.dense_probe_train_split,
+        eval_split=args.dense_probe_eval_split,
+        image_column=args.dense_probe_image_column,
+        mask_column=args.dense_probe_mask_column,
+        num_labels=args.dense_probe_num_labels,
+        reduce_labels=args.dense_probe_reduce_labels,
+        ignore_index=args.dense_probe_ignore_index,
+        resolution=args.dense_probe_resolution,
+        train_images=args.dense_probe_train_images,
+        eval_images=args.max_images,
+        min_share=args.dense_probe_min_share,
+        layer=args.dense_probe_layer,
+        probe=probe,
+        seeds=tuple(args.dense_probe_seeds),
+    )
+    try:
+        return dense_probe(checkpoint.model, checkpoint.processor, options)
+    except ValueError as error:
+        raise EvalError(str(error)) from None
 
 
 def intervention_block(report: InterventionReport) -> dict:

@@ -2,7 +2,8 @@
 gates. `patch_features` reads the patch tokens of any model the diagnostics support; `linear_probe` trains a per-patch
 linear classifier on them and reports mIoU and accuracy on held-out patches (and pixels, when pixel maps are given)."""
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,66 +16,128 @@ from .diagnostics.stream import all_patches_kept, model_inputs
 from .interventions.measure import run_forward
 
 
-@torch.no_grad()
 def patch_features(model: nn.Module, batches: Iterable, layer: int | None = None) -> torch.Tensor:
     """(images, patches, channels) float32 patch tokens of a frozen model, in raster order: the final output
     (`last_hidden_state[:, num_prefix_tokens:]`, normed as the model norms it), or with `layer` the output of that
     block (negative counts from the end) under a parameter-free LayerNorm. A final norm's affine part is a per-channel
     scale and shift, which a linear probe absorbs, so standardizing each token is all an intermediate layer needs.
     `batches` yields images (batch, channels, height, width) or processor outputs, as for `diagnose`."""
+    return layer_features(model, batches, (layer,))[layer]
+
+
+@torch.no_grad()
+def layer_features(
+    model: nn.Module, batches: Iterable, layers: Sequence[int | None] = (None,)
+) -> dict[int | None, torch.Tensor]:
+    """`patch_features` of several layers from one pass over `batches`: {layer: (images, patches, channels)}, None
+    for the final output. The forward is the expensive part; the probes of each layer then train on these."""
     adapter = adapter_for(model)  # one line for a model without a supported token layout
     if adapter.family.padded:
         raise ValueError(f"model: {adapter.family.name} pads its patches per image; dense probes need a fixed grid.")
-    if layer is not None and not -len(adapter.layers) <= layer < len(adapter.layers):
-        raise ValueError(
-            f"layer: got {layer}; allowed: None (the final output) or a block index in [0, {len(adapter.layers)})."
-        )
-    features, training = [], model.training
+    for layer in layers:
+        if layer is not None and (type(layer) is not int or not -len(adapter.layers) <= layer < len(adapter.layers)):
+            raise ValueError(
+                f"layer: got {layer!r}; allowed: None (the final output) or a block index in "
+                f"[{-len(adapter.layers)}, {len(adapter.layers)})."
+            )
+    features, training = {layer: [] for layer in layers}, model.training
     model.eval()
     try:
         for batch in batches:
             inputs = model_inputs(batch, adapter)
-            features.append(_patch_tokens(adapter, inputs, layer).float().cpu())
+            for layer, tokens in _patch_tokens(adapter, inputs, layers).items():
+                features[layer].append(tokens.float().cpu())
     finally:
         model.train(training)
-    if not features:
+    if not features[layers[0]]:
         raise ValueError("batches: yielded no images; no features to probe.")
-    return torch.cat(features)
+    return {layer: torch.cat(chunks) for layer, chunks in features.items()}
 
 
-def _patch_tokens(adapter: Adapter, inputs: dict, layer: int | None) -> torch.Tensor:
-    kept, handle = {}, None
-    if layer is not None:
-        block = adapter.layers[layer].block
-        handle = block.register_forward_hook(
-            lambda m, a, o: kept.__setitem__("tokens", o[0] if isinstance(o, tuple) else o)
+def _patch_tokens(adapter: Adapter, inputs: dict, layers: Sequence[int | None]) -> dict[int | None, torch.Tensor]:
+    kept, handles = {}, []
+    for layer in {layer for layer in layers if layer is not None}:
+        handles.append(
+            adapter.layers[layer].block.register_forward_hook(
+                lambda m, a, o, layer=layer: kept.__setitem__(layer, o[0] if isinstance(o, tuple) else o)
+            )
         )
     try:
         with all_patches_kept(adapter):
-            tokens = run_forward(adapter.forward, adapter, inputs)["tokens"]
+            kept[None] = run_forward(adapter.forward, adapter, inputs | _interpolation(adapter, inputs))["tokens"]
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
-    if layer is not None:
-        tokens = F.layer_norm(kept["tokens"].float(), kept["tokens"].shape[-1:])
     (height, width), (ph, pw) = inputs["pixel_values"].shape[-2:], adapter.patch_size
     patches = (height // ph) * (width // pw)
-    if tokens.ndim != 3 or tokens.shape[1] != adapter.num_prefix_tokens + patches:
+    final = kept[None]
+    if final.ndim != 3 or final.shape[1] != adapter.num_prefix_tokens + patches:
         raise ValueError(
-            f"model: its output {tuple(tokens.shape)} holds no {adapter.num_prefix_tokens} prefix + {patches} patch "
+            f"model: its output {tuple(final.shape)} holds no {adapter.num_prefix_tokens} prefix + {patches} patch "
             "tokens (a pooled-only output has no patch tokens to probe)."
         )
-    return tokens[:, adapter.num_prefix_tokens :]
+    tokens = {
+        layer: final if layer is None else F.layer_norm(kept[layer].float(), kept[layer].shape[-1:]) for layer in layers
+    }
+    return {layer: value[:, adapter.num_prefix_tokens :] for layer, value in tokens.items()}
+
+
+def _interpolation(adapter: Adapter, inputs: dict) -> dict:
+    # Probes run at the dataset's resolution (the paper: 512 px), which position embeddings learnt at another size
+    # reach only by interpolation; families that always interpolate (DINOv2) or use RoPE take no such argument.
+    size = getattr(adapter.forward.config, "image_size", None)
+    size = (size, size) if isinstance(size, int) else tuple(size or ())
+    accepts = "interpolate_pos_encoding" in inspect.signature(adapter.forward.forward).parameters
+    return {"interpolate_pos_encoding": True} if accepts and tuple(inputs["pixel_values"].shape[-2:]) != size else {}
+
+
+@dataclass
+class ProbeSettings:
+    """How the linear probe is trained. "lbfgs" (the default) fits an L2-regularised multinomial logistic regression
+    to convergence on all training patches at once: deterministic, no learning rate or seed to tune, seconds on CPU
+    while the features fit in memory. "adamw" is the paper's cached-probe schedule (`paper()`): minibatches of
+    `batch_size` images, `warmup` iterations of linear warm-up from 1% then cosine decay to 1% of `lr`, gradient
+    norm clipped to 1, `epochs` passes, the last epoch reported (the paper reports its best validation epoch, which
+    selects on the held-out split). `standardize` scales each channel by its training statistics first (the
+    BatchNorm before DINOv2's linear segmentation head): a few huge channels, the signature of sinks, would otherwise
+    set the conditioning for all. Patches labelled `ignore_index` are neither trained on nor scored."""
+
+    optimizer: str = "lbfgs"
+    weight_decay: float = 1e-4
+    max_iter: int = 500
+    epochs: int = 100
+    lr: float = 5e-3
+    batch_size: int = 32
+    warmup: int = 100
+    seed: int = 0
+    standardize: bool = True
+    ignore_index: int | None = None
+
+    @classmethod
+    def paper(cls, epochs: int = 25, seed: int = 42, ignore_index: int | None = 255) -> "ProbeSettings":
+        """The paper's cached-feature probe (ADE20K: 25 epochs, seeds 42-44; VOC: 100 epochs, seeds 46-48)."""
+        return cls("adamw", 1e-2, epochs=epochs, lr=5e-3, batch_size=32, seed=seed, standardize=False,
+                   ignore_index=ignore_index)  # fmt: skip
+
+    def __post_init__(self):
+        if self.optimizer not in ("lbfgs", "adamw"):
+            raise ValueError(f"optimizer: got {self.optimizer!r}; allowed: 'lbfgs', 'adamw'.")
+        for name in ("max_iter", "epochs", "batch_size"):
+            if type(getattr(self, name)) is not int or getattr(self, name) < 1:
+                raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed: a positive integer.")
+        if not self.weight_decay >= 0 or not self.lr > 0:
+            raise ValueError(f"weight_decay, lr: got {self.weight_decay}, {self.lr}; allowed: >= 0 and > 0.")
 
 
 @dataclass
 class ProbeResult:
     """Held-out scores of a linear probe. mIoU is the mean IoU over the classes present (in the labels or the
-    predictions), background (class 0) included as in Pascal VOC; `foreground_miou` leaves it out. `iou` maps each
-    present class to its IoU. The `pixel_` fields are at pixel resolution (bilinear-upsampled logits), when given."""
+    predictions), background included as in Pascal VOC; `foreground_miou` leaves the background class out (None
+    without one). `iou` maps each present class to its IoU. The `pixel_` fields are at pixel resolution
+    (bilinear-upsampled logits), when pixel labels are given."""
 
     miou: float
-    foreground_miou: float
+    foreground_miou: float | None
     accuracy: float
     iou: dict[int, float]
     pixel_miou: float | None = None
@@ -86,23 +149,26 @@ class ProbeResult:
         return asdict(self)
 
 
-def confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: int) -> torch.Tensor:
-    """(classes, classes) counts, rows the true class, columns the predicted one."""
-    index = labels.reshape(-1).long() * classes + predictions.reshape(-1).long()
-    return torch.bincount(index, minlength=classes * classes).reshape(classes, classes)
+def confusion(labels: torch.Tensor, predictions: torch.Tensor, classes: int, ignore_index: int | None = None):
+    """(classes, classes) counts, rows the true class, columns the predicted one; `ignore_index` labels left out."""
+    labels, predictions = labels.reshape(-1).long(), predictions.reshape(-1).long()
+    if ignore_index is not None:
+        kept = labels != ignore_index
+        labels, predictions = labels[kept], predictions[kept]
+    return torch.bincount(labels * classes + predictions, minlength=classes * classes).reshape(classes, classes)
 
 
-def scores(matrix: torch.Tensor) -> tuple[float, float, float, dict[int, float]]:
+def scores(matrix: torch.Tensor, background: int | None = 0) -> tuple[float, float | None, float, dict[int, float]]:
     """(mIoU, foreground mIoU, accuracy, per-class IoU) of a confusion matrix; IoU = TP / (TP + FP + FN) over the
     classes whose union is not empty."""
     matrix = matrix.double()
     tp = matrix.diag()
     union = matrix.sum(0) + matrix.sum(1) - tp
     iou = {c: float(tp[c] / union[c]) for c in range(len(matrix)) if union[c] > 0}
-    foreground = [v for c, v in iou.items() if c != 0]
+    foreground = [v for c, v in iou.items() if c != background]
     return (
         float(np.mean(list(iou.values()))),
-        float(np.mean(foreground)) if foreground else float("nan"),
+        float(np.mean(foreground)) if background is not None and foreground else None,
         float(tp.sum() / matrix.sum()),
         iou,
     )
@@ -114,64 +180,127 @@ def linear_probe(
     eval_features: torch.Tensor,
     eval_labels: torch.Tensor,
     classes: int,
-    seed: int = 0,
-    epochs: int = 100,
-    lr: float = 1e-2,
-    weight_decay: float = 1e-4,
-    batch_size: int | None = None,
+    settings: ProbeSettings | None = None,
     eval_pixel_labels: torch.Tensor | None = None,
+    train_pixel_labels: torch.Tensor | None = None,
+    background: int | None = 0,
 ) -> ProbeResult:
-    """Trains a per-patch linear classifier (AdamW, cross-entropy) on the training patches and scores it on the
-    held-out ones. Features are (images, patches, channels); labels (images, rows, columns) in [0, classes), with
-    rows x columns = patches; `eval_pixel_labels` (images, height, width) adds scores at pixel resolution.
-    `batch_size` None trains full-batch; `seed` fixes the minibatch order (the weights start at zero)."""
+    """Trains a per-patch linear classifier on the training patches and scores it on the held-out ones. Features are
+    (images, patches, channels); labels (images, rows, columns) in [0, classes) or `settings.ignore_index`, with
+    rows x columns = patches. `eval_pixel_labels` (images, height, width) adds scores at pixel resolution;
+    `train_pixel_labels` trains on bilinear-upsampled logits against them, as the paper does ("adamw" only)."""
+    settings = settings or ProbeSettings()
+    ignore = settings.ignore_index
     train_features, eval_features = (
         _as_tensor(train_features, "train_features"),
         _as_tensor(eval_features, "eval_features"),
     )
     train_labels, eval_labels = _as_tensor(train_labels, "train_labels"), _as_tensor(eval_labels, "eval_labels")
-    _check(train_features, train_labels, "train", classes)
-    _check(eval_features, eval_labels, "eval", classes)
+    _check(train_features, train_labels, "train", classes, ignore)
+    _check(eval_features, eval_labels, "eval", classes, ignore)
     if train_features.shape[-1] != eval_features.shape[-1]:
         raise ValueError(
             f"eval_features: {eval_features.shape[-1]} channels; the training features have {train_features.shape[-1]}."
         )
-    x, y = train_features.reshape(-1, train_features.shape[-1]).float(), train_labels.reshape(-1).long()
-    # Standardize with the training statistics (the BatchNorm before DINOv2's linear segmentation head): tokens with
-    # a few huge channels, the signature of sinks, would otherwise set the step size for all.
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    head = nn.Linear(x.shape[-1], classes)
+    if train_pixel_labels is not None:
+        if settings.optimizer != "adamw":
+            raise ValueError("train_pixel_labels: only the 'adamw' probe trains on pixels; 'lbfgs' trains on patches.")
+        train_pixel_labels = _pixels(train_pixel_labels, "train_pixel_labels", len(train_labels), classes, ignore)
+    if train_labels.reshape(-1).ne(-1 if ignore is None else ignore).sum() == 0:
+        raise ValueError("train_labels: every training patch is ignored; nothing to train on.")
+    mean, std = _statistics(train_features, settings.standardize)
+    head = nn.Linear(train_features.shape[-1], classes)
     nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    x = (x - mean) / std
-    size = batch_size or len(x)
+    grid = tuple(train_labels.shape[1:])
+    if settings.optimizer == "lbfgs":
+        _fit_lbfgs(head, (train_features - mean) / std, train_labels, settings)
+    else:
+        _fit_adamw(head, train_features, train_labels, train_pixel_labels, (mean, std), grid, settings)
+    return _score(head, eval_features, eval_labels, eval_pixel_labels, (mean, std), classes, ignore, background)
+
+
+def _statistics(features: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if not standardize:
+        return torch.zeros(features.shape[-1]), torch.ones(features.shape[-1])
+    flat = features.reshape(-1, features.shape[-1]).float()
+    return flat.mean(0), flat.std(0).clamp_min(1e-6)
+
+
+def _fit_lbfgs(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, settings: ProbeSettings) -> None:
+    x, y = features.reshape(-1, features.shape[-1]).float(), labels.reshape(-1).long()
+    if settings.ignore_index is not None:
+        x, y = x[y != settings.ignore_index], y[y != settings.ignore_index]
+    optimizer = torch.optim.LBFGS(
+        head.parameters(), max_iter=settings.max_iter, history_size=20, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6, tolerance_change=1e-9,
+    )  # fmt: skip
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = F.cross_entropy(head(x), y) + settings.weight_decay / 2 * head.weight.square().sum()
+        value.backward()
+        return value
+
     with torch.enable_grad():
-        for _ in range(epochs):
-            for rows in torch.randperm(len(x), generator=generator).split(size):
-                loss = F.cross_entropy(head(x[rows]), y[rows])
+        optimizer.step(loss)
+
+
+def _fit_adamw(head, features, labels, pixels, statistics, grid, settings: ProbeSettings) -> None:
+    mean, std = statistics
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = max(len(features) // settings.batch_size, 1) * settings.epochs
+    warmup = min(settings.warmup, steps - 1)
+    schedule = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, total_iters=max(warmup, 1)),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps - warmup, 1), eta_min=settings.lr / 100),
+        ],
+        milestones=[warmup],
+    )
+    generator = torch.Generator().manual_seed(settings.seed)
+    ignore = -100 if settings.ignore_index is None else settings.ignore_index
+    with torch.enable_grad():
+        for _ in range(settings.epochs):
+            order = torch.randperm(len(features), generator=generator)
+            for rows in order.split(settings.batch_size):
+                if len(rows) < settings.batch_size and len(features) >= settings.batch_size:
+                    continue  # the paper drops the last partial batch
+                logits = head((features[rows].float() - mean) / std)
+                if pixels is None:
+                    loss = F.cross_entropy(logits.flatten(0, 1), labels[rows].reshape(-1).long(), ignore_index=ignore)
+                else:
+                    upsampled = _upsample(logits, grid, pixels.shape[-2:])
+                    loss = F.cross_entropy(upsampled, pixels[rows].long(), ignore_index=ignore)
                 optimizer.zero_grad()
                 loss.backward()
+                nn.utils.clip_grad_norm_(head.parameters(), 1.0)
                 optimizer.step()
-    with torch.no_grad():
-        logits = head((eval_features.float() - mean) / std)  # (images, patches, classes)
-    result = ProbeResult(*scores(confusion(eval_labels, logits.argmax(-1), classes)))
-    if eval_pixel_labels is not None:
-        pixel = _as_tensor(eval_pixel_labels, "eval_pixel_labels")
-        if pixel.ndim != 3 or len(pixel) != len(eval_labels):
-            raise ValueError(
-                f"eval_pixel_labels: expected ({len(eval_labels)}, height, width), got {tuple(pixel.shape)}."
-            )
-        _check_range(pixel, "eval_pixel_labels", classes)
-        grid = logits.reshape(*eval_labels.shape, classes).permute(0, 3, 1, 2)
-        upsampled = F.interpolate(grid, size=pixel.shape[-2:], mode="bilinear", align_corners=False)
-        miou, foreground, accuracy, iou = scores(confusion(pixel, upsampled.argmax(1), classes))
-        result.pixel_miou, result.pixel_foreground_miou, result.pixel_accuracy, result.pixel_iou = (
-            miou,
-            foreground,
-            accuracy,
-            iou,
-        )
+                schedule.step()
+
+
+def _upsample(logits: torch.Tensor, grid: tuple[int, int], size) -> torch.Tensor:
+    maps = logits.reshape(len(logits), *grid, logits.shape[-1]).permute(0, 3, 1, 2)
+    return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def _score(head, features, labels, pixels, statistics, classes, ignore, background) -> ProbeResult:
+    mean, std = statistics
+    grid = tuple(labels.shape[1:])
+    if pixels is not None:
+        pixels = _pixels(pixels, "eval_pixel_labels", len(labels), classes, ignore)
+    patch = torch.zeros(classes, classes, dtype=torch.long)
+    pixel = torch.zeros(classes, classes, dtype=torch.long)
+    for rows in torch.arange(len(features)).split(64):  # bounded memory at pixel resolution
+        logits = head((features[rows].float() - mean) / std)
+        patch += confusion(labels[rows], logits.argmax(-1), classes, ignore)
+        if pixels is not None:
+            pixel += confusion(pixels[rows], _upsample(logits, grid, pixels.shape[-2:]).argmax(1), classes, ignore)
+    result = ProbeResult(*scores(patch, background))
+    if pixels is not None:
+        fields = scores(pixel, background)
+        result.pixel_miou, result.pixel_foreground_miou, result.pixel_accuracy, result.pixel_iou = fields
     return result
 
 
@@ -183,7 +312,15 @@ def _as_tensor(value, name: str) -> torch.Tensor:
     return value
 
 
-def _check(features: torch.Tensor, labels: torch.Tensor, split: str, classes: int) -> None:
+def _pixels(value, name: str, images: int, classes: int, ignore: int | None) -> torch.Tensor:
+    pixels = _as_tensor(value, name)
+    if pixels.ndim != 3 or len(pixels) != images:
+        raise ValueError(f"{name}: expected ({images}, height, width), got {tuple(pixels.shape)}.")
+    _check_range(pixels, name, classes, ignore)
+    return pixels
+
+
+def _check(features: torch.Tensor, labels: torch.Tensor, split: str, classes: int, ignore: int | None) -> None:
     if features.ndim != 3:
         raise ValueError(f"{split}_features: expected (images, patches, channels), got {tuple(features.shape)}.")
     if labels.ndim != 3 or len(labels) != len(features) or labels.shape[1] * labels.shape[2] != features.shape[1]:
@@ -191,14 +328,18 @@ def _check(features: torch.Tensor, labels: torch.Tensor, split: str, classes: in
             f"{split}_labels: expected ({len(features)}, rows, columns) with rows x columns = {features.shape[1]} "
             f"patches, got {tuple(labels.shape)}."
         )
-    _check_range(labels, f"{split}_labels", classes)
+    _check_range(labels, f"{split}_labels", classes, ignore)
 
 
-def _check_range(labels: torch.Tensor, name: str, classes: int) -> None:
+def _check_range(labels: torch.Tensor, name: str, classes: int, ignore: int | None = None) -> None:
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise ValueError(f"{name}: expected integer class ids, got {labels.dtype}.")
-    if len(labels.reshape(-1)) and (labels.min() < 0 or labels.max() >= classes):
+    values = labels.reshape(-1)
+    if ignore is not None:
+        values = values[values != ignore]
+    if len(values) and (values.min() < 0 or values.max() >= classes):
+        allowed = f"[0, {classes})" + ("" if ignore is None else f" or the ignored {ignore}")
         raise ValueError(
-            f"{name}: class ids in [{int(labels.min())}, {int(labels.max())}], outside the label set [0, {classes}); "
+            f"{name}: class ids in [{int(values.min())}, {int(values.max())}], outside the label set {allowed}; "
             "the label sets do not match."
         )

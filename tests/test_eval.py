@@ -416,7 +416,13 @@ def test_dense_probe_on_a_canvas_model(tmp_path, capsys):
     code, out = run([*argv, *outputs(tmp_path)], capsys)
     assert code == 0, out
     block = json.loads((tmp_path / "results" / "vit-plain.json").read_text())["dense_probe"]
-    assert block["settings"] == {"train_images": 48, "eval_images": 24, "min_share": 0.5}
+    assert block["settings"] == {
+        "train_images": 48, "eval_images": 24, "min_share": 0.25, "optimizer": "lbfgs", "weight_decay": 1e-4,
+        "ignore_index": None, "features": "final normed patch tokens", "resolution": [64, 64],
+    }  # fmt: skip
+    assert (block["dataset"], block["split"], block["layer"], block["classes"][:2]) == (
+        "canvas-digits", "test", None, ["background", "0"]
+    )  # fmt: skip
     # The same probe by hand on the same canvases (the recipe's canvas options) gives the same scores.
     from transformers import AutoImageProcessor
 
@@ -430,10 +436,12 @@ def test_dense_probe_on_a_canvas_model(tmp_path, capsys):
     def features(split, limit):
         images, maps, _ = canvas_dense(canvas, split, limit=limit)
         pixels = processor([Image.fromarray(i).convert("L") for i in images], return_tensors="pt")["pixel_values"]
-        return patch_features(model, [pixels]), torch.as_tensor(patch_labels(maps, 8)).long()
+        return patch_features(model, [pixels]), torch.as_tensor(patch_labels(maps, 8, 0.25)).long(), maps
 
-    expected = linear_probe(*features("train", 48), *features("eval", 24), 11, seed=0)
-    assert block["miou"] == pytest.approx(expected.miou, rel=1e-6)
-    assert block["accuracy"] == pytest.approx(expected.accuracy, rel=1e-6)
+    (train_x, train_y, _), (eval_x, eval_y, eval_maps) = features("train", 48), features("eval", 24)
+    expected = linear_probe(train_x, train_y, eval_x, eval_y, 11, eval_pixel_labels=torch.as_tensor(eval_maps).long())
+    for key in ("miou", "foreground_miou", "accuracy", "pixel_miou", "pixel_accuracy"):
+        assert block[key] == pytest.approx(getattr(expected, key), rel=1e-6), key
+    assert block["iou"] == {str(c): pytest.approx(v, rel=1e-6) for c, v in expected.iou.items()}
     code, out = run(["--model", model_dir, "--dataset", "digits", "--dense_probe", *outputs(tmp_path / "b")], capsys)
-    assert code == 2 and "dense_probe: 'digits' has no dense labels; allowed: 'canvas-digits'" in out
+    assert code == 2 and "dense_probe: 'digits' has no dense labels; pass --dense_probe_dataset" in out

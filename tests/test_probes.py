@@ -12,7 +12,7 @@ from PIL import Image
 
 from sink_models.data import INK, Canvas, canvas_dense, canvas_digits, patch_labels
 from sink_models.modeling_sink_vit import SinkViTForImageClassification, SinkViTModel
-from sink_models.probes import confusion, linear_probe, patch_features, scores
+from sink_models.probes import ProbeSettings, confusion, layer_features, linear_probe, patch_features, scores
 
 
 @pytest.mark.parametrize("options", [{}, {"distractors": 3, "noise": 0.3}])
@@ -66,11 +66,13 @@ def test_canvas_dense_gives_the_held_out_canvases_of_canvas_digits():
         canvas_dense(canvas, "test")
 
 
-def _decodable(seed: int, images: int = 32, grid: int = 4, classes: int = 4, channels: int = 16):
+def _decodable(seed: int, images: int = 32, grid: int = 4, classes: int = 4, channels: int = 16, noise: float = 1.0):
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, classes, (images, grid, grid), generator=generator)
     means = 3 * torch.randn(classes, channels, generator=torch.Generator().manual_seed(100))  # shared by the splits
-    features = means[labels.reshape(images, -1)] + torch.randn(images, grid * grid, channels, generator=generator)
+    features = means[labels.reshape(images, -1)] + noise * torch.randn(
+        images, grid * grid, channels, generator=generator
+    )
     return features, labels
 
 
@@ -78,8 +80,93 @@ def test_the_probe_decodes_a_linearly_decodable_label_and_not_a_random_one():
     (train_x, train_y), (eval_x, eval_y) = _decodable(0), _decodable(1)
     assert linear_probe(train_x, train_y, eval_x, eval_y, 4).miou > 0.97
     shuffled = train_y.flatten()[torch.randperm(train_y.numel(), generator=torch.Generator().manual_seed(0))]
-    chance = linear_probe(train_x, shuffled.reshape(train_y.shape), eval_x, eval_y, 4, epochs=50)
+    chance = linear_probe(train_x, shuffled.reshape(train_y.shape), eval_x, eval_y, 4)
     assert chance.accuracy < 0.45  # chance 0.25 (over-fitting 512 patches leaves a little above it)
+
+
+def test_lbfgs_reaches_the_regularised_optimum_of_an_independent_solver():
+    from sklearn.linear_model import LogisticRegression
+
+    (train_x, train_y), (eval_x, eval_y) = _decodable(0, noise=4.0), _decodable(1, noise=4.0)
+    settings = ProbeSettings(weight_decay=1e-2)
+    result = linear_probe(train_x, train_y, eval_x, eval_y, 4, settings)
+    x = train_x.reshape(-1, 16).double()
+    mean, std = x.mean(0), x.std(0)
+    # mean cross-entropy + wd / 2 |W|^2  ==  (sum cross-entropy + n wd / 2 |W|^2) / n: sklearn's C = 1 / (n wd)
+    reference = LogisticRegression(C=1 / (len(x) * settings.weight_decay), tol=1e-10, max_iter=10_000)
+    reference.fit(((x - mean) / std).numpy(), train_y.reshape(-1).numpy())
+    predicted = reference.predict(((eval_x.reshape(-1, 16).double() - mean) / std).numpy())
+    expected = scores(confusion(eval_y, torch.as_tensor(predicted), 4))
+    assert result.miou == pytest.approx(expected[0], abs=2e-3) and result.accuracy == pytest.approx(
+        expected[2], abs=2e-3
+    )
+    assert 0.3 < result.accuracy < 0.99  # noisy enough that the regularisation decides some patches
+
+
+def test_ignored_patches_are_neither_trained_on_nor_scored():
+    (train_x, train_y), (eval_x, eval_y) = _decodable(0), _decodable(1)
+    settings = ProbeSettings(ignore_index=255)
+    wrong = train_y.clone()
+    wrong[:, 0] = (wrong[:, 0] + 1) % 4  # a quarter of the training patches mislabelled ...
+    masked = wrong.clone()
+    masked[:, 0] = 255  # ... and then ignored: the probe is the clean one's on the other patches
+    eval_masked = eval_y.clone()
+    eval_masked[:, :, 0] = 255
+    result = linear_probe(train_x, masked, eval_x, eval_masked, 4, settings)
+    clean = linear_probe(train_x[:, 4:], train_y[:, 1:], eval_x, eval_y, 4)  # rows 1..3 of each 4x4 grid
+    assert result.accuracy == 1 and clean.accuracy == 1
+    pixels = eval_masked.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    scored = linear_probe(train_x, masked, eval_x, eval_masked, 4, settings, eval_pixel_labels=pixels)
+    assert scored.pixel_iou is not None and 255 not in scored.pixel_iou
+    with pytest.raises(ValueError, match=r"outside the label set \[0, 4\) or the ignored 255"):
+        linear_probe(train_x, masked + 1, eval_x, eval_y, 4, settings)
+    with pytest.raises(ValueError, match="every training patch is ignored"):
+        linear_probe(train_x, torch.full_like(train_y, 255), eval_x, eval_y, 4, settings)
+
+
+def test_the_papers_adamw_probe_trains_on_patches_or_on_upsampled_pixels_and_its_seed_matters():
+    (train_x, train_y), (eval_x, eval_y) = _decodable(0), _decodable(1)
+    paper = ProbeSettings.paper(epochs=30, seed=42, ignore_index=None)
+    assert (paper.optimizer, paper.lr, paper.weight_decay, paper.batch_size, paper.standardize) == (
+        "adamw",
+        5e-3,
+        1e-2,
+        32,
+        False,
+    )
+    small = ProbeSettings("adamw", 1e-2, epochs=30, lr=5e-2, batch_size=4, warmup=10, seed=42)
+    result = linear_probe(train_x, train_y, eval_x, eval_y, 4, small)
+    assert result.miou > 0.95 and result == linear_probe(train_x, train_y, eval_x, eval_y, 4, small)
+    noisy = _decodable(0, noise=4.0), _decodable(1, noise=4.0)
+    runs = [
+        linear_probe(*noisy[0], *noisy[1], 4, ProbeSettings("adamw", 1e-2, epochs=2, lr=5e-2, batch_size=4, seed=seed))
+        for seed in (42, 43)
+    ]
+    assert runs[0].iou != runs[1].iou  # the minibatch order shows on a noisy label after two epochs
+    pixels = train_y.repeat_interleave(4, 1).repeat_interleave(4, 2)
+    on_pixels = linear_probe(train_x, train_y, eval_x, eval_y, 4, small, train_pixel_labels=pixels)
+    assert on_pixels.miou > 0.95
+    with pytest.raises(ValueError, match="only the 'adamw' probe trains on pixels"):
+        linear_probe(train_x, train_y, eval_x, eval_y, 4, train_pixel_labels=pixels)
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"optimizer": "sgd"}, "allowed: 'lbfgs', 'adamw'"),
+        ({"epochs": 0}, "epochs: got 0; allowed: a positive integer"),
+        ({"weight_decay": -1.0}, "allowed: >= 0 and > 0"),
+    ],
+)
+def test_bad_probe_settings_are_one_line(options, match):
+    with pytest.raises(ValueError, match=match):
+        ProbeSettings(**options)
+
+
+def test_without_a_background_class_foreground_miou_is_none():
+    (train_x, train_y), (eval_x, eval_y) = _decodable(0), _decodable(1)
+    result = linear_probe(train_x, train_y, eval_x, eval_y, 4, background=None)
+    assert result.foreground_miou is None and result.miou == linear_probe(train_x, train_y, eval_x, eval_y, 4).miou
 
 
 def test_miou_matches_an_independent_confusion_matrix():
@@ -114,7 +201,7 @@ def test_bad_probe_input_is_one_line(change, match):
     (train_x, train_y), (eval_x, eval_y) = _decodable(0, 4), _decodable(1, 4)
     args = {"train_features": train_x, "train_labels": train_y, "eval_features": eval_x, "eval_labels": eval_y}
     with pytest.raises(ValueError, match=match) as error:
-        linear_probe(**change(args), classes=4, epochs=1)
+        linear_probe(**change(args), classes=4)
     assert "\n" not in str(error.value)
 
 
@@ -134,6 +221,17 @@ def test_patch_features_of_sink_vit_are_its_patch_tokens():
     )
 
 
+def test_layer_features_read_several_layers_in_one_pass():
+    model = SinkViTModel(tiny_config("reg")).eval()
+    images = torch.randn(3, 3, model.config.image_size, model.config.image_size)
+    calls = []
+    model.embeddings.register_forward_hook(lambda *args: calls.append(1))
+    together = layer_features(model, [images], (None, 0, -1))
+    assert len(calls) == 1 and sorted(together, key=str) == [-1, 0, None]
+    for layer, features in together.items():
+        torch.testing.assert_close(features, patch_features(model, [images], layer=layer))
+
+
 @pytest.mark.parametrize("family", ["dinov2", "dinov3"])
 def test_patch_features_of_stock_families(family):
     model, images = build(family), torch.randn(2, 3, 32, 32)
@@ -149,3 +247,12 @@ def test_models_without_patch_tokens_and_bad_layers_are_one_line():
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match=r"allowed: None \(the final output\) or a block index"):
         patch_features(build("dinov2"), [torch.randn(1, 3, 32, 32)], layer=2)
+
+
+def test_features_at_another_resolution_interpolate_the_position_embeddings():
+    model = SinkViTModel(tiny_config("plain")).eval()
+    size = 2 * model.config.image_size
+    images = torch.randn(2, model.config.num_channels, size, size)
+    with torch.no_grad():
+        expected = model(images, interpolate_pos_encoding=True).last_hidden_state[:, model.config.num_prefix_tokens :]
+    torch.testing.assert_close(patch_features(model, [images]), expected)
