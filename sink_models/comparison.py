@@ -13,6 +13,9 @@ DATASET = "canvas-digits"
 ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")
 # SCIENCE.md section 8: LeJEPA ViT-L, sinks per image (NOP, broadcast); "gating" is the elementwise gate.
 PAPER = {"plain": (0.25, 0.09), "gated": (0.00, 3.80), "gp-penalty": (0.00, 0.04)}
+# SCIENCE.md section 8: mIoU (%) of a linear probe, ADE20K / VOC, mean of 3 seeds; the paper has no global-pathway arm.
+PAPER_MIOU = {"plain": (16.6, 43.8), "gated": (18.6, 48.0), "gated-headwise": (18.5, 47.6), "reg": (18.7, 49.9),
+              "gated-reg": (20.0, 52.2)}  # fmt: skip
 
 
 def arm(result: dict) -> str:
@@ -49,8 +52,16 @@ def figures(result: dict) -> dict:
         return by_token[kind]["register"] / count if count else None
 
     stability = result.get("stability") or {}
+    dense = result.get("dense_probe") or {}
+
+    def percent(key: str) -> float | None:
+        return None if dense.get(key) is None else 100 * dense[key]
+
     return {
         "accuracy": None if not result.get("accuracy") else 100 * result["accuracy"]["top1"],
+        "miou": percent("miou"),
+        "foreground_miou": percent("foreground_miou"),
+        "pixel_miou": percent("pixel_miou"),
         "sinks": sinks["sinks_per_image"],
         "nop": sinks["nop_per_image"],
         "broadcast": sinks["broadcast_per_image"],
@@ -91,6 +102,9 @@ def _fmt(value: float) -> str:
 CLASSES = {"accuracy": "top-1 (%)", "sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img",
            "other": "other / img"}  # fmt: skip
 PAIRED = {"accuracy": "Δ top-1 (pp)", "sinks": "Δ sinks / img", "nop": "Δ NOP / img", "broadcast": "Δ broadcast / img"}
+PAIRED_DENSE = {"miou": "Δ mIoU (pp)"}  # only when some model has a dense probe, so older tables stay as they were
+DENSE = {"miou": "mIoU (%)", "foreground_miou": "foreground mIoU (%)", "pixel_miou": "pixel mIoU (%)",
+         "accuracy": "top-1 (%)", "sinks": "sinks / img"}  # fmt: skip
 PAIRED_STABILITY = {"largest_activation": "Δ largest activation", "token_norm_ratio": "Δ token-norm max / median",
                     "largest_grad_norm": "Δ largest grad norm", "loss_spikes": "Δ loss spikes",
                     "top3_heads": "Δ top-3 heads' share", "cls_share": "Δ CLS share"}  # fmt: skip
@@ -107,6 +121,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     """The generated section of results/images.md: one table per claim, mean ± sd over seeds."""
     numbers = {name: {seed: figures(r) for seed, r in sorted(by_seed.items())} for name, by_seed in results.items()}
     seeds = sorted({seed for by_seed in numbers.values() for seed in by_seed})
+    probed = _probed(numbers)
     sections = [
         "### Sinks per image by class (gating vs NOP, registers, global pathway + penalty)\n\n"
         + _means(numbers, CLASSES, against_paper=True)
@@ -114,7 +129,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     if "plain" in numbers:
         sections.append(
             "### Paired differences from plain, seed by seed (mean ± sd (per seed))\n\n"
-            + _paired(numbers, seeds, PAIRED)
+            + _paired(numbers, seeds, PAIRED | (PAIRED_DENSE if probed else {}))
         )
         sections.append(
             "### Paired differences from plain in stability and concentration, seed by seed\n\n"
@@ -134,6 +149,11 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             + _means(registered, REGISTERS)
         )
     sections.append("### Stability and performance (training run and held-out images)\n\n" + _means(numbers, STABILITY))
+    if probed:
+        sections.append(
+            "### Dense probe: mIoU of a linear probe on frozen patch tokens (paper: ADE20K / VOC mIoU, LeJEPA ViT-L)"
+            "\n\n" + _dense(probed)
+        )
     models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
     return f"Models ({models}); mean ± sample standard deviation over seeds.\n\n" + "\n\n".join(sections)
 
@@ -152,6 +172,33 @@ def _means(numbers: dict[str, dict[int, dict]], columns: dict[str, str], against
     if against_paper:
         headings = ["seeds", *headings, "paper NOP / broadcast"]
     return markdown_table(["variant", *headings], rows)
+
+
+def _probed(numbers: dict[str, dict[int, dict]]) -> dict[str, dict[int, dict]]:
+    """Each variant's seeds that have a dense-probe mIoU (variants without any kept, with none); empty when no model
+    has one."""
+    probed = {name: {s: n for s, n in runs.items() if n["miou"] is not None} for name, runs in numbers.items()}
+    return probed if any(probed.values()) else {}
+
+
+def _dense(probed: dict[str, dict[int, dict]]) -> str:
+    """One row per variant over its probed seeds (so top-1 and sinks describe the same models as the mIoU), with the
+    paper's mIoU and its change from the paper's baseline."""
+    rows = []
+    for name, runs in probed.items():
+        cells = [spread([n[key] for n in runs.values()]) for key in DENSE]
+        rows.append([name, len(runs), *cells, *_paper_miou(name)])
+    headings = ["seeds with a probe", *DENSE.values(), "paper ADE20K / VOC", "paper change from baseline"]
+    return markdown_table(["variant", *headings], rows)
+
+
+def _paper_miou(name: str) -> tuple[str, str]:
+    """The paper's ADE20K / VOC mIoU for this arm and its change from the paper's baseline; blank where it has none."""
+    if name not in PAPER_MIOU:
+        return "", ""
+    (ade, voc), (base_ade, base_voc) = PAPER_MIOU[name], PAPER_MIOU["plain"]
+    change = "-" if name == "plain" else f"{ade - base_ade:+.1f} / {voc - base_voc:+.1f}"
+    return f"{ade:.1f} / {voc:.1f}", change
 
 
 def _depth(numbers: dict[str, dict[int, dict]]) -> str:
@@ -187,7 +234,8 @@ def _paired(numbers: dict[str, dict[int, dict]], seeds: list[int], columns: dict
 
 def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
     """Four panels: NOP and broadcast sinks per variant, each on its own scale (bars: mean, dots: seeds), sinks per
-    layer, and top-1 against sinks per image."""
+    layer, and top-1 against sinks per image; a fifth, dense-probe mIoU against sinks per image, when some model has
+    a dense probe."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,7 +243,9 @@ def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
 
     numbers = {name: [figures(r) for _, r in sorted(by_seed.items())] for name, by_seed in results.items()}
     names = list(numbers)
-    fig, (nop, broadcast, depth, scatter) = plt.subplots(1, 4, figsize=(20, 4.6))
+    dense = any(n["miou"] is not None for runs in numbers.values() for n in runs)
+    panels = 5 if dense else 4
+    fig, (nop, broadcast, depth, scatter, *probe) = plt.subplots(1, panels, figsize=(5 * panels, 4.6))
     for axis, key, label, colour in (
         (nop, "nop", "NOP", "tab:blue"),
         (broadcast, "broadcast", "Broadcast", "tab:orange"),
@@ -211,17 +261,26 @@ def plot(results: dict[str, dict[int, dict]], path: Path) -> Path:
         layers = [n["layer_sinks"] for n in numbers[name]]
         means = [statistics.fmean(v[i] for v in layers if i < len(v)) for i in range(max(map(len, layers)))]
         depth.plot(range(len(means)), means, marker="o", label=name)
-        measured = [n for n in numbers[name] if n["accuracy"] is not None]
-        scatter.scatter([n["sinks"] for n in measured], [n["accuracy"] for n in measured], label=name)
     depth.set_xlabel("layer")
     depth.set_ylabel("sink events per image (mean over seeds)")
     depth.set_title("Where sinks sit over depth")
     depth.legend(fontsize=8)
-    scatter.set_xlabel("sink events per image")
-    scatter.set_ylabel("held-out top-1 (%)")
-    scatter.set_title("Accuracy against sinks (one dot per seed)")
+    _against_sinks(scatter, numbers, "accuracy", "held-out top-1 (%)", "Accuracy against sinks (one dot per seed)")
+    for axis in probe:  # the x label says "per image": the full phrase in the title overran the panel
+        _against_sinks(axis, numbers, "miou", "mIoU (%)", "Dense-probe mIoU against sinks (one dot per seed)")
+        axis.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path, dpi=80)
+
+
+def _against_sinks(axis, numbers: dict[str, list[dict]], key: str, label: str, title: str) -> None:
+    """One dot per seed that measured `key`, against its sinks per image; one colour per variant."""
+    for name, runs in numbers.items():
+        measured = [n for n in runs if n[key] is not None]
+        axis.scatter([n["sinks"] for n in measured], [n[key] for n in measured], label=name)
+    axis.set_xlabel("sink events per image")
+    axis.set_ylabel(label)
+    axis.set_title(title)
 
 
 def write_images(results_dir: Path) -> Path | None:

@@ -3,6 +3,7 @@ import statistics
 
 import pytest
 
+from sink_models import comparison
 from sink_models.comparison import arm, canvas_results, figures, plot, spread, tables, write_images
 
 
@@ -108,3 +109,94 @@ def test_models_of_other_depths_and_without_accuracy_still_tabulate(tmp_path):
     assert "| plain | 2 | 80 |" in text  # the one accuracy measured
     assert text.count("| layer 2 |") == 1 and "| 0.4 (100% CLS) |" in text
     assert plot(results, tmp_path / "images.png").read_bytes().startswith(b"\x89PNG")
+
+
+def probed(model, miou, foreground_miou, pixel_miou=None):
+    """`model` with a dense_probe block as eval/run.py writes it (fractions; pixel scores may be null)."""
+    model["dense_probe"] = {"dataset": "canvas-digits", "split": "test", "layer": None, "miou": miou,
+                            "foreground_miou": foreground_miou, "accuracy": 0.97, "pixel_miou": pixel_miou,
+                            "pixel_foreground_miou": None, "pixel_accuracy": None, "iou": {"0": 0.97}}  # fmt: skip
+    return model
+
+
+def dense_results(with_probes: bool):
+    """plain and gated over seeds 0-2 (gated's seed 2 and reg unprobed), gp and gated-reg over seed 0."""
+    models = {
+        "plain": {s: result("plain", s, top1=0.8 + s / 20, nop=0.5, broadcast=2.0 + s) for s in range(3)},
+        "gated": {s: result("gated", s, top1=0.9, nop=0.0, broadcast=3.0) for s in range(3)},
+        "reg": {0: result("reg", 0, top1=0.9, nop=0.1, broadcast=1.0)},
+        "gated-reg": {0: result("gated-reg", 0, top1=0.9, nop=0.0, broadcast=0.5)},
+        "gp": {0: result("gp", 0, top1=0.7, nop=0.2, broadcast=1.0)},
+    }
+    if with_probes:
+        for seed, (miou, foreground) in enumerate(((0.25, 0.1), (0.30, 0.2), (0.35, 0.3))):
+            probed(models["plain"][seed], miou, foreground, pixel_miou=0.1 if seed else None)
+        probed(models["gated"][0], 0.31, 0.2)
+        probed(models["gated"][1], 0.28, 0.2)
+        probed(models["gated-reg"][0], 0.40, 0.3)
+        probed(models["gp"][0], 0.20, 0.1)
+    return models
+
+
+def row(text, section, name):
+    """The line of `name` in the first table after the heading containing `section`."""
+    return next(line for line in text.split(section, 1)[1].splitlines() if line.startswith(f"| {name} |"))
+
+
+def test_figures_read_the_dense_probe_in_percent():
+    numbers = figures(probed(result("plain", 0, top1=0.9, nop=0, broadcast=0), 0.331, 0.262))
+    assert numbers["miou"] == pytest.approx(33.1) and numbers["foreground_miou"] == pytest.approx(26.2)
+    assert numbers["pixel_miou"] is None  # a null pixel score stays unmeasured
+    bare = figures(result("plain", 0, top1=0.9, nop=0, broadcast=0))
+    assert bare["miou"] is None and bare["foreground_miou"] is None and bare["pixel_miou"] is None
+
+
+def test_the_dense_probe_table_and_paired_miou():
+    text = tables(dense_results(with_probes=True))
+    section = "### Dense probe: mIoU of a linear probe on frozen patch tokens (paper: ADE20K / VOC mIoU, LeJEPA ViT-L)"
+    assert section + "\n\n| variant | seeds with a probe | mIoU (%) | foreground mIoU (%) | pixel mIoU (%) | " \
+        "top-1 (%) | sinks / img | paper ADE20K / VOC | paper change from baseline |" in text  # fmt: skip
+
+    def spread_of(values):
+        return f"{statistics.fmean(values):.3g} ± {statistics.stdev(values):.3g}"
+
+    plain = f"| plain | 3 | {spread_of([25, 30, 35])} | {spread_of([10, 20, 30])} | {spread_of([10, 10])} | " \
+        f"{spread_of([80, 85, 90])} | {spread_of([2.5, 3.5, 4.5])} | 16.6 / 43.8 | - |"  # fmt: skip
+    assert row(text, section, "plain") == plain
+    # gated's top-1 and sinks are over its two probed seeds only, like its mIoU
+    assert row(text, section, "gated") == f"| gated | 2 | {spread_of([31, 28])} | 20 ± 0 | - | 90 ± 0 | 3 ± 0 | " \
+        "18.6 / 48.0 | +2.0 / +4.2 |"  # fmt: skip
+    assert row(text, section, "gated-reg").endswith("| 20.0 / 52.2 | +3.4 / +8.4 |")
+    assert row(text, section, "reg") == "| reg | 0 | - | - | - | - | - | 18.7 / 49.9 | +2.1 / +6.1 |"
+    assert row(text, section, "gp").endswith("|  |  |")  # no paper mIoU for the global pathway
+    paired = "### Paired differences from plain, seed by seed"
+    assert row(text, paired, "gated").endswith(f"| {spread_of([31 - 25, 28 - 30])} (+6.00, -2.00) |")  # seed 2 skipped
+    assert row(text, paired, "reg").endswith("| - |")
+
+
+def test_without_dense_probes_the_tables_are_as_before():
+    before = tables(dense_results(with_probes=False))
+    assert "mIoU" not in before and "Dense probe" not in before
+    after = tables(dense_results(with_probes=True)).split("\n\n### ")
+    assert after[-1].startswith("Dense probe")
+    paired = next(i for i, text in enumerate(after) if text.startswith("Paired differences from plain, seed by seed"))
+    lines = after[paired].splitlines()
+    assert lines[2].endswith("| Δ mIoU (pp) |")
+    # less its dense section and its last (Δ mIoU) column, the text with probes is the text without them
+    after[paired] = "\n".join("|".join(line.split("|")[:-2]) + "|" if line.startswith("|") else line for line in lines)
+    assert "\n\n### ".join(after[:-1]) == before
+
+
+def test_plot_adds_a_dense_probe_panel_only_with_probes(tmp_path, monkeypatch):
+    real, panels = comparison.save_figure, []
+
+    def save_figure(figure, path, dpi):  # each panel's title and dots per scatter, then the real save
+        panels.append([(axis.get_title(), [len(c.get_offsets()) for c in axis.collections]) for axis in figure.axes])
+        return real(figure, path, dpi=dpi)
+
+    monkeypatch.setattr(comparison, "save_figure", save_figure)
+    assert plot(dense_results(with_probes=False), tmp_path / "bare.png").read_bytes().startswith(b"\x89PNG")
+    assert plot(dense_results(with_probes=True), tmp_path / "dense.png").read_bytes().startswith(b"\x89PNG")
+    assert [len(axes) for axes in panels] == [4, 5] and panels[0] == panels[1][:4]
+    # one colour per variant (plain, gated, reg, gated-reg, gp), one dot per probed seed
+    assert panels[1][4] == ("Dense-probe mIoU against sinks (one dot per seed)", [3, 2, 0, 1, 1])
