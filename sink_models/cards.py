@@ -1,5 +1,5 @@
-"""Model cards from evaluation results: `model-index` metadata (accuracy and sink metrics), tables and figures, and
-the same numbers as the Hub's `.eval_results/*.yaml` entries.
+"""Model cards from evaluation results: `model-index` metadata (accuracy, sink metrics and the dense probe's mIoU),
+tables and figures, and the same numbers as the Hub's `.eval_results/*.yaml` entries.
 
 The card is rendered from model_cards/template.md with huggingface_hub's ModelCard. Everything the template
 generates sits between `<!-- sink-models:begin NAME -->` and `<!-- sink-models:end NAME -->` markers: a new run
@@ -30,6 +30,18 @@ SINK_METRICS = (
     ("register_sink_share", "Share of sinks on registers", lambda s: s["sink_share"]["register"]),
     ("patch_sink_share", "Share of sinks on patches", lambda s: s["sink_share"]["patch"]),
 )
+# model-index entries of the dense probe: (key, metric type, display name, field of the results' dense_probe block);
+# its `accuracy` is the share of all held-out patches labelled right, evaluate's `overall_accuracy` of `mean_iou`.
+DENSE_METRICS = (
+    ("dense_probe_miou", "mean_iou", "mIoU (dense linear probe)", "miou"),
+    ("dense_probe_accuracy", "overall_accuracy", "Patch accuracy (dense linear probe)", "accuracy"),
+)
+# model-index task name of each task type the card reports (None: the type says enough).
+TASK_NAMES = {
+    "image-classification": None,
+    "image-feature-extraction": "Attention-sink diagnostics",
+    "image-segmentation": "Semantic segmentation (linear probe on frozen patch tokens)",
+}
 SINK_COLUMNS = ["images", "sinks / image", "NOP / image", "broadcast / image", "other / image"]
 SINK_COLUMNS += ["CLS", "register", "patch", "CLS sink rate"]
 FIGURES = {
@@ -53,42 +65,63 @@ def hub_usage(result: dict, hub_org: str, hub_revision: str) -> tuple[str, str |
 
 
 class Metric(NamedTuple):
-    """One number the card reports: its key (model-index `config` of an accuracy, `type` of a sink metric; the
-    `.eval_results` entry's `task_id`), display name, model-index task type and value."""
+    """One number the card reports: its key (the `.eval_results` entry's `task_id`, and the model-index `config` where
+    it differs from the metric type), model-index metric type, display name, task type and value, and where it was
+    measured: dataset, split and images."""
 
     key: str
+    metric_type: str
     name: str
     task: str
     value: float
+    dataset: str
+    split: str
+    images: int
 
 
 def metrics(result: dict) -> list[Metric]:
     """The numbers that the card's `model-index` and its `.eval_results` file both report: top-1 / top-5 accuracy
-    (where measured) and the sink metrics."""
+    (where measured), the sink metrics and the dense probe's mIoU and patch accuracy (where measured)."""
+    dataset = result["dataset"]
+    where = (dataset["name"], dataset["split"], dataset["images"])
     accuracy = result["accuracy"] or {}
     found = [
-        Metric(key, name, "image-classification", accuracy[key])
+        Metric(key, "accuracy", name, "image-classification", accuracy[key], *where)
         for key, name in (("top1", "Top-1 accuracy"), ("top5", "Top-5 accuracy"))
         if key in accuracy
     ]
-    return found + [
-        Metric(key, name, "image-feature-extraction", read(result["sinks"])) for key, name, read in SINK_METRICS
+    found += [
+        Metric(key, key, name, "image-feature-extraction", read(result["sinks"]), *where)
+        for key, name, read in SINK_METRICS
+    ]
+    return found + _dense_metrics(result.get("dense_probe"))
+
+
+def _dense_metrics(block: dict | None) -> list[Metric]:
+    if block is None:  # not measured
+        return []
+    where = (block["dataset"], block["split"], block["settings"]["eval_images"])
+    return [
+        Metric(key, kind, name, "image-segmentation", block[field], *where) for key, kind, name, field in DENSE_METRICS
     ]
 
 
 def card_data(result: dict) -> ModelCardData:
-    """The card's metadata: `model-index` with top-1 / top-5 accuracy and the sink metrics on the dataset."""
-    dataset, split = result["dataset"]["name"], result["dataset"]["split"]
-    common = {"dataset_type": dataset, "dataset_name": dataset, "dataset_split": split}
-    results = []
-    for metric in metrics(result):
-        if metric.task == "image-classification":
-            where = {"metric_type": "accuracy", "metric_config": metric.key}
-        else:
-            where = {"metric_type": metric.key, "task_name": "Attention-sink diagnostics"}
-        results.append(
-            EvalResult(task_type=metric.task, metric_name=metric.name, metric_value=metric.value, **where, **common)
+    """The card's metadata: `model-index` with the `metrics`, one entry per task and dataset."""
+    results = [
+        EvalResult(
+            task_type=m.task,
+            task_name=TASK_NAMES[m.task],
+            dataset_type=m.dataset,
+            dataset_name=m.dataset,
+            dataset_split=m.split,
+            metric_type=m.metric_type,
+            metric_config=None if m.key == m.metric_type else m.key,
+            metric_name=m.name,
+            metric_value=m.value,
         )
+        for m in metrics(result)
+    ]
     ours = result["model"]["class"].startswith("SinkViT")
     return ModelCardData(
         model_name=result["name"],
@@ -103,11 +136,13 @@ def card_data(result: dict) -> ModelCardData:
 def eval_result_entries(result: dict) -> list[EvalResultEntry]:
     """The card's numbers as `.eval_results` entries: the format holds one value per (dataset, task), so each
     metric is a task of its own, `task_id` its key; the note names it, the split and the images."""
-    dataset = result["dataset"]
-    where = f"{dataset['split']} split, {dataset['images']} images"
     return [
         EvalResultEntry(
-            dataset_id=dataset["name"], task_id=m.key, value=m.value, date=result["date"], notes=f"{m.name}, {where}"
+            dataset_id=m.dataset,
+            task_id=m.key,
+            value=m.value,
+            date=result["date"],
+            notes=f"{m.name}, {m.split} split, {m.images} images",
         )
         for m in metrics(result)
     ]
@@ -138,13 +173,17 @@ def render_card(result: dict, report: SinkReport, template: Path, hub_org: str, 
         training=_training(result),
         provenance=_provenance(result),
     )
-    if result.get("interventions") is None:
-        return card  # the template alone: cards of runs without --interventions stay as they were
-    section = f"<!-- sink-models:begin interventions -->\n{_interventions(result['interventions'])}\n"
-    section += "<!-- sink-models:end interventions -->\n\n"
+    # Measurements a run may skip (no block: not measured): (block, its section, the template section it precedes).
+    extras = (("dense_probe", _dense_probe, "sinks"), ("interventions", _interventions, "provenance"))
+    optional = [extra for extra in extras if result.get(extra[0]) is not None]
+    if not optional:
+        return card  # the template alone: cards of runs without these measurements stay as they were
     text = str(card)
-    at = text.index("<!-- sink-models:begin provenance -->")
-    return ModelCard(text[:at] + section + text[at:])
+    for name, render, before in optional:
+        section = f"<!-- sink-models:begin {name} -->\n{render(result[name])}\n<!-- sink-models:end {name} -->\n\n"
+        at = text.index(f"<!-- sink-models:begin {before} -->")
+        text = text[:at] + section + text[at:]
+    return ModelCard(text)
 
 
 def write_card(card: ModelCard, report: SinkReport, folder: str | os.PathLike) -> Path:
@@ -233,7 +272,7 @@ def _description(result: dict) -> str:
 
 
 def _options(options: dict) -> str:
-    """A dataset's options as `key=value` pairs, in the order given."""
+    """A dataset's options (or the dense probe's settings) as `key=value` pairs, in the order given."""
     return ", ".join(f"{key}={value}" for key, value in options.items())
 
 
@@ -333,6 +372,24 @@ def _interventions(block: dict) -> str:
         f"max {checks['noop_max']:.1e} (relative change of an unedited re-run)."
     )
     return f"{intro}\n\n{table}\n\n{check}"
+
+
+def _dense_probe(block: dict) -> str:
+    """The dense probe's scores (percent) and its settings on one line."""
+    intro = (
+        "## Dense probe\n\nA linear segmentation probe on the frozen patch tokens, scored on held-out "
+        f"`{block['dataset']}` ({block['split']}) images: a patch's label is the class covering at least min_share of "
+        "it, else background; mIoU is over the classes present, background included as in Pascal VOC, foreground mIoU "
+        "without it, and pixel mIoU scores the probe's logits upsampled to pixels."
+    )
+    scores = [block["miou"], block["foreground_miou"], block["accuracy"], block.get("pixel_miou")]
+    table = markdown_table(
+        ["mIoU", "foreground mIoU", "patch accuracy", "pixel mIoU"],
+        [[None if value is None else f"{value:.2%}" for value in scores]],
+    )
+    settings = {key: value for key, value in block["settings"].items() if value is not None}
+    settings["layer"] = "final output" if block.get("layer") is None else f"block {block['layer']}"
+    return f"{intro}\n\n{table}\n\nSettings: {_options(settings)}."
 
 
 def _causal_cell(entry: dict | None) -> str:

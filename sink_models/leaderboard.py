@@ -17,6 +17,10 @@ from huggingface_hub import HfApi
 
 FIGURES = ("events_by_head.png", "sink_types_by_layer.png", "diagnostic_plane.png")
 TASK_ROWS = "synthetic.json"
+# The dense probe's headline numbers that a record keeps (fractions; pixel_miou may be None).
+DENSE_PROBE = ("miou", "foreground_miou", "accuracy", "pixel_miou")
+# A record's results blocks that are not the dataset evaluated on.
+BLOCKS = ("sinks", "dense_probe")
 STABILITY = ("loss_spikes", "largest_grad_norm", "largest_activation", "token_norm_max_over_median")
 # Training arguments that say where and how a run was logged or checkpointed, not what model it trains.
 RUN_KEYS = (
@@ -43,6 +47,7 @@ COLUMNS = (
     ("GFLOPs", lambda r: _round(r["model"].get("gflops"), 1, 4)),
     ("images/s", lambda r: _round(r["model"].get("images_per_s"), 1, 1)),
     ("top-1", lambda r: _top1(r)),
+    ("mIoU", lambda r: _percent((r["results"].get("dense_probe") or {}).get("miou"))),
     ("sinks / img", lambda r: _round(r["results"]["sinks"]["sinks_per_image"], 1, 3)),
     ("NOP / img", lambda r: _round(r["results"]["sinks"]["nop_per_image"], 1, 3)),
     ("broadcast / img", lambda r: _round(r["results"]["sinks"]["broadcast_per_image"], 1, 3)),
@@ -103,6 +108,8 @@ def leaderboard_record(result: dict, repo_id: str, commit: str | None) -> dict:
     sinks = result["sinks"]
     training = result.get("training") or {}
     stability = result.get("stability") or {}  # older results have none
+    probe = result.get("dense_probe")  # None: not measured, and the record stays as it was before the probe
+    dense = {} if probe is None else {"dense_probe": {key: probe.get(key) for key in DENSE_PROBE}}
     return {
         "config": {"model_name": repo_id, "model_sha": commit, "model_dtype": "float32"},
         "results": {
@@ -116,6 +123,7 @@ def leaderboard_record(result: dict, repo_id: str, commit: str | None) -> dict:
                 "patch_share": sinks["sink_share"]["patch"],
                 "cls_sink_rate": sinks["cls_sink_rate"],
             },
+            **dense,
         },
         "model": {
             "variant": _variant(training),
@@ -277,9 +285,12 @@ def _stability(record: dict, key: str):
 
 
 def _top1(record: dict) -> float | None:
-    tasks = [name for name in record["results"] if name != "sinks"]  # the dataset evaluated on
-    value = record["results"][tasks[0]].get("top1") if tasks else None
-    return None if value is None else round(100 * value, 2)
+    tasks = [name for name in record["results"] if name not in BLOCKS]  # the dataset evaluated on
+    return _percent(record["results"][tasks[0]].get("top1") if tasks else None)
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else round(100 * fraction, 2)
 
 
 def _round(value, unit: float, digits: int):

@@ -1,6 +1,7 @@
 """Model cards and `.eval_results` files from a small handmade results JSON (sink_models.cards)."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from huggingface_hub import EvalResultEntry, ModelCard, parse_eval_result_entrie
 
 from sink_models.cards import eval_results_file, render_card
 from sink_models.diagnostics import SinkReport
+from sink_models.hub import ZOO_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "model_cards" / "template.md"
@@ -163,3 +165,76 @@ def test_a_hub_dataset_gets_a_flat_file_name_and_no_accuracy_means_sink_metrics_
     entries = parse_eval_result_entries(yaml.safe_load(text))
     assert name == path and [e.dataset_id for e in entries] == [dataset] * 6
     assert [e.task_id for e in entries][:2] == ["sinks_per_image", "nop_per_image"]
+
+
+DENSE = {
+    "dataset": "canvas-digits",
+    "split": "test",
+    "layer": None,
+    "classes": ["background", *"0123456789"],
+    "miou": 0.331,
+    "foreground_miou": 0.262,
+    "accuracy": 0.975,
+    "pixel_miou": None,
+    "pixel_foreground_miou": None,
+    "pixel_accuracy": None,
+    "iou": {"0": 0.97, "1": 0.3},
+    "settings": {"train_images": 12, "eval_images": 5, "min_share": 0.25, "optimizer": "lbfgs", "weight_decay": 0.0001,
+                 "ignore_index": None, "features": "final normed patch tokens"},
+}  # fmt: skip
+
+
+def with_dense(**changes) -> dict:
+    result = copy.deepcopy(RESULT)
+    result["dense_probe"] = copy.deepcopy(DENSE) | changes
+    return result
+
+
+def test_the_dense_probe_is_a_segmentation_entry_of_the_model_index_and_the_eval_results_file():
+    metadata = ModelCard(str(card(with_dense()))).data.eval_results
+    segmentation = [r for r in metadata if r.task_type == "image-segmentation"]
+    assert [(r.metric_type, r.metric_config, r.metric_value) for r in segmentation] == [
+        ("mean_iou", "dense_probe_miou", 0.331),
+        ("overall_accuracy", "dense_probe_accuracy", 0.975),
+    ]
+    assert {(r.dataset_type, r.dataset_split, r.task_name) for r in segmentation} == {
+        ("canvas-digits", "test", "Semantic segmentation (linear probe on frozen patch tokens)")
+    }
+    assert len(metadata) == 8 + 2  # the accuracy and sink entries stay as they were
+    _, text = eval_results_file(with_dense())
+    entries = parse_eval_result_entries(yaml.safe_load(text))
+    assert entries[-2:] == [
+        EvalResultEntry("canvas-digits", "dense_probe_miou", 0.331, date="2026-12-02",
+                        notes="mIoU (dense linear probe), test split, 5 images"),
+        EvalResultEntry("canvas-digits", "dense_probe_accuracy", 0.975, date="2026-12-02",
+                        notes="Patch accuracy (dense linear probe), test split, 5 images"),
+    ]  # fmt: skip
+    # A probe on another dataset is reported on that dataset and split.
+    elsewhere = ModelCard(str(card(with_dense(dataset="org/segments", split="validation")))).data.eval_results
+    assert {(r.dataset_name, r.dataset_split) for r in elsewhere if r.task_type == "image-segmentation"} == {
+        ("org/segments", "validation")
+    }
+
+
+def test_the_dense_probe_section_shows_percent_scores_and_the_settings():
+    text = card(with_dense(layer=-2)).text
+    section = text[text.index("<!-- sink-models:begin dense_probe -->") : text.index("<!-- sink-models:begin sinks")]
+    assert "## Dense probe" in section and "`canvas-digits` (test)" in section
+    assert (
+        "| mIoU | foreground mIoU | patch accuracy | pixel mIoU |\n"
+        "|---|---|---|---|\n"
+        "| 33.10% | 26.20% | 97.50% | - |\n"
+    ) in section
+    assert (
+        "Settings: train_images=12, eval_images=5, min_share=0.25, optimizer=lbfgs, weight_decay=0.0001, "
+        "features=final normed patch tokens, layer=block -2."
+    ) in section
+    assert text.index("## Evaluation") < text.index("## Dense probe") < text.index("## Attention sinks")
+
+
+def test_a_result_without_the_dense_probe_renders_the_committed_card_byte_for_byte():
+    result = json.loads((ROOT / "results" / "vit-plain.json").read_text())
+    assert "dense_probe" not in result
+    report = SinkReport(summary={}, heads=[], layers=result["layers"], events=[], thresholds={}, model={}, attention={})
+    rendered = render_card(result, report, TEMPLATE, "sink-models", ZOO_VERSION)
+    assert str(rendered) == (ROOT / "model_cards" / "vit-plain" / "README.md").read_text()

@@ -413,3 +413,30 @@ def test_a_penalised_recipe_is_its_own_variant():
     result = reseeded("vit-plain", 0, 0.9)
     result["training"]["train"]["common_mode_penalty"] = 1.0
     assert leaderboard_record(result, "org/p", None)["model"]["variant"] == "plain-penalty"
+
+
+def with_dense(result: dict, miou: float) -> dict:
+    """`result` with a dense_probe block (the probe's other numbers fixed)."""
+    block = {"dataset": "canvas-digits", "split": "test", "layer": None, "miou": miou, "foreground_miou": 0.25}
+    block |= {"accuracy": 0.975, "pixel_miou": None, "settings": {"train_images": 12, "eval_images": 5}}
+    return result | {"dense_probe": block}
+
+
+def test_the_dense_probe_miou_is_a_percent_column_and_seed_groups_average_it():
+    record = leaderboard_record(with_dense(results("vit-plain"), 0.33137), "org/vit-plain", None)
+    assert record["results"]["dense_probe"] == {"miou": 0.33137, "foreground_miou": 0.25, "accuracy": 0.975} | {
+        "pixel_miou": None
+    }
+    row = table([record])[0]
+    assert row["mIoU"] == 33.14  # 0.33137 as percent, two decimals like top-1
+    assert row["top-1"] == round(100 * results("vit-plain")["accuracy"]["top1"], 2)  # still read from the dataset
+    without = leaderboard_record(results("vit-plain"), "org/vit-plain", None)
+    assert "dense_probe" not in without["results"] and table([without])[0]["mIoU"] is None
+    assert "| - |" in markdown(table([without]))
+    # Seeds 0 and 1 probed (mIoU 33.1% and 30.1%), seed 2 not: mean 31.6, sample std |33.1 - 30.1| / sqrt(2) = 2.12.
+    seeds = [with_dense(reseeded("vit-plain", 0, 0.98), 0.331), with_dense(reseeded("vit-plain", 1, 0.97), 0.301)]
+    seeds.append(reseeded("vit-plain", 2, 0.96))
+    records = [leaderboard_record(result, f"org/{result['name']}", None) for result in seeds]
+    grouped = group_seeds(table(records), by_recipe)
+    assert len(grouped) == 1 and (grouped[0]["seeds"], grouped[0]["mIoU"]) == (3, "31.6 ± 2.1")
+    assert grouped[0]["top-1"] == "97.0 ± 1.0"
