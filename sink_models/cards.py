@@ -217,7 +217,8 @@ def merge_cards(old: ModelCard, new: ModelCard) -> ModelCard:
 def merge_sections(old: str, new: str) -> str:
     """`old` with each generated section replaced by the one of the same name in `new`; the rest of `old` kept.
 
-    A generated section that `old` lacks (a person deleted it, markers and all) is appended again.
+    A generated section that `old` lacks (new in this version, or deleted by a person, markers and all) goes in after
+    the generated section that precedes it in `new`, or at the end when `old` has none of those.
     """
     fresh = {match.group(1): match.group(0) for match in SECTION.finditer(new)}
     seen = set()
@@ -227,9 +228,17 @@ def merge_sections(old: str, new: str) -> str:
         return fresh.get(match.group(1), match.group(0))
 
     body = SECTION.sub(replace, old)
-    missing = [text for name, text in fresh.items() if name not in seen]
-    if missing:
-        body = body.rstrip("\n") + "\n\n" + "\n\n".join(missing) + "\n"
+    names = list(fresh)
+    for index, name in enumerate(names):
+        if name in seen:
+            continue
+        before = next((other for other in reversed(names[:index]) if other in seen), None)
+        ends = {match.group(1): match.end() for match in SECTION.finditer(body)}
+        if before is None:
+            body = body.rstrip("\n") + "\n\n" + fresh[name] + "\n"
+        else:
+            body = body[: ends[before]] + "\n\n" + fresh[name] + body[ends[before] :]
+        seen.add(name)
     return body
 
 

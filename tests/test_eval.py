@@ -161,9 +161,16 @@ def section(name: str, text: str) -> str:
 
 def test_merge_sections_replaces_generated_text_only():
     old = f"intro\n{section('a', 'old a')}\nmiddle\n{section('b', 'x')}\n"
-    merged = merge_sections(old, f"{section('a', 'new a')}\n{section('c', 'c')}")
-    assert merged.startswith(f"intro\n{section('a', 'new a')}\nmiddle\n{section('b', 'x')}\n")  # b: not generated now
-    assert merged.rstrip().endswith(section("c", "c"))  # a new section is appended
+    merged = merge_sections(old, f"{section('a', 'new a')}\n{section('b', 'new b')}")
+    assert merged == f"intro\n{section('a', 'new a')}\nmiddle\n{section('b', 'new b')}\n"
+    merged = merge_sections(old, f"{section('a', 'new a')}\n{section('c', 'c')}\n{section('d', 'd')}")
+    # b: not generated now, kept; c and d: new, in new's order right after a, the section before them in new
+    added = f"{section('a', 'new a')}\n\n{section('c', 'c')}\n\n{section('d', 'd')}"
+    assert merged == f"intro\n{added}\nmiddle\n{section('b', 'x')}\n"
+    merged = merge_sections(old, f"{section('e', 'e')}\n{section('a', 'a')}")
+    assert (
+        merged == f"intro\n{section('a', 'a')}\nmiddle\n{section('b', 'x')}\n\n{section('e', 'e')}\n"
+    )  # none before e
 
 
 def test_stock_dinov2_with_registers_without_remote_code(tmp_path, capsys):
