@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -232,9 +233,16 @@ def test_the_dense_probe_section_shows_percent_scores_and_the_settings():
     assert text.index("## Evaluation") < text.index("## Dense probe") < text.index("## Attention sinks")
 
 
-def test_a_result_without_the_dense_probe_renders_the_committed_card_byte_for_byte():
+def test_the_committed_card_is_the_render_of_its_result_and_without_a_probe_loses_only_the_probe():
     result = json.loads((ROOT / "results" / "vit-plain.json").read_text())
-    assert "dense_probe" not in result
     report = SinkReport(summary={}, heads=[], layers=result["layers"], events=[], thresholds={}, model={}, attention={})
-    rendered = render_card(result, report, TEMPLATE, "sink-models", ZOO_VERSION)
-    assert str(rendered) == (ROOT / "model_cards" / "vit-plain" / "README.md").read_text()
+    rendered = str(render_card(result, report, TEMPLATE, "sink-models", ZOO_VERSION))
+    assert rendered == (ROOT / "model_cards" / "vit-plain" / "README.md").read_text()
+    unprobed = {key: value for key, value in result.items() if key != "dense_probe"}
+    without = str(render_card(unprobed, report, TEMPLATE, "sink-models", ZOO_VERSION))
+    assert "dense_probe" not in without and "image-segmentation" not in without
+    section = re.search(
+        r"\n*<!-- sink-models:begin dense_probe -->.*?<!-- sink-models:end dense_probe -->", rendered, re.S
+    )
+    body = rendered.split("\n---\n", 1)[1]
+    assert body.replace(section.group(0), "") == without.split("\n---\n", 1)[1]

@@ -243,6 +243,8 @@ def test_the_eval_results_file_and_the_model_index_report_the_same_numbers(hub, 
         "cls_sink_share": sinks["sink_share"]["cls"],
         "register_sink_share": sinks["sink_share"]["register"],
         "patch_sink_share": sinks["sink_share"]["patch"],
+        "dense_probe_miou": result["dense_probe"]["miou"],
+        "dense_probe_accuracy": result["dense_probe"]["accuracy"],
     }
     assert {(e.dataset_id, e.date) for e in entries} == {(dataset, result["date"])}
 
