@@ -55,16 +55,9 @@ def load_image_data(
         return digits()
     if name == CANVAS:
         return canvas_digits(Canvas(**options))
-    try:
-        if os.path.isdir(name):
-            dataset = datasets.load_dataset("imagefolder", data_dir=name)
-        else:
-            dataset = datasets.load_dataset(name)
-    except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "no such dataset here"
-        raise ValueError(
-            f"dataset: {name!r} could not be loaded ({first_line(error, 200)}); "
-            f"allowed: 'digits', {CANVAS!r}, 'nop', 'broadcast', a local imagefolder directory or a Hub dataset id."
-        ) from error
+    dataset = load_folder_or_hub(
+        name, "dataset", f"'digits', {CANVAS!r}, 'nop', 'broadcast', a local imagefolder directory or a Hub dataset id"
+    )
     for split in (train_split, eval_split):
         if split not in dataset:
             raise ValueError(f"split: {name!r} has no split {split!r}; it has {sorted(dataset)}.")
@@ -82,6 +75,17 @@ def load_image_data(
         return split.cast_column("image", datasets.Image(decode=False))
 
     return ImageData(prepare(dataset[train_split]), prepare(dataset[eval_split]), [str(label) for label in labels])
+
+
+def load_folder_or_hub(name: str, option: str, allowed: str) -> datasets.DatasetDict:
+    """A local imagefolder directory or a Hub dataset id; anything else is one line naming `option` and `allowed`."""
+    try:
+        if os.path.isdir(name):
+            return datasets.load_dataset("imagefolder", data_dir=name)
+        return datasets.load_dataset(name)
+    except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "no such dataset here"
+        cause = first_line(error, 200)
+        raise ValueError(f"{option}: {name!r} could not be loaded ({cause}); allowed: {allowed}.") from error
 
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> ImageData:

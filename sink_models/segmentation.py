@@ -2,7 +2,6 @@
 canvas-digits' label maps, or from an image segmentation dataset (a Hub id or a local imagefolder with a mask column,
 as ADE20K and Pascal VOC are published), then `probes.linear_probe` on them."""
 
-import os
 import statistics
 from dataclasses import dataclass, field
 
@@ -11,9 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import CANVAS, Canvas, canvas_dense, parse_options, patch_labels
+from .data import CANVAS, Canvas, canvas_dense, load_folder_or_hub, parse_options, patch_labels
 from .diagnostics.capture import adapter_for
-from .errors import first_line
 from .probes import ProbeSettings, layer_features, linear_probe
 
 BATCH = 64
@@ -189,15 +187,8 @@ def _segmentation(options: DenseOptions, split: str, adapter) -> DenseSplit:
 
 
 def _load_split(name: str, split: str, columns: tuple[str, str]) -> datasets.Dataset:
-    try:
-        found = (
-            datasets.load_dataset("imagefolder", data_dir=name) if os.path.isdir(name) else datasets.load_dataset(name)
-        )
-    except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "no such dataset here"
-        raise ValueError(
-            f"dense_probe_dataset: {name!r} could not be loaded ({first_line(error, 200)}); allowed: {CANVAS!r}, a "
-            "local imagefolder directory with a mask column or a Hub segmentation dataset id."
-        ) from error
+    allowed = f"{CANVAS!r}, a local imagefolder directory with a mask column or a Hub segmentation dataset id"
+    found = load_folder_or_hub(name, "dense_probe_dataset", allowed)
     if split not in found:
         raise ValueError(f"dense_probe split: {name!r} has no split {split!r}; it has {sorted(found)}.")
     for option, column in zip(("dense_probe_image_column", "dense_probe_mask_column"), columns, strict=True):
