@@ -11,6 +11,7 @@ model's logits.
 
 import glob
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -38,8 +39,10 @@ from .files import atomic_write
 ZOO_VERSION = "v2"  # the tag every model repo gets, and that the model cards' usage snippets pin
 RESULTS_DATASET = "sink-zoo-results"
 SPACE = "sink-zoo-leaderboard"
+INSPECTOR = "sink-zoo-inspector"
 COLLECTION = "Attention-sink ViT zoo"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+INSPECTOR_FILES = ("app.py", "runner.py", "README.md")
 MODEL_FILES = (
     "config.json",
     "configuration_sink_vit.py",
@@ -122,6 +125,21 @@ def stage_space(app: Path, results_repo: str, folder: Path) -> Path:
         shutil.copy2(app / name, folder / name)
     shutil.copy2(Path(__file__).with_name("leaderboard.py"), folder / "leaderboard.py")
     (folder / "results_repo.txt").write_text(results_repo + "\n")
+    return folder
+
+
+def stage_inspector(app: Path, zoo: list[str], folder: Path) -> Path:
+    """The inspector Space: upload/inspector/ (app, runner, README with the Space config), a copy of this
+    sink_models package (it loads SinkViT checkpoints, never a repo's own code), the package's runtime requirements
+    (gradio comes with the Space's sdk) and the zoo's repo ids."""
+    folder.mkdir(parents=True)
+    for name in INSPECTOR_FILES:
+        shutil.copy2(app / name, folder / name)
+    package = Path(__file__).parent
+    shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    requires = [r for r in importlib.metadata.requires("sink-models") or [] if "extra ==" not in r]
+    (folder / "requirements.txt").write_text("".join(f"{r}\n" for r in requires))
+    (folder / "zoo_models.txt").write_text("".join(f"{repo_id}\n" for repo_id in zoo))
     return folder
 
 

@@ -2,6 +2,7 @@
 this one for the quick error-path cases)."""
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -15,6 +16,7 @@ import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard, hf_hub_download, parse_eval_result_entries
 from huggingface_hub.errors import HFValidationError
+from packaging.requirements import Requirement
 from test_hub_server import TOKEN, lfs_uploads, subprocess_env
 
 from sink_models import SinkViTForImageClassification
@@ -121,7 +123,12 @@ print(json.dumps(rows.to_list(), default=str))
 
 
 def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed, tmp_path):
-    repos = ((REPO, "model"), (f"{ORG}/sink-zoo-results", "dataset"), (f"{ORG}/sink-zoo-leaderboard", "space"))
+    repos = (
+        (REPO, "model"),
+        (f"{ORG}/sink-zoo-results", "dataset"),
+        (f"{ORG}/sink-zoo-leaderboard", "space"),
+        (f"{ORG}/sink-zoo-inspector", "space"),
+    )
     before = {repo: hub.commits(*repo) for repo in repos}
     log = (tmp_path / "push_log.jsonl").read_text()
     seen = len(hub.requests)
@@ -140,6 +147,7 @@ def test_a_second_push_makes_no_commit_and_a_dry_run_changes_nothing(hub, pushed
     assert [r.path for r in hub.requests[seen:]].count(f"/api/models/{REPO}") == 1
     assert f"unchanged {REPO}" in dry.stdout and f"unchanged dataset {ORG}/sink-zoo-results" in dry.stdout
     assert f"unchanged space {ORG}/sink-zoo-leaderboard" in dry.stdout
+    assert f"unchanged space {ORG}/sink-zoo-inspector" in dry.stdout
     assert "unchanged collection 'Attention-sink ViT zoo'" in dry.stdout
 
 
@@ -147,6 +155,7 @@ def test_a_dry_run_on_an_empty_hub_lists_what_it_would_create(hub, tmp_path):
     dry = push(hub, tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert f"create {REPO} with" in dry.stdout and f"; tag {ZOO_VERSION}" in dry.stdout
+    assert f"create space {ORG}/sink-zoo-inspector with" in dry.stdout
     assert {request.method for request in hub.requests} <= {"GET", "HEAD"}
 
 
@@ -254,11 +263,17 @@ def test_the_token_is_never_uploaded_or_printed(hub, pushed, tmp_path):
         (REPO, "model"),
         (f"{ORG}/sink-zoo-results", "dataset"),
         (f"{ORG}/sink-zoo-leaderboard", "space"),
+        (f"{ORG}/sink-zoo-inspector", "space"),
     ):
         assert not any(TOKEN.encode() in content for content in hub.files(repo, kind).values())
     assert TOKEN not in pushed.stdout + pushed.stderr
     log = [json.loads(line) for line in (tmp_path / "push_log.jsonl").read_text().splitlines()]
-    assert [entry["repo_id"] for entry in log] == [REPO, f"{ORG}/sink-zoo-results", f"{ORG}/sink-zoo-leaderboard"]
+    assert [entry["repo_id"] for entry in log] == [
+        REPO,
+        f"{ORG}/sink-zoo-results",
+        f"{ORG}/sink-zoo-leaderboard",
+        f"{ORG}/sink-zoo-inspector",
+    ]
     assert log[0]["commit"] == hub.commits(REPO)[0] and TOKEN not in json.dumps(log)
     assert all(TOKEN not in path.read_text() for path in (tmp_path / "hf-home").rglob("*.json"))
 
@@ -293,10 +308,27 @@ def test_the_space_and_the_collection(hub, pushed, tmp_path):
         (REPO, "model"),
         (f"{ORG}/sink-zoo-results", "dataset"),
         (f"{ORG}/sink-zoo-leaderboard", "space"),
+        (f"{ORG}/sink-zoo-inspector", "space"),
     ]
     again = push(hub, tmp_path)
-    assert "collection 'Attention-sink ViT zoo': 0 item(s) added, 3 present" in again.stdout
-    assert len(hub.collection(ORG, "Attention-sink ViT zoo")["items"]) == 3
+    assert "collection 'Attention-sink ViT zoo': 0 item(s) added, 4 present" in again.stdout
+    assert len(hub.collection(ORG, "Attention-sink ViT zoo")["items"]) == 4
+
+
+def test_the_inspector_space_carries_the_app_a_copy_of_the_library_and_the_pushed_models(hub, pushed):
+    space = hub.files(f"{ORG}/sink-zoo-inspector", "space")
+    for name in ("app.py", "runner.py", "README.md"):  # as they are in the repo now
+        assert space[name] == (ROOT / "upload" / "inspector" / name).read_bytes()
+    assert b"sdk: gradio" in space["README.md"]
+    # The library's runtime requirements as installed, without the extras (gradio comes with the Space's sdk).
+    runtime = [r for r in importlib.metadata.requires("sink-models") if "extra" not in str(Requirement(r).marker)]
+    assert space["requirements.txt"].decode().splitlines() == runtime and space["requirements.txt"].endswith(b"\n")
+    assert {"torch", "transformers"} <= {Requirement(r).name for r in runtime}
+    assert space["zoo_models.txt"] == f"{REPO}\n".encode()  # the models of this push
+    # The Space loads SinkViT checkpoints with its copy of the library, never with a repo's own code.
+    for path in ("modeling_sink_vit.py", "inspection/loading.py"):
+        assert space[f"sink_models/{path}"] == (ROOT / "sink_models" / path).read_bytes()
+    assert not any("__pycache__" in path or path.endswith(".pyc") for path in space)
 
 
 def test_a_malformed_answer_ends_a_run_with_one_line(hub, tmp_path):

@@ -3,8 +3,9 @@
 One model repo per zoo checkpoint (ORG/<name>: weights, config, remote code, image processor, card with its
 figures, `.eval_results`, results, recipe) tagged with the zoo's version, then the results dataset
 ORG/sink-zoo-results (one record per model, and results/synthetic.json as it is), the leaderboard Space
-ORG/sink-zoo-leaderboard (upload/space/) and the collection "Attention-sink ViT zoo" of them all. A model repo's
-new version drops the files of the old one that it lacks; the old version stays under its tag.
+ORG/sink-zoo-leaderboard (upload/space/), the sink inspector Space ORG/sink-zoo-inspector (upload/inspector/ with a
+copy of sink_models and the ids of the models pushed) and the collection "Attention-sink ViT zoo" of them all. A
+model repo's new version drops the files of the old one that it lacks; the old version stays under its tag.
 The token comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads.
 A repo whose files all match is left alone (no parity check, no commit). Commits made are logged to
 runs/push_log.jsonl (not uploaded). Any failure ends the run with one line: `error: REPO: STEP: ...`.
@@ -24,6 +25,7 @@ from huggingface_hub import HfApi, get_token
 
 from sink_models.hub import (
     COLLECTION,
+    INSPECTOR,
     RESULTS_DATASET,
     SPACE,
     ZOO_VERSION,
@@ -36,6 +38,7 @@ from sink_models.hub import (
     plan,
     push_folder,
     retried,
+    stage_inspector,
     stage_model,
     stage_space,
     tag_commit,
@@ -121,9 +124,13 @@ def main(argv: list[str]) -> int:
         (folder / "README.md").write_text(_dataset_card(args.org))
         space_id = f"{args.org}/{SPACE}"
         space = stage_space(ROOT / "upload" / "space", dataset_id, staging / SPACE)
+        inspector_id = f"{args.org}/{INSPECTOR}"
+        zoo = [f"{args.org}/{name}" for name in args.names]
+        inspector = stage_inspector(ROOT / "upload" / "inspector", zoo, staging / INSPECTOR)
         for repo_id, kind, source, message in (
             (dataset_id, "dataset", folder, "sink-models zoo results"),
             (space_id, "space", space, "sink-models leaderboard"),
+            (inspector_id, "space", inspector, "sink-models inspector"),
         ):
             change = retried(partial(plan, api, repo_id, source, repo_type=kind), f"{repo_id}: read", **retry)
             if args.dry_run:
@@ -131,8 +138,8 @@ def main(argv: list[str]) -> int:
                 continue
             commit = _push(api, change, source, message, log, None, private=args.private, **retry)
             print(f"{kind} {repo_id}: {_at(change, commit)}")
-        items = [(f"{args.org}/{name}", "model") for name in args.names]
-        items += [(dataset_id, "dataset"), (space_id, "space")]
+        items = [(repo_id, "model") for repo_id in zoo]
+        items += [(dataset_id, "dataset"), (space_id, "space"), (inspector_id, "space")]
         if args.dry_run:
             print(retried(partial(collection_plan, api, args.org, items), f"{args.org}: collection read", **retry))
             return 0

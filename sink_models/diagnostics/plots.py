@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 CLASS_COLOURS = {"nop": "tab:blue", "broadcast": "tab:red", "other": "tab:gray"}
 TYPE_COLOURS = {"cls": "tab:orange", "register": "tab:green", "patch": "tab:purple"}
@@ -22,11 +22,20 @@ def plot_report(report, folder: Path, layer: int | None = None) -> list[Path]:
         _save(_diagnostic_plane(report), folder / "diagnostic_plane.png"),
     ]
     if report.attention is not None:
-        if layer is None:  # the layer with the most events, the last one if none has any
-            per_layer = [row["events"] for row in report.layers]
-            layer = max(range(len(per_layer)), key=lambda i: (per_layer[i], i))
-        paths.append(_save(_inflow_maps(report, layer), folder / f"attention_layer{layer}.png"))
+        layer = busiest_layer(report) if layer is None else layer
+        paths.append(plot_attention(report, folder / f"attention_layer{layer}.png", layer))
     return paths
+
+
+def busiest_layer(report) -> int:
+    """The layer with the most sink events; the last one if none has any."""
+    per_layer = [row["events"] for row in report.layers]
+    return max(range(len(per_layer)), key=lambda i: (per_layer[i], i))
+
+
+def plot_attention(report, path: Path, layer: int) -> Path:
+    """The per-head inflow maps of `layer` on the report's kept image (`report.attention`), as a PNG at `path`."""
+    return _save(_inflow_maps(report, layer), path)
 
 
 def _save(figure, path: Path) -> Path:
@@ -89,6 +98,9 @@ def _diagnostic_plane(report):
     # Plain 1-2-5 labels: matplotlib's labelled minor ticks (2x10^-1, 3x10^-1, ...) run into each other.
     axis.xaxis.set_major_formatter(FuncFormatter(_one_two_five))
     axis.xaxis.set_minor_formatter(FuncFormatter(_one_two_five))
+    low, high = axis.get_xlim()
+    if high / low > 100:  # over more than two decades the 2 and 5 labels run into each other too
+        axis.xaxis.set_minor_formatter(NullFormatter())
     axis.axvline(thresholds["nop_ratio"], color=CLASS_COLOURS["nop"], linestyle="--", linewidth=1)
     axis.axvline(thresholds["broadcast_ratio"], color=CLASS_COLOURS["broadcast"], linestyle="--", linewidth=1)
     axis.axhline(thresholds["broadcast_rank"], color=CLASS_COLOURS["broadcast"], linestyle=":", linewidth=1)

@@ -4,7 +4,7 @@ One module per stage: images (what to diagnose), loading (model and image proces
 interventions, when asked for), tables (the tables and the printed text), report (the report folder, report.md);
 command ties them together and parses options."""
 
-from .command import InspectResult, cli, inspect_model, main
+from .command import InspectResult, cli, diagnose_images, inspect_model, main
 from .errors import InspectError
 from .images import DESCRIPTION, ImageSet, builtin_images, collect_images
 from .loading import load_model
@@ -19,6 +19,7 @@ __all__ = [
     "builtin_images",
     "cli",
     "collect_images",
+    "diagnose_images",
     "inspect_model",
     "load_model",
     "main",

@@ -4,7 +4,7 @@ and written as a report folder (report.md, report.json, heads.csv, figures). The
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from ..diagnostics import SinkReport, diagnose
 from ..interventions import DEFAULT_EDITS, InterventionReport
 from .causal import causal_text, check_heads, parse_edits, parse_heads, run_interventions
 from .errors import InspectError
-from .images import DESCRIPTION, _batches, collect_images
+from .images import DESCRIPTION, ImageSet, _batches, collect_images
 from .loading import load_model
 from .report import check_out, write_report
 from .tables import summary_text
@@ -75,16 +75,13 @@ def inspect_model(
         trust_remote_code=trust_remote_code,
         attn_implementation=attn_implementation,
     )
-    if mode != "RGB":
-        found.images = [image.convert(mode) for image in found.images]
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        if interventions:
+    if interventions:
+        try:
             check_heads(model, heads)  # a head outside the model: fail before the work
-        # No max_images here: the set is already that small, and diagnose then reads every batch to the end.
-        report = diagnose(model, _batches(processor, found, batch_size, progress))
-    except (ValueError, TypeError) as error:  # an unsupported architecture (names the supported ones), a bad processor
-        raise InspectError(_line(error)) from None
+        except (ValueError, TypeError) as error:  # an unsupported architecture: names the supported ones
+            raise InspectError(_line(error)) from None
+    report = diagnose_images(model, processor, found, mode, batch_size, progress=progress)
     report.summary["inputs"] = {
         "model": model_id_or_path,
         "revision": revision,
@@ -97,6 +94,29 @@ def inspect_model(
         causal = run_interventions(model, processor, found, batch_size, report, edits, heads, progress)
     folder = None if out is None else write_report(report, Path(out), causal)
     return InspectResult(report, folder, found.source, found.used, found.skipped, causal)
+
+
+def diagnose_images(
+    model: torch.nn.Module,
+    processor,
+    found: ImageSet,
+    mode: str = "RGB",
+    batch_size: int = 8,
+    *,
+    progress: bool = False,
+    watch: Callable[[Iterator[dict]], Iterator[dict]] | None = None,
+) -> SinkReport:
+    """`diagnose` on the images of `found`, converted to PIL `mode`, through the model's image processor; `watch`
+    wraps the batches (progress, a deadline). An unsupported architecture or a processor that fails raises an
+    `InspectError` (its first line)."""
+    if mode != "RGB":
+        found.images = [image.convert(mode) for image in found.images]
+    batches = _batches(processor, found, batch_size, progress)
+    try:
+        # No max_images here: the set is already that small, and diagnose then reads every batch to the end.
+        return diagnose(model, batches if watch is None else watch(batches))
+    except (ValueError, TypeError) as error:  # an unsupported architecture (names the supported ones), a bad processor
+        raise InspectError(_line(error)) from None
 
 
 def _line(error: BaseException) -> str:

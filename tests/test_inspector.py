@@ -1,0 +1,370 @@
+"""The sink inspector Space (upload/inspector/) against the local Hub-compatible server: its runner (checkpoints
+fetched without their code, the limits, the cache, the attention maps of any image, the opt-in results row) and the
+app in headless Chromium."""
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import STOCK_SIZES, free_port, tiny_config
+from hub_server import HubServer
+from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub.utils import _detect_agent
+from PIL import Image
+from planted import plant
+from safetensors.torch import save_file
+from test_hub_server import TOKEN
+from test_inspect import assert_same_report
+from test_leaderboard import BROWSER
+from transformers import (
+    AutoImageProcessor,
+    BertConfig,
+    BertModel,
+    BitImageProcessorPil,
+    ConvNextConfig,
+    ConvNextImageProcessorPil,
+    ConvNextModel,
+    Dinov2Config,
+    Dinov2Model,
+)
+
+from sink_models import SinkViTForImageClassification
+from sink_models.checkpoint import save_checkpoint
+from sink_models.diagnostics import diagnose
+from sink_models.inspection import builtin_images
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "upload" / "inspector"))
+import runner  # noqa: E402
+
+ORG = "testorg"
+DINO, SINKVIT = f"{ORG}/tiny-dinov2", f"{ORG}/tiny-sinkvit"
+
+
+def _evil(marker: Path) -> str:
+    """Python that leaves `marker` behind if it is ever imported."""
+    return f"from pathlib import Path\nPath({str(marker)!r}).write_text('the checkpoint code ran')\n"
+
+
+def _upload(api: HfApi, repo_id: str, folder: Path) -> None:
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=folder)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """The local Hub with a tiny DINOv2 and a tiny SinkViT (planted NOP and broadcast heads in layer 0) whose code
+    files would leave a marker, and the repos the inspector must refuse."""
+    root = tmp_path_factory.mktemp("inspector-hub")
+    marker = root / "marker"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "0")
+        patch.setattr(constants, "HF_HUB_OFFLINE", False)
+        patch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        patch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
+        with HubServer() as server:
+            api = HfApi(endpoint=server.url, token=TOKEN)
+            models = {}
+            torch.manual_seed(0)
+            dino = Dinov2Model(Dinov2Config(**STOCK_SIZES, intermediate_size=64)).eval()
+            x = torch.randn(2, 3, 16, 16)
+            plant(dino, x, head=0, target=0, kind="nop")
+            plant(dino, x, head=2, target=0, kind="broadcast")
+            dino.save_pretrained(root / "dino")
+            BitImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+                root / "dino"
+            )
+            models[DINO] = dino
+            sinkvit = SinkViTForImageClassification(tiny_config("gated-reg")).eval()
+            plant(sinkvit, x, head=1, target=2, kind="nop")  # on register 2 (CLS is token 0)
+            plant(sinkvit, x, head=3, target=0, kind="broadcast")
+            folder = save_checkpoint(sinkvit, root / "sinkvit")
+            for path in folder.glob("*.py"):
+                path.write_text(_evil(marker))
+            models[SINKVIT] = sinkvit
+            (root / "remote").mkdir()
+            config = {"model_type": "evil_vit", "auto_map": {"AutoConfig": "evil.C", "AutoModel": "evil.M"}}
+            (root / "remote" / "config.json").write_text(json.dumps(config | {"image_size": 16}))
+            (root / "remote" / "evil.py").write_text(_evil(marker))
+            save_file({"weight": torch.zeros(2)}, root / "remote" / "model.safetensors")
+            convnext = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, image_size=16))
+            convnext.save_pretrained(root / "convnext")
+            ConvNextImageProcessorPil(size={"shortest_edge": 16}).save_pretrained(root / "convnext")
+            small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
+            BertModel(BertConfig(**small, vocab_size=100)).save_pretrained(root / "bert")
+            (root / "pickled").mkdir()
+            shutil.copy(root / "dino" / "config.json", root / "pickled" / "config.json")
+            (root / "pickled" / "pytorch_model.bin").write_bytes(b"a pickle the inspector must never open")
+            for name in ("dino", "sinkvit", "remote", "convnext", "bert", "pickled"):
+                repo = {"dino": DINO, "sinkvit": SINKVIT}.get(name, f"{ORG}/{name}")
+                _upload(api, repo, root / name)
+            server.api, server.marker, server.models, server.root = api, marker, models, root
+            yield server
+    assert not marker.exists(), "a checkpoint's own code ran"
+
+
+@pytest.fixture
+def inspector(hub, tmp_path):
+    return runner.Inspector(tmp_path / "cache", endpoint=hub.url)
+
+
+@pytest.mark.parametrize("repo_id", [DINO, SINKVIT])
+def test_a_report_equals_diagnose_of_the_original_and_is_cached(repo_id, hub, inspector, monkeypatch):
+    found = inspector.images(None, 5)
+    entry = inspector.run(repo_id, None, found)
+    report = entry.report()
+    commit = hub.api.model_info(repo_id).sha
+    assert entry.checkpoint.commit == commit
+    assert report.summary["inputs"] | {"images": None} == {
+        "model": repo_id,
+        "revision": None,
+        "commit": commit,
+        "images_from": found.source,
+        "images": None,
+        "skipped": [],
+    }
+    names = report.summary["inputs"]["images"]
+    assert len(names) == 5
+    model = hub.models[repo_id]
+    expected = diagnose(_base(model), [_batch(entry, names)])
+    assert_same_report(report, expected)
+    assert entry.checkpoint.parameters == sum(p.numel() for p in _base(model).parameters())
+    # Only data was fetched: the config, the processor's config and the safetensors weights.
+    assert sorted(path.name for path in entry.checkpoint.folder.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    with zipfile.ZipFile(entry.archive) as archive:
+        assert set(archive.namelist()) == {path.name for path in entry.report_folder.iterdir()}
+        assert (
+            json.loads(archive.read("report.json"))["summary"]
+            == json.loads((entry.report_folder / "report.json").read_text())["summary"]
+        )
+
+    def never(*args, **kwargs):
+        raise AssertionError("the cached report was computed again")
+
+    monkeypatch.setattr(runner, "diagnose_images", never)
+    again = runner.Inspector(inspector.cache, endpoint=hub.url).run(repo_id, None, inspector.images(None, 5))
+    assert again.key == entry.key and again.report().summary == report.summary
+    with pytest.raises(AssertionError, match="computed again"):  # other images: another report
+        inspector.run(repo_id, None, inspector.images(None, 4))
+
+
+def _base(model):
+    return model.sink_vit if hasattr(model, "sink_vit") else model
+
+
+def _batch(entry, names: list[str]) -> dict:
+    processor = AutoImageProcessor.from_pretrained(entry.checkpoint.folder)
+    pictures = dict(builtin_images())
+    return dict(processor(images=[pictures[name] for name in names], return_tensors="pt"))
+
+
+def test_a_new_commit_is_inspected_again_and_a_revision_pins_the_old_one(hub, inspector, tmp_path):
+    first = inspector.run(DINO, None, inspector.images(None, 2))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.md").write_text("a new commit\n")
+    hub.api.upload_folder(repo_id=DINO, folder_path=tmp_path / "notes")
+    second = inspector.run(DINO, None, inspector.images(None, 2))
+    assert second.checkpoint.commit != first.checkpoint.commit and second.key != first.key
+    pinned = inspector.run(DINO, first.checkpoint.commit, inspector.images(None, 2))
+    assert pinned.key == first.key and pinned.checkpoint.revision == first.checkpoint.commit
+
+
+def test_the_attention_maps_of_any_image_are_those_diagnose_keeps_for_it(hub, inspector):
+    entry = inspector.run(DINO, None, inspector.images(None, 4))
+    names = entry.image_names()
+    run = lambda **options: diagnose(hub.models[DINO], [_batch(entry, names)], **options)  # noqa: E731
+    for image in (0, 2, 3):
+        maps = inspector.attention_maps(entry.key, image).attention
+        expected = run(attention_image=image).attention
+        assert maps["image"] == image and maps["grid"] == expected["grid"]
+        np.testing.assert_allclose(np.array(maps["inflow"]), np.array(expected["inflow"]), rtol=1e-5, atol=1e-7)
+    path = inspector.attention(entry.key, 2, 1)
+    assert path.name == "image002-layer001.png" and Image.open(path).size[0] > 400
+    assert inspector.attention(entry.key, 2, 1) == path  # drawn once
+    for image, layer, message in ((4, 0, "image 4; allowed: 0-3"), (0, 2, "layer 2; allowed: 0-1")):
+        with pytest.raises(runner.InspectError, match=message):
+            inspector.attention(entry.key, image, layer)
+    with pytest.raises(runner.InspectError, match="no report yet"):
+        inspector.attention("nothing", 0, 0)
+
+
+REFUSED = {
+    "not an id": ("no such id!", None, "is not a Hub model id; allowed: org/name"),
+    "missing": (f"{ORG}/nothing-here", None, "is not on the Hub (or is private or gated)"),
+    "missing revision": (DINO, "no-such-branch", "'no-such-branch' is not a branch, tag or commit"),
+    "unsupported": (f"{ORG}/convnext", None, "ConvNextModel (model_type 'convnext') is not supported"),
+    "text model": (f"{ORG}/bert", None, "a bert model has no vision encoder"),
+    "remote code": (f"{ORG}/remote", None, "asks for its own code (config.json's auto_map)"),
+    "pickled weights": (f"{ORG}/pickled", None, "has no safetensors weights; the inspector loads safetensors only"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refused_before_any_weight_is_fetched(case, hub, inspector):
+    model_id, revision, message = REFUSED[case]
+    hub.requests.clear()
+    with pytest.raises(runner.InspectError, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
+        inspector.run(model_id, revision, inspector.images(None, 1))
+    assert "\n" not in str(refused.value)
+    assert not [r for r in hub.requests if r.path.endswith((".safetensors", ".bin", ".py"))]
+    assert not hub.marker.exists()
+    assert not list(inspector.cache.glob("*")) if inspector.cache.exists() else True
+
+
+def test_the_limits_are_stated_and_enforced(hub, tmp_path):
+    tight = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(parameters=1000, pixels=300, seconds=0))
+    count = sum(p.numel() for p in hub.models[DINO].parameters())
+    with pytest.raises(runner.InspectError, match=f"has {count:,} parameters, over this Space's limit of 1,000 "):
+        tight.run(DINO, None, tight.images(None, 1))
+    timed = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(seconds=0))
+    with pytest.raises(runner.InspectError, match=f"time: over this Space's 0 s .* sink-models inspect {DINO}$"):
+        timed.run(DINO, None, timed.images(None, 2))
+    for count in (0, 17):
+        with pytest.raises(runner.InspectError, match="max images: got .*; allowed: 1 to 16"):
+            timed.images(None, count)
+    files = []
+    for i, size in enumerate([(10, 10), (40, 40)]):
+        Image.new("RGB", size, (i, 0, 0)).save(tmp_path / f"{i}.png")
+        files.append(str(tmp_path / f"{i}.png"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = tight.images([files[0], str(tmp_path / "notes.txt")], 5)
+    assert found.names == ["0.png"] and found.skipped == ["notes.txt"] and found.source == "2 uploaded images"
+    with pytest.raises(runner.InspectError, match="images: 1.png is over 0.0003 megapixels"):
+        tight.images(files, 5)
+    with pytest.raises(runner.InspectError, match="none of the 1 uploaded files is an image"):
+        tight.images([str(tmp_path / "notes.txt")], 5)
+    with pytest.raises(runner.InspectError, match="images: 17 uploaded; allowed: at most 16"):
+        tight.images(files * 8 + files[:1], 5)
+    assert "100 M parameters" in runner.Limits().text() and "16 images" in runner.Limits().text()
+
+
+def test_a_results_row_is_published_only_with_a_token(hub, inspector, tmp_path):
+    entry = inspector.run(DINO, None, inspector.images(None, 2))
+    for token in (None, " "):
+        with pytest.raises(runner.InspectError, match="token: publishing needs a Hub write token"):
+            inspector.publish(entry.key, f"{ORG}/inspections", token)
+    hub.fail_next(status=403, route_contains="repos/create")  # a read-only token: the Hub refuses
+    with pytest.raises(runner.InspectError, match="publish: 'testorg/inspections' could not be written: .*403"):
+        inspector.publish(entry.key, f"{ORG}/inspections", "hf_read_only")
+    with pytest.raises(runner.InspectError, match="is not a Hub dataset id"):
+        inspector.publish(entry.key, "not a dataset!", TOKEN)
+    path = inspector.publish(entry.key, f"{ORG}/inspections", TOKEN)
+    row = json.loads(
+        Path(hf_hub_download(f"{ORG}/inspections", path, repo_type="dataset", endpoint=hub.url)).read_text()
+    )
+    report = entry.report()
+    assert row["model"] == DINO and row["commit"] == entry.checkpoint.commit and row["images"] == 2
+    assert row["layers"] == report.layers and row["summary"]["sinks_per_image"] == report.summary["sinks_per_image"]
+    assert TOKEN not in json.dumps(row)
+
+
+def _load_app():
+    spec = importlib.util.spec_from_file_location("inspector_app", ROOT / "upload" / "inspector" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _status(page, expected: str, timeout: float = 90) -> str:
+    """The status line once it contains `expected`."""
+    deadline = time.monotonic() + timeout
+    while expected not in (text := page.locator("#status").inner_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return text
+
+
+def _settled(page) -> None:
+    """Every figure loaded and laid out (a screenshot taken while they load shows them cropped)."""
+    page.wait_for_function("[...document.images].every((image) => image.complete && image.naturalWidth > 0)")
+    time.sleep(1)
+
+
+def _inspect(page, model_id: str) -> None:
+    page.locator("#model-id").locator("input, textarea").first.fill(model_id)
+    page.locator("#inspect").click()
+
+
+def test_the_app_in_a_browser(hub, inspector, tmp_path, monkeypatch):
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    app = _load_app()
+    port = free_port()
+    demo = app.build(inspector, [SINKVIT])
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+        allowed_paths=[str(inspector.cache)],
+    )
+    shots = Path(os.environ.get("SINK_MODELS_SCREENSHOTS", tmp_path))
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=BROWSER)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#inspect", timeout=60_000)
+
+            _inspect(page, "no such id!")
+            assert "is not a Hub model id" in _status(page, "is not a Hub model id")
+            _inspect(page, f"{ORG}/convnext")
+            assert "is not supported by the diagnostics" in _status(page, "not supported")
+
+            with monkeypatch.context() as broken:  # a failure nobody foresaw: one line in the page, the app stays up
+                broken.setattr(inspector, "run", lambda *args: (_ for _ in ()).throw(RuntimeError("boom\nmore")))
+                _inspect(page, DINO)
+                assert _status(page, "boom").strip().endswith("error: RuntimeError: boom")
+
+            _inspect(page, DINO)
+            count = sum(p.numel() for p in hub.models[DINO].parameters())
+            assert f"Done: {DINO}, {count:,} parameters, 8 images." in _status(page, f"Done: {DINO}")
+            entry = next(iter(inspector.entries.values()))
+            report = entry.report()
+            assert "tiny-dinov2" in page.locator("#summary").inner_text()
+            assert "Dinov2Model" in page.locator("#summary").inner_text()
+            rows = page.locator("#layers [role=row].virtual-row")
+            assert rows.count() == 2
+            first = rows.nth(0).locator("[role=gridcell]").all_inner_texts()
+            assert float(first[1]) == round(report.layers[0]["events"] / 8, 2) > 0  # the planted sinks of layer 0
+            for name in ("events_by_head", "diagnostic_plane", "sink_types_by_layer", "attention"):
+                page.wait_for_selector(f"#{name} img", timeout=30_000)
+            _settled(page)
+            page.screenshot(path=str(shots / "inspector.png"), full_page=True)
+
+            page.locator("#image-choice input").click()  # another image's maps: one more forward pass
+            page.locator("li", has_text="flower.jpg (whole)").click()
+            page.wait_for_selector("#attention img[src*='image004-layer000']", timeout=30_000)
+
+            with page.expect_download() as download:
+                page.locator("#download a").first.click()
+            saved = tmp_path / "report.zip"
+            download.value.save_as(saved)
+            with zipfile.ZipFile(saved) as archive:
+                assert {"report.md", "report.json", "heads.csv", "events_by_head.png"} <= set(archive.namelist())
+                assert json.loads(archive.read("report.json"))["layers"] == report.layers
+
+            page.locator("#zoo-0").click()  # a zoo model in one click
+            assert f"Done: {SINKVIT}" in _status(page, f"Done: {SINKVIT}")
+            page.wait_for_function("document.querySelector('#summary').innerText.includes('SinkViTModel')")
+            assert "register 50.0%" in page.locator("#summary").inner_text()  # the NOP sink sits on a register
+            page.wait_for_selector("#attention img", timeout=30_000)
+            _settled(page)
+            page.screenshot(path=str(shots / "inspector-sinkvit.png"), full_page=True)
+            browser.close()
+    finally:
+        demo.close()
+    assert (shots / "inspector.png").stat().st_size > 50_000
+    assert not hub.marker.exists()
