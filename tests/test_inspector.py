@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import zipfile
@@ -356,7 +357,16 @@ def test_the_app_in_a_browser(hub, inspector, tmp_path, monkeypatch):
                 assert {"report.md", "report.json", "heads.csv", "events_by_head.png"} <= set(archive.namelist())
                 assert json.loads(archive.read("report.json"))["layers"] == report.layers
 
+            diagnose_images = runner.diagnose_images
+
+            def slowly(*args, **kwargs):  # time to see the progress of a run in the page
+                report = diagnose_images(*args, **kwargs)
+                time.sleep(3)
+                return report
+
+            monkeypatch.setattr(runner, "diagnose_images", slowly)
             page.locator("#zoo-0").click()  # a zoo model in one click
+            page.wait_for_selector("text=diagnosed 8 of 8 images", timeout=60_000)
             assert f"Done: {SINKVIT}" in _status(page, f"Done: {SINKVIT}")
             page.wait_for_function("document.querySelector('#summary').innerText.includes('SinkViTModel')")
             assert "register 50.0%" in page.locator("#summary").inner_text()  # the NOP sink sits on a register
@@ -368,3 +378,22 @@ def test_the_app_in_a_browser(hub, inspector, tmp_path, monkeypatch):
         demo.close()
     assert (shots / "inspector.png").stat().st_size > 50_000
     assert not hub.marker.exists()
+
+
+def test_the_staged_space_runs_on_its_own_copy_of_the_library(tmp_path):
+    from sink_models.hub import stage_inspector
+
+    folder = stage_inspector(ROOT / "upload" / "inspector", [DINO, SINKVIT], tmp_path / "space")
+    code = (
+        "import json, app, runner, sink_models; "
+        "print(json.dumps([app.zoo_models(), sink_models.__file__, runner.__file__, app.build.__module__]))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    command = [sys.executable, "-c", code]
+    done = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    zoo, package, module, _ = json.loads(done.stdout.strip().splitlines()[-1])
+    assert zoo == [DINO, SINKVIT]
+    assert Path(package).resolve() == (folder / "sink_models" / "__init__.py").resolve()
+    assert Path(module).resolve() == (folder / "runner.py").resolve()
