@@ -5,17 +5,19 @@ app in headless Chromium."""
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import STOCK_SIZES, free_port, tiny_config
+from conftest import STOCK_SIZES, assert_nested_close, free_port, tiny_config
 from hub_server import HubServer
 from huggingface_hub import HfApi, constants, hf_hub_download
 from huggingface_hub.utils import _detect_agent
@@ -47,6 +49,7 @@ sys.path.insert(0, str(ROOT / "upload" / "inspector"))
 import runner  # noqa: E402
 
 ORG = "testorg"
+FIGURE_FILES = ("events_by_head.png", "sink_types_by_layer.png", "diagnostic_plane.png")
 DINO, SINKVIT = f"{ORG}/tiny-dinov2", f"{ORG}/tiny-sinkvit"
 
 
@@ -104,12 +107,32 @@ def hub(tmp_path_factory):
             (root / "pickled").mkdir()
             shutil.copy(root / "dino" / "config.json", root / "pickled" / "config.json")
             (root / "pickled" / "pytorch_model.bin").write_bytes(b"a pickle the inspector must never open")
-            for name in ("dino", "sinkvit", "remote", "convnext", "bert", "pickled"):
+            _refused_repos(root, marker)
+            for name in ("dino", "sinkvit", "remote", "convnext", "bert", "pickled", "deep", "index", "processor"):
                 repo = {"dino": DINO, "sinkvit": SINKVIT}.get(name, f"{ORG}/{name}")
                 _upload(api, repo, root / name)
-            server.api, server.marker, server.models, server.root = api, marker, models, root
-            yield server
+            # Not attributes of the server: its request threads, which may end only as the interpreter exits, keep
+            # it alive, and a model freed from such a thread then aborts the process (libtorch's exit unwinding).
+            yield SimpleNamespace(server=server, url=server.url, api=api, marker=marker, models=models)
+            models.clear()
     assert not marker.exists(), "a checkpoint's own code ran"
+
+
+def _refused_repos(root: Path, marker: Path) -> None:
+    """A config 100,000 layers deep, a shard index naming a file outside the repo, a processor asking for its code."""
+    config = json.loads((root / "dino" / "config.json").read_text())
+    (root / "deep").mkdir()
+    (root / "deep" / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 100_000}))
+    save_file({"weight": torch.zeros(2)}, root / "deep" / "model.safetensors")
+    shutil.copytree(root / "dino", root / "index")
+    shutil.move(root / "index" / "model.safetensors", root / "index" / "model-00001-of-00001.safetensors")
+    weights = {"embeddings.cls_token": "../../../elsewhere/model.safetensors"}
+    (root / "index" / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weights}))
+    shutil.copytree(root / "dino", root / "processor")
+    processor = json.loads((root / "processor" / "preprocessor_config.json").read_text())
+    processor |= {"image_processor_type": "EvilProcessor", "auto_map": {"AutoImageProcessor": "evil.EvilProcessor"}}
+    (root / "processor" / "preprocessor_config.json").write_text(json.dumps(processor))
+    (root / "processor" / "evil.py").write_text(_evil(marker))
 
 
 @pytest.fixture
@@ -139,17 +162,22 @@ def test_a_report_equals_diagnose_of_the_original_and_is_cached(repo_id, hub, in
     assert_same_report(report, expected)
     assert entry.checkpoint.parameters == sum(p.numel() for p in _base(model).parameters())
     # Only data was fetched: the config, the processor's config and the safetensors weights.
-    assert sorted(path.name for path in entry.checkpoint.folder.iterdir()) == [
+    assert sorted(path.name for path in entry.checkpoint.download().iterdir()) == [
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
     ]
     with zipfile.ZipFile(entry.archive) as archive:
-        assert set(archive.namelist()) == {path.name for path in entry.report_folder.iterdir()}
-        assert (
-            json.loads(archive.read("report.json"))["summary"]
-            == json.loads((entry.report_folder / "report.json").read_text())["summary"]
-        )
+        assert set(archive.namelist()) == {
+            "report.md",
+            "report.json",
+            "heads.csv",
+            *FIGURE_FILES,
+            "attention_layer0.png",  # the layer of the planted sinks
+        }
+        written = json.loads(archive.read("report.json"))
+    assert_nested_close(written["layers"], expected.layers, rel=1e-6, abs=1e-9)
+    assert_nested_close(written["heads"], expected.heads, rel=1e-6, abs=1e-9)
 
     def never(*args, **kwargs):
         raise AssertionError("the cached report was computed again")
@@ -166,7 +194,7 @@ def _base(model):
 
 
 def _batch(entry, names: list[str]) -> dict:
-    processor = AutoImageProcessor.from_pretrained(entry.checkpoint.folder)
+    processor = AutoImageProcessor.from_pretrained(entry.checkpoint.download())
     pictures = dict(builtin_images())
     return dict(processor(images=[pictures[name] for name in names], return_tensors="pt"))
 
@@ -184,7 +212,7 @@ def test_a_new_commit_is_inspected_again_and_a_revision_pins_the_old_one(hub, in
 
 def test_the_attention_maps_of_any_image_are_those_diagnose_keeps_for_it(hub, inspector):
     entry = inspector.run(DINO, None, inspector.images(None, 4))
-    names = entry.image_names()
+    names = entry.report().summary["inputs"]["images"]
     run = lambda **options: diagnose(hub.models[DINO], [_batch(entry, names)], **options)  # noqa: E731
     for image in (0, 2, 3):
         maps = inspector.attention_maps(entry.key, image).attention
@@ -206,32 +234,62 @@ REFUSED = {
     "missing": (f"{ORG}/nothing-here", None, "is not on the Hub (or is private or gated)"),
     "missing revision": (DINO, "no-such-branch", "'no-such-branch' is not a branch, tag or commit"),
     "unsupported": (f"{ORG}/convnext", None, "ConvNextModel (model_type 'convnext') is not supported"),
-    "text model": (f"{ORG}/bert", None, "a bert model has no vision encoder"),
+    "text model": (f"{ORG}/bert", None, "is a bert model without a vision encoder"),
     "remote code": (f"{ORG}/remote", None, "asks for its own code (config.json's auto_map)"),
     "pickled weights": (f"{ORG}/pickled", None, "has no safetensors weights; the inspector loads safetensors only"),
+    "too deep": (f"{ORG}/deep", None, "has num_hidden_layers = 100,000, over the 64 this Space builds"),
+    "processor code": (f"{ORG}/processor", None, "has an image processor that asks for its own code"),
+    "index outside": (f"{ORG}/index", None, "shard index names files that are not its own shards: ['../../../else"),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_refused_before_any_weight_is_fetched(case, hub, inspector):
     model_id, revision, message = REFUSED[case]
-    hub.requests.clear()
-    with pytest.raises(runner.InspectError, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
+    hub.server.requests.clear()
+    with pytest.raises(runner.InspectError, match=re.escape(message)) as refused:
         inspector.run(model_id, revision, inspector.images(None, 1))
     assert "\n" not in str(refused.value)
-    assert not [r for r in hub.requests if r.path.endswith((".safetensors", ".bin", ".py"))]
+    assert not [r for r in hub.server.requests if r.path.endswith((".safetensors", ".bin", ".py"))]
     assert not hub.marker.exists()
-    assert not list(inspector.cache.glob("*")) if inspector.cache.exists() else True
+    assert not inspector.cache.exists() or not any(inspector.cache.iterdir())
+
+
+def test_a_processor_asking_for_its_own_code_is_refused_when_loading_too(hub, inspector, monkeypatch):
+    """Refused before the weights (REFUSED); and were that check gone, transformers refuses it without running it."""
+    commit = hub.api.model_info(f"{ORG}/processor").sha
+    files = ("config.json", "preprocessor_config.json", "model.safetensors")
+    checkpoint = runner.Checkpoint(f"{ORG}/processor", None, commit, files, 0, hub.url)
+    monkeypatch.setattr(runner, "fetch", lambda *args, **kwargs: checkpoint)
+    with pytest.raises(runner.InspectError, match=f"model: '{ORG}/processor' has no usable image processor") as no:
+        inspector.run(f"{ORG}/processor", None, inspector.images(None, 1))
+    assert "contains custom code" in str(no.value) and "snapshots" not in str(no.value)
+    assert not hub.marker.exists()
+    assert not [r for r in hub.server.requests if r.path.endswith(".py")]
 
 
 def test_the_limits_are_stated_and_enforced(hub, tmp_path):
-    tight = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(parameters=1000, pixels=300, seconds=0))
+    def refused(message: str, images: int = 1, **limits) -> None:
+        inspector = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(**limits))
+        with pytest.raises(runner.InspectError, match=message):
+            inspector.run(DINO, None, inspector.images(None, images))
+
     count = sum(p.numel() for p in hub.models[DINO].parameters())
-    with pytest.raises(runner.InspectError, match=f"has {count:,} parameters, over this Space's limit of 1,000 "):
-        tight.run(DINO, None, tight.images(None, 1))
+    refused(
+        f"has {count:,} parameters, over this Space's limit of 10,000 .* sink-models inspect {DINO}$", parameters=10_000
+    )
+    refused(
+        r"has 0.00 GB of safetensors weights, more than 1,000 float32 parameters take",
+        parameters=1000,
+        config_bytes=100,
+    )
+    refused("has a config.json of [0-9,]+ bytes; allowed: a small JSON file", config_bytes=100)
+    refused(f"the model's image processor makes 16 patches per image, over this Space's 10. .*{DINO}$", tokens=10)
+    refused(
+        f"time: over this Space's 0 s per request after 0 of 2 images. .* sink-models inspect {DINO}$", 2, seconds=0
+    )
     timed = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(seconds=0))
-    with pytest.raises(runner.InspectError, match=f"time: over this Space's 0 s .* sink-models inspect {DINO}$"):
-        timed.run(DINO, None, timed.images(None, 2))
+    tight = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(pixels=300))
     for count in (0, 17):
         with pytest.raises(runner.InspectError, match="max images: got .*; allowed: 1 to 16"):
             timed.images(None, count)
@@ -240,8 +298,11 @@ def test_the_limits_are_stated_and_enforced(hub, tmp_path):
         Image.new("RGB", size, (i, 0, 0)).save(tmp_path / f"{i}.png")
         files.append(str(tmp_path / f"{i}.png"))
     (tmp_path / "notes.txt").write_text("not an image")
-    found = tight.images([files[0], str(tmp_path / "notes.txt")], 5)
-    assert found.names == ["0.png"] and found.skipped == ["notes.txt"] and found.source == "2 uploaded images"
+    # PostScript named .png: PIL would hand it to Ghostscript; the inspector reads picture formats only.
+    (tmp_path / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    found = tight.images([files[0], str(tmp_path / "notes.txt"), str(tmp_path / "eps.png")], 5)
+    assert found.names == ["0.png"] and found.skipped == ["notes.txt", "eps.png"]
+    assert found.source == "3 uploaded images"
     with pytest.raises(runner.InspectError, match="images: 1.png is over 0.0003 megapixels"):
         tight.images(files, 5)
     with pytest.raises(runner.InspectError, match="none of the 1 uploaded files is an image"):
@@ -256,9 +317,10 @@ def test_a_results_row_is_published_only_with_a_token(hub, inspector, tmp_path):
     for token in (None, " "):
         with pytest.raises(runner.InspectError, match="token: publishing needs a Hub write token"):
             inspector.publish(entry.key, f"{ORG}/inspections", token)
-    hub.fail_next(status=403, route_contains="repos/create")  # a read-only token: the Hub refuses
-    with pytest.raises(runner.InspectError, match="publish: 'testorg/inspections' could not be written: .*403"):
-        inspector.publish(entry.key, f"{ORG}/inspections", "hf_read_only")
+    hub.server.fail_next(status=403, route_contains="repos/create")  # a read-only token: the Hub refuses
+    with pytest.raises(runner.InspectError, match="publish: 'testorg/inspections' could not be written: .*403") as no:
+        inspector.publish(entry.key, f"{ORG}/inspections", TOKEN)
+    assert TOKEN not in str(no.value)
     with pytest.raises(runner.InspectError, match="is not a Hub dataset id"):
         inspector.publish(entry.key, "not a dataset!", TOKEN)
     path = inspector.publish(entry.key, f"{ORG}/inspections", TOKEN)
@@ -268,7 +330,6 @@ def test_a_results_row_is_published_only_with_a_token(hub, inspector, tmp_path):
     report = entry.report()
     assert row["model"] == DINO and row["commit"] == entry.checkpoint.commit and row["images"] == 2
     assert row["layers"] == report.layers and row["summary"]["sinks_per_image"] == report.summary["sinks_per_image"]
-    assert TOKEN not in json.dumps(row)
 
 
 def _load_app():

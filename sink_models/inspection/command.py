@@ -106,8 +106,9 @@ def diagnose_images(
     progress: bool = False,
     watch: Callable[[Iterator[dict]], Iterator[dict]] | None = None,
 ) -> SinkReport:
-    """`diagnose` on the images of `found`, converted to PIL `mode`, through the model's image processor; `watch`
-    wraps the batches (progress, a deadline). An unsupported architecture or a processor that fails raises an
+    """`diagnose` on the images of `found` through the model's image processor; `watch` wraps the batches (progress,
+    a deadline). Converts `found.images` to PIL `mode` in place and records in `found` the images the processor
+    cannot take (skipped). An unsupported architecture, or a processor that takes none of them, raises an
     `InspectError` (its first line)."""
     if mode != "RGB":
         found.images = [image.convert(mode) for image in found.images]

@@ -31,7 +31,7 @@ def load_model(
         model_class, channels = SinkViTModel, raw.get("num_channels", 3)
     else:
         config = _auto_config(source, revision, trust_remote_code, where)
-        model_class, channels = AutoModel, _vision_channels(config, where)
+        model_class, channels = AutoModel, vision_channels(config, where)
         kwargs |= {"config": config, "trust_remote_code": trust_remote_code}
     processor = _image_processor(source, revision, trust_remote_code, where)
     try:
@@ -47,13 +47,19 @@ def from_pretrained(auto, source: str, **kwargs):
     try:
         return auto.from_pretrained(source, **kwargs)
     except ValueError as error:
-        config = kwargs.get("config")
-        names = getattr(config, "architectures", None) or []
-        known = getattr(transformers, names[0], None) if names else None
+        known = named_class(kwargs.get("config"))
         if "Unrecognized configuration class" not in str(error) or known is None:
             raise
         kwargs.pop("trust_remote_code", None)
         return known.from_pretrained(source, **kwargs)
+
+
+def named_class(config) -> type | None:
+    """The transformers model class the config's `architectures` names first, if transformers has one of that name
+    (anything else there, a function say, is not a model class: None)."""
+    names = getattr(config, "architectures", None) or []
+    known = getattr(transformers, names[0], None) if names and isinstance(names[0], str) else None
+    return known if isinstance(known, type) and issubclass(known, transformers.PreTrainedModel) else None
 
 
 def _where(source: str, revision: str | None) -> str:
@@ -82,13 +88,13 @@ def _auto_config(source: str, revision: str | None, trust_remote_code: bool, whe
         raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
 
 
-def _vision_channels(config, where: str) -> int:
+def vision_channels(config, where: str) -> int:
     """The image channels of a config with a vision part (itself, or `vision_config` for dual encoders)."""
     vision = getattr(config, "vision_config", None) or config
     if not any(hasattr(vision, name) for name in ("image_size", "num_channels")):
         raise InspectError(
             f"model: {where} is a {config.model_type} model without a vision encoder (text or audio); "
-            "sink-models inspect needs a vision transformer."
+            "the sink diagnostics need a vision transformer."
         )
     return getattr(vision, "num_channels", 3)
 

@@ -43,88 +43,99 @@ def build(inspector: Inspector, zoo: list[str] | None = None) -> gr.Blocks:
     """The app: the inputs, then the results of the last run; `zoo` (Hub ids) are offered for one click."""
     from sink_models.inspection import DESCRIPTION
 
-    limits = inspector.limits
-    with gr.Blocks(title="Attention-sink inspector") as app:
-        gr.Markdown(INTRO.format(limits=limits.text(), builtin=DESCRIPTION))
-        with gr.Row():
-            model_id = gr.Textbox(
-                label="Model id", placeholder="facebook/dinov2-small", max_lines=1, max_length=96, elem_id="model-id"
-            )
-            revision = gr.Textbox(label="Revision (optional)", placeholder="main", max_lines=1, elem_id="revision")
-            count = gr.Slider(1, limits.images, value=8, step=1, label="Max images", elem_id="max-images")
-        with gr.Row():
-            files = gr.File(label="Images (optional)", file_count="multiple", file_types=["image"], elem_id="images")
-            run = gr.Button("Inspect", variant="primary", elem_id="inspect")
-        buttons = []
-        if zoo:
-            with gr.Row():
-                gr.Markdown("Zoo models, one click:")
-                buttons = [gr.Button(name.split("/")[-1], size="sm", elem_id=f"zoo-{i}") for i, name in enumerate(zoo)]
-        status = gr.Markdown(elem_id="status")
-        key = gr.State()
-        summary = gr.Markdown(elem_id="summary")
-        layers = gr.Dataframe(
-            headers=list(tables.LAYER_HEADER), label="Sink events per image, by layer", elem_id="layers"
-        )
-        # No floating label: it would cover the start of the figure's own title.
-        figures = [
-            gr.Image(label=FIGURES[NAMES[0]], type="filepath", height=340, show_label=False, elem_id=NAMES[0][:-4])
-        ]
-        with gr.Row():  # the layer x head map is wide: a row of its own; the other two side by side
-            figures += [
-                gr.Image(label=FIGURES[name], type="filepath", height=420, show_label=False, elem_id=name[:-4])
-                for name in NAMES[1:]
-            ]
-        gr.Markdown("## Per-head attention maps\n\nThe mean attention each token receives, per head; red: the sink.")
-        with gr.Row():
-            image = gr.Dropdown(label="Image", choices=[], elem_id="image-choice")
-            layer = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="layer-choice")
-        attention = gr.Image(label="Attention maps", type="filepath", height=340, show_label=False, elem_id="attention")
-        heads = gr.Dataframe(headers=list(tables.HEAD_HEADER), label="Sink heads, most events first", elem_id="heads")
-        download = gr.File(label="Report folder (report.md, report.json, heads.csv, figures)", elem_id="download")
+    # Gradio's copies of uploads and of the files it serves: removed an hour after they were made.
+    with gr.Blocks(title="Attention-sink inspector", delete_cache=(600, 3600)) as app:
+        gr.Markdown(INTRO.format(limits=inspector.limits.text(), builtin=DESCRIPTION))
+        inputs, run, buttons = _inputs(inspector.limits.images, zoo or [])
+        status, key = gr.Markdown(elem_id="status"), gr.State()
+        results = _results()
+        image, layer, attention = results["image"], results["layer"], results["attention"]
         with gr.Accordion("Publish a results row (opt-in)", open=False):
             dataset = gr.Textbox(label="Results dataset", placeholder="your-org/sink-inspections", elem_id="dataset")
             token = gr.Textbox(label="Hub write token (used for this request only)", type="password", elem_id="token")
             publish = gr.Button("Publish", elem_id="publish")
             published = gr.Markdown(elem_id="published")
-
-        outputs = [status, key, summary, layers, *figures, image, layer, attention, heads, download]
+        outputs = [status, key, *results.values()]
 
         def inspect(model: str, rev: str, uploads, most: float, progress=gr.Progress()) -> list:  # noqa: B008
             try:
                 found = inspector.images([str(path) for path in uploads or []], int(most))
                 entry = inspector.run(model, rev, found, lambda done, text: progress(done, desc=text))
                 return _shown(inspector, entry)
-            except InspectError as error:
-                return _failed(str(error))
             except Exception as error:  # noqa: BLE001 -- one request's failure never takes the app down
-                return _failed(f"error: {first_line(error)}")
+                return _failed(_message(error))
 
-        def draw(current: str | None, chosen, number: float):
+        def draw(current: str | None, chosen, number: float) -> tuple:
             if current is None or chosen is None:
                 return gr.skip(), gr.skip()
             try:
                 return inspector.attention(current, int(chosen), int(number)), gr.skip()
             except Exception as error:  # noqa: BLE001 -- shown in the page, the app stays up
-                return None, f"**{error if isinstance(error, InspectError) else first_line(error)}**"
+                return None, f"**{_message(error)}**"
 
-        def share(current: str | None, where: str, secret: str) -> str:
+        def share(current: str | None, where: str | None, secret: str | None) -> str:
             try:
-                path = inspector.publish(current, where, secret)
-            except InspectError as error:
-                return f"**{error}**"
-            return f"Published: `{path}` in the dataset `{where.strip()}`."
+                return f"Published: `{inspector.publish(current, where, secret)}` in the dataset `{where.strip()}`."
+            except Exception as error:  # noqa: BLE001 -- shown in the page, the app stays up
+                return f"**{_message(error)}**"
 
-        inputs = [model_id, revision, files, count]
         run.click(inspect, inputs, outputs)
-        model_id.submit(inspect, inputs, outputs)
+        inputs[0].submit(inspect, inputs, outputs)
         for button, name in zip(buttons, zoo or [], strict=True):
-            button.click(lambda name=name: name, None, model_id).then(inspect, inputs, outputs)
+            button.click(lambda name=name: name, None, inputs[0]).then(inspect, inputs, outputs)
         for control in (image, layer):
             control.input(draw, [key, image, layer], [attention, status])
         publish.click(share, [key, dataset, token], published)
     app.queue(default_concurrency_limit=1, max_size=32)  # one run at a time on the Space's CPU; others wait
     return app
+
+
+def _inputs(most: int, zoo: list[str]) -> tuple[list, gr.Button, list[gr.Button]]:
+    """The model id, revision, images and image count; the run button; one button per zoo model."""
+    with gr.Row():
+        model_id = gr.Textbox(
+            label="Model id", placeholder="facebook/dinov2-small", max_lines=1, max_length=96, elem_id="model-id"
+        )
+        revision = gr.Textbox(label="Revision (optional)", placeholder="main", max_lines=1, elem_id="revision")
+        count = gr.Slider(1, most, value=min(8, most), step=1, label="Max images", elem_id="max-images")
+    with gr.Row():
+        files = gr.File(label="Images (optional)", file_count="multiple", file_types=["image"], elem_id="images")
+        run = gr.Button("Inspect", variant="primary", elem_id="inspect")
+    buttons = []
+    if zoo:
+        with gr.Row():
+            gr.Markdown("Zoo models, one click:")
+            buttons = [gr.Button(name.split("/")[-1], size="sm", elem_id=f"zoo-{i}") for i, name in enumerate(zoo)]
+    return [model_id, revision, files, count], run, buttons
+
+
+def _results() -> dict:
+    """The result components, in the order `_shown` fills them."""
+    shown = {"summary": gr.Markdown(elem_id="summary")}
+    shown["layers"] = gr.Dataframe(
+        headers=list(tables.LAYER_HEADER), label="Sink events per image, by layer", elem_id="layers"
+    )
+    # No floating label: it would cover the start of the figure's own title.
+    figure = {"type": "filepath", "show_label": False}
+    shown[NAMES[0]] = gr.Image(label=FIGURES[NAMES[0]], height=340, elem_id=NAMES[0][:-4], **figure)
+    with gr.Row():  # the layer x head map is wide: a row of its own; the other two side by side
+        for name in NAMES[1:]:
+            shown[name] = gr.Image(label=FIGURES[name], height=420, elem_id=name[:-4], **figure)
+    gr.Markdown("## Per-head attention maps\n\nThe mean attention each token receives, per head; red: the sink.")
+    with gr.Row():
+        shown["image"] = gr.Dropdown(label="Image", choices=[], elem_id="image-choice")
+        shown["layer"] = gr.Slider(0, 1, value=0, step=1, label="Layer", elem_id="layer-choice")
+    shown["attention"] = gr.Image(label="Attention maps", height=340, elem_id="attention", **figure)
+    shown["heads"] = gr.Dataframe(
+        headers=list(tables.HEAD_HEADER), label="Sink heads, most events first", elem_id="heads"
+    )
+    shown["download"] = gr.File(label="Report folder (report.md, report.json, heads.csv, figures)", elem_id="download")
+    return shown
+
+
+def _message(error: Exception) -> str:
+    """Our own errors as they are (one line naming what was wrong); anything else as its type and first line."""
+    return str(error) if isinstance(error, InspectError) else f"error: {first_line(error)}"
 
 
 def _shown(inspector: Inspector, entry: Entry) -> list:

@@ -8,12 +8,16 @@ SinkViT checkpoints load with the installed `sink_models` classes, stock familie
 
 import hashlib
 import json
+import os
+import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -31,36 +35,52 @@ from sink_models.diagnostics.plots import plot_attention
 from sink_models.errors import first_line
 from sink_models.files import atomic_folder
 from sink_models.inspection import ImageSet, InspectError, collect_images, diagnose_images, load_model, write_report
+from sink_models.inspection.loading import named_class, vision_channels
 
-FILES = ["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json"]
+DATA_FILES = ("config.json", "preprocessor_config.json")  # with the root-level safetensors files and their index
+SAFE_NAME = re.compile(r"[\w.-]+")  # a root-level file name, no glob characters: fetched by its exact name
+CACHE_VERSION = "1"  # part of every cache key: raise it when what a report holds changes
+STRUCTURE = {"num_hidden_layers": 64, "num_attention_heads": 64, "hidden_size": 4096, "intermediate_size": 16384}
 Progress = Callable[[float, str], None]
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask of the Space's CPU."""
+    """What one request may ask of the Space's CPU (and, `STRUCTURE`, of the architecture it builds)."""
 
     parameters: int = 100_000_000  # ViT-B (86 M) fits; ViT-L (304 M) does not
     images: int = 16
-    pixels: int = 16_000_000  # per image
-    seconds: float = 300.0  # per request, checked between batches
+    pixels: int = 16_000_000  # per uploaded image
+    tokens: int = 2_048  # patches per image, as the image processor sizes it for the model
+    seconds: float = 300.0  # per request, from the first request to the Hub to the last batch
+    config_bytes: int = 1_000_000  # config.json, preprocessor_config.json, the shard index
 
     def text(self) -> str:
         return (
             f"models up to {self.parameters / 1e6:g} M parameters, at most {self.images} images of at most "
-            f"{self.pixels / 1e6:g} megapixels each, {self.seconds / 60:g} minutes per request"
+            f"{self.pixels / 1e6:g} megapixels each and {self.tokens:,} patches as the model sees them, "
+            f"{self.seconds / 60:g} minutes per request"
         )
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A Hub model fetched without its code: config, image processor and safetensors weights at one commit."""
+    """A Hub model checked without its weights: its commit, the data files to fetch, its parameter count."""
 
     repo_id: str
     revision: str | None
     commit: str
-    folder: Path
+    files: tuple[str, ...]
     parameters: int
+    endpoint: str | None = None
+
+    def download(self) -> Path:
+        """The snapshot folder holding exactly `files` at `commit` (fetched once; then from the local cache)."""
+        folder = snapshot_download(
+            self.repo_id, revision=self.commit, allow_patterns=list(self.files), endpoint=self.endpoint
+        )
+        return Path(folder)
 
 
 @dataclass
@@ -82,9 +102,6 @@ class Entry:
     def report(self) -> SinkReport:
         return SinkReport.from_json(self.report_folder / "report.json")
 
-    def image_names(self) -> list[str]:
-        return self.report().summary["inputs"]["images"]
-
 
 def local_command(repo_id: str, revision: str | None = None) -> str:
     """The command that makes the same report on one's own machine, without the Space's limits."""
@@ -92,7 +109,8 @@ def local_command(repo_id: str, revision: str | None = None) -> str:
 
 
 def fetch(model_id: str, revision: str | None, *, limits: Limits, endpoint: str | None = None) -> Checkpoint:
-    """The checkpoint `model_id` at `revision` (default branch if None), after every check that needs no weights."""
+    """The checkpoint `model_id` at `revision` (default branch if None), after every check that needs no weights:
+    the id, the files and their sizes, the config (as data), the architecture, the parameter count."""
     repo_id = (model_id or "").strip()
     try:
         validate_repo_id(repo_id)
@@ -104,31 +122,65 @@ def fetch(model_id: str, revision: str | None, *, limits: Limits, endpoint: str 
     if revision is not None and (len(revision) > 100 or any(c.isspace() for c in revision)):
         raise InspectError(f"revision: {revision!r}; allowed: a branch, tag or commit (no spaces, 100 characters).")
     try:
-        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision)
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, files_metadata=True)
     except RevisionNotFoundError:
         raise InspectError(f"revision: {revision!r} is not a branch, tag or commit of {repo_id!r}.") from None
     except RepositoryNotFoundError:
         raise InspectError(f"model: {repo_id!r} is not on the Hub (or is private or gated): check the id.") from None
     except Exception as error:  # noqa: BLE001 -- any failure to reach the Hub is one line
         raise InspectError(f"model: {repo_id!r} could not be read from the Hub: {first_line(error)}") from None
-    files = {sibling.rfilename for sibling in info.siblings or []}
-    if "config.json" not in files:
+    sizes = {s.rfilename: s.size or 0 for s in info.siblings or [] if SAFE_NAME.fullmatch(s.rfilename)}
+    files = _data_files(repo_id, revision, sizes, limits)
+    read = partial(_small_file, repo_id, info.sha, endpoint, sizes, limits)
+    config = _config(read("config.json"), repo_id, revision)
+    if "preprocessor_config.json" in files and "auto_map" in read("preprocessor_config.json").read_text():
+        raise InspectError(
+            f"model: {repo_id!r} has an image processor that asks for its own code (preprocessor_config.json's "
+            "auto_map), and this Space never runs a checkpoint's code. On your machine, if you trust it: "
+            f"{local_command(repo_id, revision)} --trust-remote-code"
+        )
+    parameters = _parameters(config, repo_id, revision, limits)
+    index = [name for name in files if name.endswith(".index.json")]
+    if index:
+        _check_index(read(index[0]), repo_id, files)
+    return Checkpoint(repo_id, revision, info.sha, files, parameters, endpoint)
+
+
+def _data_files(repo_id: str, revision: str | None, sizes: dict[str, int], limits: Limits) -> tuple[str, ...]:
+    """The root-level data files to fetch; refuses a repo without config or safetensors, or too large weights."""
+    if "config.json" not in sizes:
         raise InspectError(f"model: {repo_id!r} has no config.json; allowed: a transformers or SinkViT checkpoint.")
-    if not any(name.endswith(".safetensors") for name in files):
+    weights = sorted(name for name in sizes if name.endswith(".safetensors"))
+    if not weights:
         raise InspectError(
             f"model: {repo_id!r} has no safetensors weights; the inspector loads safetensors only, never pickled "
             f"(.bin) weights. On your machine: {local_command(repo_id, revision)}"
         )
-    config_file = hf_hub_download(repo_id, "config.json", revision=info.sha, endpoint=endpoint)
-    parameters = _parameters(_config(Path(config_file), repo_id, revision))
-    if parameters > limits.parameters:
+    total = sum(sizes[name] for name in weights)
+    if total > 4 * limits.parameters + limits.config_bytes:  # float32, with room for the header
         raise InspectError(
-            f"model: {repo_id!r} has {parameters:,} parameters, over this Space's limit of {limits.parameters:,} "
-            f"(it runs on a shared CPU). On your machine: "
-            f"{local_command(repo_id, revision)}"
+            f"model: {repo_id!r} has {total / 1e9:.2f} GB of safetensors weights, more than {limits.parameters:,} "
+            f"float32 parameters take. On your machine: {local_command(repo_id, revision)}"
         )
-    folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=FILES, endpoint=endpoint)
-    return Checkpoint(repo_id, revision, info.sha, Path(folder), parameters)
+    index = [name for name in sizes if name.endswith(".safetensors.index.json")]
+    return tuple(name for name in DATA_FILES if name in sizes) + tuple(weights) + tuple(index[:1])
+
+
+def _small_file(repo_id: str, commit: str, endpoint: str | None, sizes: dict, limits: Limits, name: str) -> Path:
+    if sizes[name] > limits.config_bytes:
+        raise InspectError(f"model: {repo_id!r} has a {name} of {sizes[name]:,} bytes; allowed: a small JSON file.")
+    return Path(hf_hub_download(repo_id, name, revision=commit, endpoint=endpoint))
+
+
+def _check_index(path: Path, repo_id: str, files: tuple[str, ...]) -> None:
+    """A shard index may name only the repo's own root-level safetensors files (transformers would follow a path)."""
+    try:
+        shards = set(json.loads(path.read_text())["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InspectError(f"model: {repo_id!r} has a shard index that is not a weight_map.") from None
+    if not shards <= set(files):
+        outside = sorted(str(name) for name in shards - set(files))[:3]
+        raise InspectError(f"model: {repo_id!r}'s shard index names files that are not its own shards: {outside}.")
 
 
 def _config(path: Path, repo_id: str, revision: str | None):
@@ -157,34 +209,42 @@ def _config(path: Path, repo_id: str, revision: str | None):
         ) from None
 
 
-def _parameters(config) -> int:
-    """The parameter count, from the architecture built on the meta device (no memory, no weights); an architecture
-    the diagnostics do not support is refused here, before the weights are fetched."""
+def _parameters(config, repo_id: str, revision: str | None, limits: Limits) -> int:
+    """The parameter count, from the architecture built on the meta device (no memory, no weights), once its size
+    fields are within `STRUCTURE`; an architecture the diagnostics do not support is refused here."""
+    for part in (config, getattr(config, "vision_config", None), getattr(config, "text_config", None)):
+        for name, most in STRUCTURE.items():
+            value = getattr(part, name, None)
+            if isinstance(value, int) and value > most:
+                raise InspectError(
+                    f"model: {repo_id!r} has {name} = {value:,}, over the {most:,} this Space builds. On your "
+                    f"machine: {local_command(repo_id, revision)}"
+                )
     with torch.device("meta"):
-        model = _skeleton(config)
+        model = _skeleton(config, repo_id)
     try:
         adapter_for(model)
     except (ValueError, AttributeError) as error:
         raise InspectError(str(error).strip().splitlines()[0]) from None
-    return sum(parameter.numel() for parameter in model.parameters())
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    if parameters > limits.parameters:
+        raise InspectError(
+            f"model: {repo_id!r} has {parameters:,} parameters, over this Space's limit of {limits.parameters:,} "
+            f"(it runs on a shared CPU). On your machine: {local_command(repo_id, revision)}"
+        )
+    return parameters
 
 
-def _skeleton(config) -> torch.nn.Module:
+def _skeleton(config, repo_id: str) -> torch.nn.Module:
     if isinstance(config, SinkViTConfig):
         return SinkViTModel(config)
-    vision = getattr(config, "vision_config", None) or config
-    if not any(hasattr(vision, name) for name in ("image_size", "num_channels")):
-        raise InspectError(
-            f"model: a {config.model_type} model has no vision encoder (text or audio); the inspector needs a "
-            "vision transformer."
-        )
+    vision_channels(config, repr(repo_id))  # a text or audio model: refused here
     try:
         return transformers.AutoModel.from_config(config)
     except ValueError as error:  # a class the auto mapping lacks: the one its config names, transformers' own
-        names = getattr(config, "architectures", None) or []
-        known = getattr(transformers, names[0], None) if names else None
+        known = named_class(config)
         if known is None:
-            raise InspectError(f"model: {first_line(error)}") from None
+            raise InspectError(f"model: {repo_id!r}: {first_line(error)}") from None
         return known(config)
 
 
@@ -197,7 +257,7 @@ def uploaded_images(paths: Sequence[str], max_images: int, limits: Limits) -> Im
     for path in paths[:max_images]:
         name = Path(path).name
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=FORMATS) as image:  # decoded as a picture only, never as PostScript
                 if image.width * image.height > limits.pixels:
                     raise Image.DecompressionBombError
                 found.images.append(image.convert("RGB"))
@@ -213,12 +273,13 @@ def uploaded_images(paths: Sequence[str], max_images: int, limits: Limits) -> Im
     return found
 
 
-def _digest(images: Sequence[Image.Image]) -> str:
-    digest = hashlib.sha256()
-    for image in images:
-        digest.update(f"{image.mode}{image.size}".encode())
+def _key(checkpoint: Checkpoint, found: ImageSet) -> str:
+    """The cache key of a run: the model at its commit and the images (their pixels, names and source)."""
+    digest = hashlib.sha256("\n".join([CACHE_VERSION, checkpoint.repo_id, checkpoint.commit, found.source]).encode())
+    for name, image in zip(found.names, found.images, strict=True):
+        digest.update(f"\n{name}\n{image.mode}{image.size}\n".encode())
         digest.update(image.tobytes())
-    return digest.hexdigest()
+    return f"{checkpoint.repo_id.replace('/', '--')}-{checkpoint.commit[:12]}-{digest.hexdigest()[:16]}"
 
 
 class Inspector:
@@ -229,7 +290,7 @@ class Inspector:
         self.cache, self.endpoint, self.limits = Path(cache), endpoint, limits or Limits()
         self.entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
-        self._loaded: tuple[Path, tuple] | None = None
+        self._loaded: tuple[tuple[str, str], tuple] | None = None
 
     def images(self, paths: Sequence[str] | None, max_images: int) -> ImageSet:
         """The uploaded files, or the built-in set; `max_images` within the limit."""
@@ -239,20 +300,19 @@ class Inspector:
 
     def run(self, model_id: str, revision: str | None, found: ImageSet, progress: Progress = lambda *_: None) -> Entry:
         """The report of `model_id` at `revision` on `found`: from the cache if this commit has been inspected on
-        these images, else computed and cached."""
+        these images, else computed (weights fetched only then) and cached."""
+        deadline = time.monotonic() + self.limits.seconds
         progress(0.0, "reading the model's config")
         checkpoint = fetch(model_id, revision, limits=self.limits, endpoint=self.endpoint)
-        name = checkpoint.repo_id.replace("/", "--")
-        key = hashlib.sha256(f"{checkpoint.repo_id}\n{checkpoint.commit}\n{_digest(found.images)}".encode())
-        key = f"{name}-{checkpoint.commit[:12]}-{key.hexdigest()[:16]}"
+        key = _key(checkpoint, found)
         entry = Entry(key, self.cache / key, checkpoint)
-        if (entry.archive).is_file():
+        if entry.archive.is_file():
             self.entries[key] = entry
             return entry
         with self._lock:
+            progress(0.0, "fetching and loading the weights")
             model, processor, mode = self._model(checkpoint)
-            deadline = time.monotonic() + self.limits.seconds
-            watch = _watched(len(found.images), deadline, self.limits.seconds, checkpoint, progress)
+            watch = _watched(len(found.images), deadline, self.limits, checkpoint, model.config, progress)
             report = diagnose_images(model, processor, found, mode, watch=watch)
         progress(1.0, "writing the report")
         report.summary["inputs"] = {
@@ -268,9 +328,15 @@ class Inspector:
         return entry
 
     def _model(self, checkpoint: Checkpoint) -> tuple:
-        if self._loaded is None or self._loaded[0] != checkpoint.folder:
-            self._loaded = None  # the old model goes before the new one loads: one in memory at a time
-            self._loaded = (checkpoint.folder, load_model(str(checkpoint.folder)))
+        """(model, image processor, PIL mode) of `checkpoint`, loaded from its data files only; one in memory."""
+        if self._loaded is None or self._loaded[0] != (checkpoint.repo_id, checkpoint.commit):
+            self._loaded = None  # the old model goes before the new one loads
+            folder = str(checkpoint.download())
+            try:
+                loaded = load_model(folder)
+            except InspectError as error:  # named by its Hub id, not by the Space's cache folder
+                raise InspectError(str(error).replace(folder, checkpoint.repo_id)) from None
+            self._loaded = ((checkpoint.repo_id, checkpoint.commit), loaded)
         return self._loaded[1]
 
     def _write(self, entry: Entry, report: SinkReport, images: list[Image.Image]) -> None:
@@ -290,9 +356,13 @@ class Inspector:
         path = entry.folder / "attention" / f"image{image:03d}-layer{layer:03d}.png"
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
-            staging = path.with_name(f".{path.name}")
-            plot_attention(self.attention_maps(key, image), staging, layer)
-            staging.replace(path)
+            handle, staging = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+            os.close(handle)
+            try:  # a name of its own per drawing: two requests may draw the same map at once
+                plot_attention(self.attention_maps(key, image), Path(staging), layer)
+                os.replace(staging, path)
+            finally:
+                Path(staging).unlink(missing_ok=True)
         return path
 
     def attention_maps(self, key: str, image: int) -> SinkReport:
@@ -345,20 +415,34 @@ class Inspector:
         return path
 
 
-def _watched(total: int, deadline: float, seconds: float, checkpoint: Checkpoint, progress: Progress):
-    """Wraps the batches: progress after each, and the request's time limit checked before the next."""
+def _watched(total: int, deadline: float, limits: Limits, checkpoint: Checkpoint, config, progress: Progress):
+    """Wraps the batches: the patches per image and the request's time checked before each, progress after."""
+    vision = getattr(config, "vision_config", None) or config
+    patch = vision.patch_size if isinstance(vision.patch_size, list | tuple) else (vision.patch_size,) * 2
+    command = local_command(checkpoint.repo_id, checkpoint.revision)
 
     def watch(batches: Iterator[dict]) -> Iterator[dict]:
         done = 0
         progress(0.0, f"diagnosing {total} images")
         for batch in batches:
+            pixels = batch["pixel_values"]  # (batch, channels, height, width), or (batch, patches, values) for NaFlex
+            size = (
+                pixels.shape[1]
+                if pixels.dim() == 3
+                else (pixels.shape[-2] // patch[0]) * (pixels.shape[-1] // patch[1])
+            )
+            if size > limits.tokens:
+                raise InspectError(
+                    f"images: the model's image processor makes {size:,} patches per image, over this Space's "
+                    f"{limits.tokens:,}. On your machine: {command}"
+                )
             if time.monotonic() > deadline:
                 raise InspectError(
-                    f"time: over this Space's {seconds:g} s per request after {done} of {total} images. On your "
-                    f"machine: {local_command(checkpoint.repo_id, checkpoint.revision)}"
+                    f"time: over this Space's {limits.seconds:g} s per request after {done} of {total} images. On "
+                    f"your machine: {command}"
                 )
             yield batch
-            done += len(batch["pixel_values"])
+            done += len(pixels)
             progress(min(done / total, 1.0), f"diagnosed {done} of {total} images")
 
     return watch
@@ -374,7 +458,7 @@ def results_row(entry: Entry) -> dict:
         package = None
     return {
         "model": entry.checkpoint.repo_id,
-        "revision": entry.checkpoint.revision,
+        "revision": inputs["revision"],
         "commit": entry.checkpoint.commit,
         "parameters": entry.checkpoint.parameters,
         "images_from": inputs["images_from"],
