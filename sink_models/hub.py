@@ -43,6 +43,7 @@ INSPECTOR = "sink-zoo-inspector"
 COLLECTION = "Attention-sink ViT zoo"
 SPACE_FILES = ("app.py", "README.md", "requirements.txt")
 INSPECTOR_FILES = ("app.py", "runner.py", "README.md")
+CPU_TORCH = "--extra-index-url https://download.pytorch.org/whl/cpu\n"
 MODEL_FILES = (
     "config.json",
     "configuration_sink_vit.py",
@@ -138,7 +139,8 @@ def stage_inspector(app: Path, zoo: list[str], folder: Path) -> Path:
     package = Path(__file__).parent
     shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     requires = [r for r in importlib.metadata.requires("sink-models") or [] if "extra ==" not in r]
-    (folder / "requirements.txt").write_text("".join(f"{r}\n" for r in requires))
+    # CPU wheels of torch: the Space runs on a CPU, and the default index would fetch the CUDA build (GBs).
+    (folder / "requirements.txt").write_text(CPU_TORCH + "".join(f"{r}\n" for r in requires))
     (folder / "zoo_models.txt").write_text("".join(f"{repo_id}\n" for repo_id in zoo))
     return folder
 

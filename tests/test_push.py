@@ -2,7 +2,6 @@
 this one for the quick error-path cases)."""
 
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import re
@@ -320,10 +319,15 @@ def test_the_inspector_space_carries_the_app_a_copy_of_the_library_and_the_pushe
     for name in ("app.py", "runner.py", "README.md"):  # as they are in the repo now
         assert space[name] == (ROOT / "upload" / "inspector" / name).read_bytes()
     assert b"sdk: gradio" in space["README.md"]
-    # The library's runtime requirements as installed, without the extras (gradio comes with the Space's sdk).
-    runtime = [r for r in importlib.metadata.requires("sink-models") if "extra" not in str(Requirement(r).marker)]
-    assert space["requirements.txt"].decode().splitlines() == runtime and space["requirements.txt"].endswith(b"\n")
-    assert {"torch", "transformers"} <= {Requirement(r).name for r in runtime}
+    # torch's CPU wheels, then the library's runtime requirements of pyproject.toml, without the extras (gradio
+    # comes with the Space's sdk).
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    lines = space["requirements.txt"].decode().splitlines()
+    assert lines[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    assert space["requirements.txt"].endswith(b"\n")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    as_set = lambda requirements: {(r.name, r.specifier) for r in map(Requirement, requirements)}  # noqa: E731
+    assert as_set(lines[1:]) == as_set(declared) and {"torch", "transformers"} <= {name for name, _ in as_set(declared)}
     assert space["zoo_models.txt"] == f"{REPO}\n".encode()  # the models of this push
     # The Space loads SinkViT checkpoints with its copy of the library, never with a repo's own code.
     for path in ("modeling_sink_vit.py", "inspection/loading.py"):
