@@ -434,6 +434,15 @@ def test_the_app_in_a_browser(hub, inspector, tmp_path, monkeypatch):
             page.wait_for_selector("#attention img", timeout=30_000)
             _settled(page)
             page.screenshot(path=str(shots / "inspector-sinkvit.png"), full_page=True)
+
+            for i in range(2):  # the user's own images instead of the built-in set
+                Image.fromarray(np.full((24, 20, 3), 60 * i, dtype=np.uint8)).save(tmp_path / f"mine-{i}.png")
+            page.locator("#images input[type=file]").set_input_files([str(tmp_path / f"mine-{i}.png") for i in (0, 1)])
+            page.wait_for_selector("#images td[aria-label='mine-1.png']", timeout=30_000)
+            page.locator("#inspect").click()
+            count = sum(p.numel() for p in _base(hub.models[SINKVIT]).parameters())
+            assert f"Done: {SINKVIT}, {count:,} parameters, 2 images." in _status(page, "2 images.")
+            assert "2 uploaded images" in page.locator("#summary").inner_text()
             browser.close()
     finally:
         demo.close()

@@ -1,9 +1,10 @@
 """The sink inspector's work, apart from its page: fetch a Hub checkpoint without its code, hold it to the Space's
 limits, diagnose it once per (model, commit, images), draw one image's attention maps, publish a results row.
 
-Safety: only config.json, preprocessor_config.json and safetensors files are downloaded, so no checkpoint code or
-pickle ever reaches the machine; a config asking for its own code (auto_map) is refused before any weight is fetched;
-SinkViT checkpoints load with the installed `sink_models` classes, stock families with transformers' own.
+Safety: only root-level config.json, preprocessor_config.json and safetensors files (and their index) are downloaded,
+by exact name, so no checkpoint code or pickle ever reaches the machine; a config or image processor config asking
+for its own code (auto_map) is refused before any weight is fetched; SinkViT checkpoints load with the installed
+`sink_models` classes, stock families with transformers' own. `Limits` bounds what one request may cost.
 """
 
 import hashlib
