@@ -99,7 +99,7 @@ def _diagnostic_plane(report):
     axis.xaxis.set_major_formatter(FuncFormatter(_one_two_five))
     axis.xaxis.set_minor_formatter(FuncFormatter(_one_two_five))
     low, high = axis.get_xlim()
-    if high / low > 1000:  # over more than three decades the 2 and 5 labels run into each other too
+    if high / low > 1e4:  # over more than four decades the 2 and 5 labels run into each other too
         axis.xaxis.set_minor_formatter(NullFormatter())
     axis.axvline(thresholds["nop_ratio"], color=CLASS_COLOURS["nop"], linestyle="--", linewidth=1)
     axis.axvline(thresholds["broadcast_ratio"], color=CLASS_COLOURS["broadcast"], linestyle="--", linewidth=1)
