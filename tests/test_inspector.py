@@ -362,9 +362,8 @@ def test_the_app_in_a_browser(hub, inspector, tmp_path, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    app = _load_app()
     port = free_port()
-    demo = app.build(inspector, [SINKVIT])
+    demo = _load_app().build(inspector, [SINKVIT])
     demo.launch(
         server_name="127.0.0.1",
         server_port=port,
@@ -379,75 +378,84 @@ def test_the_app_in_a_browser(hub, inspector, tmp_path, monkeypatch):
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#inspect", timeout=60_000)
-
-            _inspect(page, "no such id!")
-            assert "is not a Hub model id" in _status(page, "is not a Hub model id")
-            _inspect(page, f"{ORG}/convnext")
-            assert "is not supported by the diagnostics" in _status(page, "not supported")
-
-            with monkeypatch.context() as broken:  # a failure nobody foresaw: one line in the page, the app stays up
-                broken.setattr(inspector, "run", lambda *args: (_ for _ in ()).throw(RuntimeError("boom\nmore")))
-                _inspect(page, DINO)
-                assert _status(page, "boom").strip().endswith("error: RuntimeError: boom")
-
-            _inspect(page, DINO)
-            count = sum(p.numel() for p in hub.models[DINO].parameters())
-            assert f"Done: {DINO}, {count:,} parameters, 8 images." in _status(page, f"Done: {DINO}")
-            entry = next(iter(inspector.entries.values()))
-            report = entry.report()
-            assert "tiny-dinov2" in page.locator("#summary").inner_text()
-            assert "Dinov2Model" in page.locator("#summary").inner_text()
-            rows = page.locator("#layers [role=row].virtual-row")
-            assert rows.count() == 2
-            first = rows.nth(0).locator("[role=gridcell]").all_inner_texts()
-            assert float(first[1]) == round(report.layers[0]["events"] / 8, 2) > 0  # the planted sinks of layer 0
-            for name in ("events_by_head", "diagnostic_plane", "sink_types_by_layer", "attention"):
-                page.wait_for_selector(f"#{name} img", timeout=30_000)
-            _settled(page)
-            page.screenshot(path=str(shots / "inspector.png"), full_page=True)
-
-            page.locator("#image-choice input").click()  # another image's maps: one more forward pass
-            page.locator("li", has_text="flower.jpg (whole)").click()
-            page.wait_for_selector("#attention img[src*='image004-layer000']", timeout=30_000)
-
-            with page.expect_download() as download:
-                page.locator("#download a").first.click()
-            saved = tmp_path / "report.zip"
-            download.value.save_as(saved)
-            with zipfile.ZipFile(saved) as archive:
-                assert {"report.md", "report.json", "heads.csv", "events_by_head.png"} <= set(archive.namelist())
-                assert json.loads(archive.read("report.json"))["layers"] == report.layers
-
-            diagnose_images = runner.diagnose_images
-
-            def slowly(*args, **kwargs):  # time to see the progress of a run in the page
-                report = diagnose_images(*args, **kwargs)
-                time.sleep(3)
-                return report
-
-            monkeypatch.setattr(runner, "diagnose_images", slowly)
-            page.locator("#zoo-0").click()  # a zoo model in one click
-            page.wait_for_selector("text=diagnosed 8 of 8 images", timeout=60_000)
-            assert f"Done: {SINKVIT}" in _status(page, f"Done: {SINKVIT}")
-            page.wait_for_function("document.querySelector('#summary').innerText.includes('SinkViTModel')")
-            assert "register 50.0%" in page.locator("#summary").inner_text()  # the NOP sink sits on a register
-            page.wait_for_selector("#attention img", timeout=30_000)
-            _settled(page)
-            page.screenshot(path=str(shots / "inspector-sinkvit.png"), full_page=True)
-
-            for i in range(2):  # the user's own images instead of the built-in set
-                Image.fromarray(np.full((24, 20, 3), 60 * i, dtype=np.uint8)).save(tmp_path / f"mine-{i}.png")
-            page.locator("#images input[type=file]").set_input_files([str(tmp_path / f"mine-{i}.png") for i in (0, 1)])
-            page.wait_for_selector("#images td[aria-label='mine-1.png']", timeout=30_000)
-            page.locator("#inspect").click()
-            count = sum(p.numel() for p in _base(hub.models[SINKVIT]).parameters())
-            assert f"Done: {SINKVIT}, {count:,} parameters, 2 images." in _status(page, "2 images.")
-            assert "2 uploaded images" in page.locator("#summary").inner_text()
+            _refusals_are_one_line(page, inspector, monkeypatch)
+            _a_stock_model(page, hub, inspector, tmp_path, shots)
+            _a_zoo_model_and_uploads(page, hub, tmp_path, shots, monkeypatch)
             browser.close()
     finally:
         demo.close()
     assert (shots / "inspector.png").stat().st_size > 50_000
     assert not hub.marker.exists()
+
+
+def _refusals_are_one_line(page, inspector, monkeypatch) -> None:
+    _inspect(page, "no such id!")
+    assert "is not a Hub model id" in _status(page, "is not a Hub model id")
+    _inspect(page, f"{ORG}/convnext")
+    assert "is not supported by the diagnostics" in _status(page, "not supported")
+    with monkeypatch.context() as broken:  # a failure nobody foresaw: one line in the page, the app stays up
+        broken.setattr(inspector, "run", lambda *args: (_ for _ in ()).throw(RuntimeError("boom\nmore")))
+        _inspect(page, DINO)
+        assert _status(page, "boom").strip().endswith("error: RuntimeError: boom")
+
+
+def _a_stock_model(page, hub, inspector, tmp_path: Path, shots: Path) -> None:
+    """DINOv2: the tables and figures, another image's maps, the download."""
+    _inspect(page, DINO)
+    count = sum(p.numel() for p in hub.models[DINO].parameters())
+    assert f"Done: {DINO}, {count:,} parameters, 8 images." in _status(page, f"Done: {DINO}")
+    report = next(iter(inspector.entries.values())).report()
+    assert "tiny-dinov2" in page.locator("#summary").inner_text()
+    assert "Dinov2Model" in page.locator("#summary").inner_text()
+    rows = page.locator("#layers [role=row].virtual-row")
+    assert rows.count() == 2
+    first = rows.nth(0).locator("[role=gridcell]").all_inner_texts()
+    assert float(first[1]) == round(report.layers[0]["events"] / 8, 2) > 0  # the planted sinks of layer 0
+    for name in ("events_by_head", "diagnostic_plane", "sink_types_by_layer", "attention"):
+        page.wait_for_selector(f"#{name} img", timeout=30_000)
+    _settled(page)
+    page.screenshot(path=str(shots / "inspector.png"), full_page=True)
+
+    page.locator("#image-choice input").click()  # another image's maps: one more forward pass
+    page.locator("li", has_text="flower.jpg (whole)").click()
+    page.wait_for_selector("#attention img[src*='image004-layer000']", timeout=30_000)
+
+    with page.expect_download() as download:
+        page.locator("#download a").first.click()
+    saved = tmp_path / "report.zip"
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        assert {"report.md", "report.json", "heads.csv", "events_by_head.png"} <= set(archive.namelist())
+        assert json.loads(archive.read("report.json"))["layers"] == report.layers
+
+
+def _a_zoo_model_and_uploads(page, hub, tmp_path: Path, shots: Path, monkeypatch) -> None:
+    """The SinkViT zoo button, with the run's progress in the page; then the same model on two uploaded images."""
+    diagnose_images = runner.diagnose_images
+
+    def slowly(*args, **kwargs):  # time to see the progress of a run in the page
+        report = diagnose_images(*args, **kwargs)
+        time.sleep(3)
+        return report
+
+    monkeypatch.setattr(runner, "diagnose_images", slowly)
+    page.locator("#zoo-0").click()  # a zoo model in one click
+    page.wait_for_selector("text=diagnosed 8 of 8 images", timeout=60_000)
+    assert f"Done: {SINKVIT}" in _status(page, f"Done: {SINKVIT}")
+    page.wait_for_function("document.querySelector('#summary').innerText.includes('SinkViTModel')")
+    assert "register 50.0%" in page.locator("#summary").inner_text()  # the NOP sink sits on a register
+    page.wait_for_selector("#attention img", timeout=30_000)
+    _settled(page)
+    page.screenshot(path=str(shots / "inspector-sinkvit.png"), full_page=True)
+
+    for i in range(2):  # the user's own images instead of the built-in set
+        Image.fromarray(np.full((24, 20, 3), 60 * i, dtype=np.uint8)).save(tmp_path / f"mine-{i}.png")
+    page.locator("#images input[type=file]").set_input_files([str(tmp_path / f"mine-{i}.png") for i in (0, 1)])
+    page.wait_for_selector("#images td[aria-label='mine-1.png']", timeout=30_000)
+    page.locator("#inspect").click()
+    count = sum(p.numel() for p in _base(hub.models[SINKVIT]).parameters())
+    assert f"Done: {SINKVIT}, {count:,} parameters, 2 images." in _status(page, "2 images.")
+    assert "2 uploaded images" in page.locator("#summary").inner_text()
 
 
 def test_the_staged_space_runs_on_its_own_copy_of_the_library(tmp_path):
