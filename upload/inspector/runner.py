@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
@@ -91,6 +91,7 @@ class Entry:
     key: str
     folder: Path
     checkpoint: Checkpoint
+    _report: SinkReport | None = field(default=None, repr=False)
 
     @property
     def report_folder(self) -> Path:
@@ -101,7 +102,10 @@ class Entry:
         return self.folder / "report.zip"
 
     def report(self) -> SinkReport:
-        return SinkReport.from_json(self.report_folder / "report.json")
+        """report.json, read once: the page and every drawing of the run read it (a large model's runs to MBs)."""
+        if self._report is None:
+            self._report = SinkReport.from_json(self.report_folder / "report.json")
+        return self._report
 
 
 def local_command(repo_id: str, revision: str | None = None) -> str:
@@ -259,16 +263,17 @@ def uploaded_images(paths: Sequence[str], max_images: int, limits: Limits) -> Im
         name = Path(path).name
         try:
             with Image.open(path, formats=FORMATS) as image:  # decoded as a picture only, never as PostScript
-                if image.width * image.height > limits.pixels:
-                    raise Image.DecompressionBombError
-                found.images.append(image.convert("RGB"))
-                found.names.append(name)
-        except Image.DecompressionBombError:
-            raise InspectError(
-                f"images: {name} is over {limits.pixels / 1e6:g} megapixels; allowed: smaller images."
-            ) from None
+                size = image.width * image.height  # read from the header: nothing decoded yet
+                picture = image.convert("RGB") if size <= limits.pixels else None
+        except Image.DecompressionBombError:  # PIL's own refusal, far above the limit
+            picture = None
         except Exception:  # noqa: BLE001 -- any file PIL cannot read is skipped and listed, as the command does
             found.skipped.append(name)
+            continue
+        if picture is None:
+            raise InspectError(f"images: {name} is over {limits.pixels / 1e6:g} megapixels; allowed: smaller images.")
+        found.images.append(picture)
+        found.names.append(name)
     if not found.images:
         raise InspectError(f"images: none of the {len(paths[:max_images])} uploaded files is an image PIL can read.")
     return found
