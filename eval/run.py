@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITES = Path(__file__).with_name("suites")
 METRIC = Path(__file__).with_name("metrics") / "top_k_accuracy"
 TEMPLATE = ROOT / "model_cards" / "template.md"
+USER_OUTPUTS = {"results_dir": "runs/eval/results", "cards_dir": "runs/eval/cards"}  # relative to the working folder
 
 
 def parse(argv: list[str]) -> EvalArguments:
@@ -46,8 +47,11 @@ def parse(argv: list[str]) -> EvalArguments:
     parser.add_argument("--suite", default=None, help=f"one of {suites} or a YAML file")
     known = parser.parse_known_args(argv)[0]
     suite = known.suite or (None if known.model else "zoo")  # no models named: the shipped zoo
+    builtin = suite is not None and not suite.endswith((".yaml", ".yml"))
+    # The repository's suites regenerate its results/ and model_cards/; any other run writes only to its own folders.
+    outputs = {"results_dir": "results", "cards_dir": "model_cards"} if builtin else USER_OUTPUTS
+    parser.set_defaults(**{key: os.path.relpath(ROOT / value) if builtin else value for key, value in outputs.items()})
     if suite is not None:
-        builtin = not suite.endswith((".yaml", ".yml"))
         path = SUITES / f"{suite}.yaml" if builtin else Path(suite)
         if not path.is_file():
             raise EvalError(f"--suite: no suite {suite!r}; allowed: {suites} or a YAML file")
@@ -55,14 +59,32 @@ def parse(argv: list[str]) -> EvalArguments:
         unknown = sorted(set(values) - set(EvalArguments.__dataclass_fields__))
         if unknown:
             raise EvalError(f"{path}: unknown keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}")
-        if builtin:  # the built-in suites name the repository's zoo, wherever the command runs
+        if builtin:  # the built-in suites name the repository's zoo and folders, wherever the command runs
             for key in ("model", "synthetic_models", "intervention_models"):
                 values[key] = [os.path.relpath(ROOT / item) for item in values.get(key, [])]
+            for key in ("results_dir", "cards_dir", "work_dir"):
+                if key in values:
+                    values[key] = os.path.relpath(ROOT / values[key])
         parser.set_defaults(**values)
     args, _, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)  # _: --suite
     if rest:
         raise EvalError(f"unknown options {rest}; see --help")
+    if not builtin:
+        for key in ("results_dir", "cards_dir"):
+            _outside_repository_outputs(key, getattr(args, key))
     return args
+
+
+def _outside_repository_outputs(option: str, folder: str) -> None:
+    """Refuse a user's run writing into the repository's results/ or model_cards/ (the zoo suites' own)."""
+    path, suites = Path(folder).resolve(), ", ".join(sorted(p.stem for p in SUITES.glob("*.yaml")))
+    for owned in (ROOT / "results", ROOT / "model_cards"):
+        if path == owned or owned in path.parents:
+            raise EvalError(
+                f"{option}: {folder!r} is the repository's {owned.name}/, which only its suites regenerate "
+                f"(eval/run.py with no --model, or --suite {{{suites}}}); "
+                f"allowed: any other folder (default: {USER_OUTPUTS[option]})."
+            )
 
 
 def in_zoo(source: str) -> bool:

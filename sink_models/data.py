@@ -65,16 +65,45 @@ def load_image_data(
     for option, column in (("image_column", image_column), ("label_column", label_column)):
         if column not in columns:
             raise ValueError(f"{option}: {name!r} has no column {column!r}; its columns are {columns}.")
-    if not isinstance(dataset[train_split].features[label_column], datasets.ClassLabel):
-        dataset = dataset.class_encode_column(label_column)  # any label values -> 0..K-1, names kept
-    labels = dataset[train_split].features[label_column].names
+    # One label mapping, the training split's, for every split: encoded split by split, a held-out split lacking a
+    # class (or holding another) would number its classes differently and be scored against the wrong ones.
+    feature = dataset[train_split].features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        labels = [str(name) for name in feature.names]
+    else:
+        labels = sorted({str(value) for value in dataset[train_split].unique(label_column) if value is not None})
 
-    def prepare(split: datasets.Dataset) -> datasets.Dataset:
-        split = split.select_columns([image_column, label_column])
-        split = split.rename_columns({image_column: "image", label_column: "label"})
-        return split.cast_column("image", datasets.Image(decode=False))
+    def prepare(split: str) -> datasets.Dataset:
+        rows = dataset[split].select_columns([image_column, label_column])
+        rows = rows.rename_columns({image_column: "image", label_column: "label"})
+        rows = encode_labels(rows, labels, f"label_column: {name!r} split {split!r}")
+        return rows.cast_column("image", datasets.Image(decode=False))
 
-    return ImageData(prepare(dataset[train_split]), prepare(dataset[eval_split]), [str(label) for label in labels])
+    return ImageData(prepare(train_split), prepare(eval_split), labels)
+
+
+def encode_labels(rows: datasets.Dataset, labels: list[str], where: str) -> datasets.Dataset:
+    """`rows`' `label` column as a ClassLabel of `labels`, matched by name; a label outside `labels` is a ValueError
+    naming it (never another class's number)."""
+    feature = rows.features["label"]
+    names = [str(name) for name in feature.names] if isinstance(feature, datasets.ClassLabel) else None
+    if names == labels:
+        return rows
+    values = rows.unique("label")
+    found = {str(names[value]) if names is not None else str(value) for value in values if value is not None}
+    unknown = sorted(found - set(labels)) + (["None"] if None in values else [])
+    if unknown:
+        raise ValueError(
+            f"{where} has labels {unknown[:5]} that the training split does not; allowed: its classes {labels[:20]}."
+        )
+    index = {label: i for i, label in enumerate(labels)}
+    target = rows.features.copy()
+    target["label"] = datasets.ClassLabel(names=labels)
+
+    def relabel(batch: list) -> dict:
+        return {"label": [index[str(names[v]) if names is not None else str(v)] for v in batch]}
+
+    return rows.map(relabel, input_columns="label", batched=True, features=target)  # the images stay undecoded
 
 
 def load_folder_or_hub(name: str, option: str, allowed: str) -> datasets.DatasetDict:

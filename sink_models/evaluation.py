@@ -63,8 +63,12 @@ class EvalArguments:
     dataloader_num_workers: int | None = field(
         default=None, metadata={"help": "processes that decode images; default: from the machine's cores (0 on two)"}
     )
-    results_dir: str = "results"
-    cards_dir: str = "model_cards"
+    results_dir: str | None = field(
+        default=None, metadata={"help": "default: the repository's results/ for its suites, else runs/eval/results"}
+    )
+    cards_dir: str | None = field(
+        default=None, metadata={"help": "default: the repository's model_cards/ for its suites, else runs/eval/cards"}
+    )
     hub_org: str = field(default="sink-models", metadata={"help": "org of the Hub repos in the cards' snippets"})
     hub_revision: str = field(default=ZOO_VERSION, metadata={"help": "the tag the cards' usage snippets pin"})
     synthetic_models: list[str] = field(

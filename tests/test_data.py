@@ -162,3 +162,53 @@ def test_training_canvases_are_placed_anew_each_epoch_and_again_on_resume():
 def test_bad_dataset_options_are_named(name, options, message):
     with pytest.raises(ValueError, match=message):
         load_image_data(name, options=options)
+
+
+def metadata_folder(root, splits: dict[str, list[str]]):
+    """An imagefolder whose labels are strings in metadata.jsonl (not folder names): one image per label given."""
+    import json
+
+    for split, labels in splits.items():
+        (root / split).mkdir(parents=True)
+        lines = []
+        for i, label in enumerate(labels):
+            Image.new("L", (8, 8), 10 * i).save(root / split / f"{i}.png")
+            lines.append(json.dumps({"file_name": f"{i}.png", "label": label}))
+        (root / split / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_every_split_takes_the_training_splits_label_mapping(tmp_path):
+    # Encoded split by split, a test split lacking class 'a' numbered 'b' 0 and 'c' 1 (training: 1 and 2).
+    train, test = ["c", "a", "b", "c", "a"], ["c", "b", "b", "c"]
+    metadata_folder(tmp_path, {"train": train, "test": test})
+    data = load_image_data(str(tmp_path))
+    assert data.labels == ["a", "b", "c"]
+    assert data.train.features["label"].names == data.eval.features["label"].names == ["a", "b", "c"]
+    assert [data.labels[y] for y in data.train["label"]] == train
+    assert [data.labels[y] for y in data.eval["label"]] == test
+    assert data.eval["image"][0]["bytes"] is None and data.eval["image"][0]["path"].endswith("0.png")  # undecoded
+
+
+def test_a_held_out_label_the_training_split_lacks_is_refused(tmp_path):
+    metadata_folder(tmp_path, {"train": ["a", "b"], "test": ["a", "d", "b"]})
+    with pytest.raises(ValueError) as error:
+        load_image_data(str(tmp_path))
+    assert str(error.value) == (
+        f"label_column: {str(tmp_path)!r} split 'test' has labels ['d'] that the training split does not; "
+        "allowed: its classes ['a', 'b']."
+    )
+
+
+def test_class_labels_declared_differently_per_split_are_matched_by_name(tmp_path, monkeypatch):
+    import datasets
+
+    def split(names: list[str], labels: list[int]) -> datasets.Dataset:
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+        images = [{"bytes": None, "path": str(tmp_path / f"{i}.png")} for i in range(len(labels))]
+        return datasets.Dataset.from_dict({"image": images, "label": labels}, features)
+
+    hub = datasets.DatasetDict({"train": split(["x", "y", "z"], [0, 1, 2]), "test": split(["z", "y"], [0, 0, 1])})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: hub)
+    data = load_image_data("org/relabelled")
+    assert data.labels == ["x", "y", "z"]
+    assert [data.labels[y] for y in data.eval["label"]] == ["z", "z", "y"]

@@ -44,6 +44,7 @@ from sink_models.inspection import (
     render_markdown,
 )
 from sink_models.inspection.images import _batches
+from sink_models.inspection.report import MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(20, 24), (16, 16), (30, 18), (17, 40)]  # (height, width) of the test's image files
@@ -149,7 +150,9 @@ def test_report_folder_equals_diagnose_by_hand(dino, image_folder, tmp_path, cap
     assert {"events_by_head.png", "sink_types_by_layer.png", "diagnostic_plane.png"} <= set(figures)
     for name in figures:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in markdown
-    assert sorted(p.name for p in out.iterdir()) == sorted([*figures, "heads.csv", "report.json", "report.md"])
+    written_files = sorted([*figures, "heads.csv", "report.json", "report.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*written_files, MARKER])
+    assert json.loads((out / MARKER).read_text()) == {"written_by": "sink-models inspect", "files": written_files}
     assert f"sink events per image: {2.0:.2f} (NOP 1.00, broadcast 1.00, other 0.00)" in stdout
     assert "skipped 1 unreadable: corrupt.png" in stdout and "sink share: CLS 100.0%" in stdout
 
@@ -315,8 +318,38 @@ def test_out_folder_replaced_only_when_it_is_a_report(dino, image_folder, tmp_pa
     (other / "thesis.tex").write_text("precious")
     capsys.readouterr()
     assert main([str(dino), "--max-images", "1", "--out", str(other)]) == 2
-    assert "not a report folder" in capsys.readouterr().err
+    assert "is not a report folder of sink-models inspect" in capsys.readouterr().err
     assert [p.name for p in other.iterdir()] == ["thesis.tex"]
+    # A report.json alone does not make a folder ours: it once had the thesis and its data deleted.
+    (other / "report.json").write_text("{}")
+    (other / "data").mkdir()
+    assert main([str(dino), "--max-images", "1", "--out", str(other)]) == 2
+    assert "is not a report folder of sink-models inspect" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["data", "report.json", "thesis.tex"]
+    # Nor does our marker make the user's files ours: a report folder the user added to is refused as well.
+    (out / "thesis.tex").write_text("precious")
+    assert main([str(dino), "--max-images", "2", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"sink-models inspect: out: {str(out)!r} holds files this tool did not write (thesis.tex); they would be "
+        "deleted: choose a new folder or move them out.\n"
+    )
+    assert (out / "thesis.tex").read_text() == "precious"
+    assert SinkReport.from_json(out / "report.json").summary["images"] == 1
+
+
+@pytest.mark.parametrize("out", [".", "..", "{cwd}"])
+def test_the_working_folder_is_never_an_out_folder(out, dino, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "work"
+    here.mkdir()
+    (here / "notes.txt").write_text("mine")
+    monkeypatch.chdir(here)
+    out = out.format(cwd=here)
+    assert main([str(dino), "--max-images", "1", "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        f"sink-models inspect: out: {out!r} is the working folder or holds it; allowed: a new folder, e.g. 'report'.\n"
+    )
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["notes.txt", "work"]  # no stray '..old.*' folder
 
 
 def test_console_entry_point(dino, image_folder, tmp_path):

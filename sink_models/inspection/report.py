@@ -2,6 +2,7 @@
 per-layer table, sink heads, figures with captions, what the sink classes mean, the causal interventions if run, the
 images used), with interventions.json and interventions.png when the interventions ran."""
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,20 +33,50 @@ FIGURES = {
 MAX_HEAD_ROWS = 50  # report.md lists at most this many sink heads; heads.csv has them all
 
 
+MARKER = ".sink-models-report.json"  # written last into every report folder: the files this tool wrote there
+
+
 def check_out(folder: Path) -> None:
-    """Refuse, before any work, an `out` that is a file or a folder of something other than an earlier report."""
+    """Refuse, before any work, an `out` that could hold anything this tool did not write: a file, the working folder
+    or one above it, or a non-empty folder other than an earlier report whose marker lists every file in it."""
+    where = str(folder)
     if folder.exists() and not folder.is_dir():
-        raise InspectError(f"out: {str(folder)!r} is a file; allowed: a new folder or an earlier report folder.")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "report.json").is_file():
+        raise InspectError(f"out: {where!r} is a file; allowed: a new folder or an earlier report folder.")
+    resolved, here = folder.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise InspectError(f"out: {where!r} is the working folder or holds it; allowed: a new folder, e.g. 'report'.")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    written = _written_files(folder)
+    if written is None:
         raise InspectError(
-            f"out: {str(folder)!r} exists and is not a report folder (no report.json); it would be replaced: "
-            "choose a new folder."
+            f"out: {where!r} exists and is not a report folder of sink-models inspect (no {MARKER}); it would be "
+            "replaced: choose a new folder."
         )
+    others = sorted(path.name for path in folder.iterdir() if path.name not in written | {MARKER})
+    if others:
+        raise InspectError(
+            f"out: {where!r} holds files this tool did not write ({', '.join(others[:5])}); they would be deleted: "
+            "choose a new folder or move them out."
+        )
+
+
+def _written_files(folder: Path) -> set[str] | None:
+    """The file names an earlier report's marker lists, or None without a readable marker."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    names = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return None
+    return set(names)
 
 
 def write_report(report: SinkReport, folder: Path, interventions: InterventionReport | None = None) -> Path:
     """report.json, heads.csv, the figures and report.md into `folder`, written beside it and renamed into place;
-    with `interventions`, interventions.json and (if anything was edited) interventions.png too."""
+    with `interventions`, interventions.json and (if anything was edited) interventions.png too. An earlier `folder`
+    is replaced only if it is a report this tool wrote, holding nothing else (`check_out`)."""
     check_out(folder)
     with atomic_folder(folder) as staging:
         report.to_json(staging / "report.json")
@@ -56,6 +87,8 @@ def write_report(report: SinkReport, folder: Path, interventions: InterventionRe
             if interventions.rows:
                 interventions.plot(staging / FIGURE)
         (staging / "report.md").write_text(render_markdown(report, figures, interventions))
+        files = sorted(path.name for path in staging.iterdir())
+        (staging / MARKER).write_text(json.dumps({"written_by": "sink-models inspect", "files": files}) + "\n")
     return folder
 
 
