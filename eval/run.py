@@ -28,7 +28,7 @@ from sink_models.evaluation import (  # noqa: E402
     evaluate_checkpoint,
     load_checkpoint,
 )
-from sink_models.files import write_json  # noqa: E402
+from sink_models.files import finite, write_json  # noqa: E402
 from sink_models.interventions.zoo import causal_runs, write_interventions  # noqa: E402
 from sink_models.leaderboard import leaderboard_record, markdown, table  # noqa: E402
 from sink_models.processes import exit_launched  # noqa: E402
@@ -69,8 +69,10 @@ def parse(argv: list[str]) -> EvalArguments:
     args, _, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)  # _: --suite
     if rest:
         raise EvalError(f"unknown options {rest}; see --help")
-    if not builtin:
-        for key in ("results_dir", "cards_dir"):
+    for key in ("results_dir", "cards_dir"):
+        if os.path.exists(getattr(args, key)) and not os.path.isdir(getattr(args, key)):
+            raise EvalError(f"{key}: {getattr(args, key)!r} is a file; allowed: a folder (made if missing).")
+        if not builtin:
             _outside_repository_outputs(key, getattr(args, key))
     return args
 
@@ -85,6 +87,18 @@ def _outside_repository_outputs(option: str, folder: str) -> None:
                 f"(eval/run.py with no --model, or --suite {{{suites}}}); "
                 f"allowed: any other folder (default: {USER_OUTPUTS[option]})."
             )
+
+
+def with_undefined_named(result: dict) -> dict:
+    """`result` with NaN / inf (a model whose activations overflow) as None, their places listed in `non_finite`."""
+    result, undefined = finite(result)
+    undefined += [path.replace("summary.", "sinks.", 1) for path in result["sinks"].get("non_finite", [])]
+    if undefined:
+        result["non_finite"] = sorted(set(undefined))
+        if os.environ.get("RANK", "0") == "0":
+            shown = ", ".join(result["non_finite"][:3])
+            print(f"warning: {result['name']}: {len(undefined)} figures are NaN or inf ({shown}, ...), written as null")
+    return result
 
 
 def in_zoo(source: str) -> bool:
@@ -105,25 +119,33 @@ def main(argv: list[str]) -> int:
     metric = evaluate.load(str(METRIC))
     # Everything is measured before anything is written: bad input anywhere leaves no file behind.
     evaluated, cards = [], []
-    for source in args.model:
+    say = print if accelerator.is_main_process else lambda *_, **__: None
+    opt_in = [name for name, on in (("interventions", args.interventions), ("dense probe", args.dense_probe)) if on]
+    for number, source in enumerate(args.model, 1):
         trusted = args.trust_remote_code or in_zoo(source)  # remote code: asked for, or this repository's zoo
         checkpoint = load_checkpoint(
             source, revision=args.revision, trust_remote_code=trusted, attn_implementation=args.attn_implementation
         )
+        say(f"[{number}/{len(args.model)}] {source}: accuracy and sinks{''.join(', ' + n for n in opt_in)}", flush=True)
         result, report = evaluate_checkpoint(checkpoint, args, metric, accelerator, accelerator.is_local_main_process)
         result["model"]["zoo"] = in_zoo(source)
+        result = with_undefined_named(result)
         del checkpoint
         if accelerator.is_main_process:
             cards.append(render_card(result, report, TEMPLATE, args.hub_org, args.hub_revision))
         evaluated.append((result, report))
     synthetic = None
     if args.synthetic_models and accelerator.is_main_process:
-        synthetic = synthetic_rows(args.synthetic_models, args.retrain_steps, args.seeds, Path(args.work_dir))
+        say(f"synthetic tasks: {len(args.synthetic_models)} models, per-layer signatures", flush=True)
+        work_dir = Path(args.work_dir)
+        synthetic = synthetic_rows(args.synthetic_models, args.retrain_steps, args.seeds, work_dir, progress=True)
     causal = None
     if args.intervention_models and accelerator.is_main_process:
+        say(f"interventions: {len(args.intervention_models)} models, one sink head edited at a time", flush=True)
         trusted = [args.trust_remote_code or in_zoo(source) for source in args.intervention_models]
-        causal = causal_runs(args.intervention_models, args.intervention_images, trusted)
+        causal = causal_runs(args.intervention_models, args.intervention_images, trusted, progress=True)
     if accelerator.is_main_process:
+        say(f"writing results to {args.results_dir}/ and model cards to {args.cards_dir}/", flush=True)
         for (result, report), card in zip(evaluated, cards, strict=True):
             write_json(Path(args.results_dir) / f"{result['name']}.json", result)
             write_card(card, report, Path(args.cards_dir) / result["name"])

@@ -1,6 +1,7 @@
 """`python -m sink_models`: build a SinkViT, save it as a Hub folder, reload it with trust_remote_code, show outputs.
 
-`python -m sink_models inspect MODEL ...` runs `sink-models inspect` instead (see sink_models/inspection/)."""
+`python -m sink_models inspect MODEL ...` runs `sink-models inspect` instead (see sink_models/inspection/);
+`python -m sink_models canvas OUT` writes the canvas-digits images the zoo was trained and evaluated on."""
 
 import argparse
 import os
@@ -13,6 +14,29 @@ if sys.argv[1:2] == ["inspect"]:  # before the demo's offline switch below: insp
     sys.exit(inspect_main(sys.argv[2:]))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local: never look for a Hub
+
+
+def canvas(argv: list[str]) -> int:
+    """`python -m sink_models canvas OUT`: the canvas-digits images as an imagefolder; 2 and one line on bad input."""
+    from sink_models.data import Canvas, parse_options, write_canvas_folder
+
+    parser = argparse.ArgumentParser(prog="python -m sink_models canvas", description=write_canvas_folder.__doc__)
+    parser.add_argument("out", help="a new folder: OUT/{train,test}/<digit>/<row>.png")
+    parser.add_argument("--options", default="{}", help="the recipe's dataset_options, e.g. '{\"size\": 64}'")
+    parser.add_argument("--splits", nargs="+", default=["train", "test"], help="train, test or both")
+    args = parser.parse_args(argv)
+    try:
+        folder = write_canvas_folder(args.out, Canvas(**parse_options(args.options)), tuple(args.splits))
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    counts = {split: sum(1 for _ in (folder / split).rglob("*.png")) for split in args.splits}
+    print(f"wrote {', '.join(f'{n} {split}' for split, n in counts.items())} canvases to {folder}")
+    return 0
+
+
+if sys.argv[1:2] == ["canvas"]:
+    sys.exit(canvas(sys.argv[2:]))
 
 import torch  # noqa: E402
 from transformers import AutoModel, AutoModelForImageClassification  # noqa: E402

@@ -6,7 +6,7 @@ from pathlib import Path
 from transformers import ViTImageProcessorPil
 
 from .configuration_sink_vit import as_pair
-from .files import atomic_folder
+from .files import atomic_folder, umask
 from .modeling_sink_vit import SinkViTPreTrainedModel
 
 
@@ -33,11 +33,16 @@ def save_checkpoint(
         raise TypeError(f"model: expected a SinkViT model, got {type(model).__name__}.")
     source = model.config.converted_from
     if image_processor is None and source:
+        # converted_from is a Hub id or folder when the stock model was loaded from one, else only its class name.
+        named = "/" in source or os.path.isdir(source)
+        where = repr(source) if named else f"<the Hub id or folder of that {source} checkpoint>"
         raise ValueError(
             f"image_processor: required for a model converted from {source!r}; pass its own processor (e.g. "
-            f"AutoImageProcessor.from_pretrained({source!r})): the default one would preprocess its inputs wrongly."
+            f"AutoImageProcessor.from_pretrained({where})): the default one would preprocess its inputs wrongly."
         )
     with atomic_folder(folder) as staging:
         model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
         (image_processor or default_image_processor(model.config)).save_pretrained(staging)
+        for path in staging.iterdir():  # the weights come owner-only from their writer; every file alike
+            path.chmod(0o666 & ~umask())
     return Path(folder)

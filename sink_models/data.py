@@ -9,6 +9,7 @@ import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -237,6 +238,32 @@ def canvas_digits(canvas: Canvas = Canvas()) -> ImageData:
 
     labels = [str(d) for d in range(10)]
     return ImageData(_split(train_pixels, train_labels), _split(rendered, test_labels), labels, prepare)
+
+
+def write_canvas_folder(folder: str | os.PathLike, canvas: Canvas = Canvas(), splits=("train", "test")) -> Path:
+    """The canvases as an imagefolder (`folder/<split>/<digit>/<row>.png`, grey PNGs), for any tool that reads image
+    files: the test split holds exactly the held-out canvases the zoo is evaluated on; the training digits are each
+    placed once (seed `canvas.seed`). A folder that exists is refused, never replaced."""
+    from .files import atomic_folder
+
+    folder = Path(folder)
+    unknown = sorted(set(splits) - {"train", "test"})
+    if unknown or not splits:
+        raise ValueError(f"splits: got {list(splits)}; allowed: one or both of 'train', 'test'.")
+    if folder.exists():
+        raise ValueError(f"out: {str(folder)!r} exists; allowed: a new folder (nothing is overwritten).")
+    data = canvas_digits(canvas)
+    with atomic_folder(folder) as staging:
+        for split in splits:
+            rows = data.eval if split == "test" else data.train
+            for i, row in enumerate(rows):
+                image = Image.open(io.BytesIO(row["image"]["bytes"]))
+                if split == "train":
+                    image = data.prepare(image, random.Random(f"{canvas.seed}-train-{i}"))
+                target = staging / split / data.labels[row["label"]] / f"{i:05d}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                image.save(target)
+    return folder
 
 
 def canvas_dense(

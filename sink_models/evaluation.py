@@ -16,7 +16,13 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+)
 
 from .data import (
     CANVAS,
@@ -35,7 +41,7 @@ from .diagnostics.families import SUPPORTED, family_of, vision_config
 from .diagnostics.stream import model_inputs
 from .errors import first_line
 from .hub import ZOO_VERSION
-from .inspection.loading import from_pretrained
+from .inspection.loading import CONFIG_ERRORS, check_structure, check_weight_files, from_pretrained, source_where
 from .interventions import InterventionReport, intervene
 from .interventions.report import METRICS
 from .probes import ProbeSettings
@@ -149,25 +155,19 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load a checkpoint for evaluation; every way it can fail is an EvalError naming the cause."""
     local = os.path.isdir(source)
-    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1 or os.path.exists(source)):
-        raise EvalError(f"model: {source!r} is not a folder; allowed: a checkpoint folder or a Hub id (org/name).")
-    if local and revision is not None:
-        raise EvalError(f"revision: {revision!r} given for the local folder {source!r}; it applies to Hub ids only.")
-    where = f"{source!r}" + ("" if revision is None else f" at revision {revision!r}")
-    if not local:
-        where = f"{where} (no local folder of that name; as a Hub id)"
+    where = source_where(source, revision, EvalError)
     training_args = _training_args(source, revision) if local else None
     _refuse_task_models(source, training_args)
     try:
+        raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
+        check_structure(raw, where, EvalError)
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    except ValueError as error:
-        if "trust_remote_code" in str(error):
+    except CONFIG_ERRORS as error:
+        if isinstance(error, ValueError) and "trust_remote_code" in str(error):
             raise EvalError(
                 f"model: {where} runs its own code (config model_type needs remote code); pass --trust_remote_code "
                 "if you trust it."
             ) from None
-        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
-    except OSError as error:
         raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
     architectures = config.architectures or []
     if family_of(config) is None:
@@ -176,7 +176,9 @@ def load_checkpoint(
             f"{config.model_type!r}); the diagnostics support these families (model_type; dual encoders through their "
             f"vision tower): {', '.join(SUPPORTED)}."
         )
-    if not local:
+    if local:
+        check_weight_files(source, revision, raw, where, EvalError)
+    else:
         training_args = _training_args(source, revision)
         _refuse_task_models(source, training_args)
     # Accuracy needs a classification head; any other checkpoint of a supported family gets the diagnostics alone.
@@ -374,7 +376,7 @@ def evaluate_checkpoint(
         "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
-    } | _opt_in(checkpoint, data, choice, args, accelerator), report
+    } | _opt_in(checkpoint, data, choice, args, accelerator, show_progress), report
 
 
 def _eval_loader(checkpoint: Checkpoint, images, args: EvalArguments, accelerator) -> tuple:
@@ -407,14 +409,16 @@ def _model_record(checkpoint: Checkpoint, model) -> dict:
     }
 
 
-def _opt_in(checkpoint: Checkpoint, data: ImageData, choice: DataChoice, args: EvalArguments, accelerator) -> dict:
+def _opt_in(
+    checkpoint: Checkpoint, data: ImageData, choice: DataChoice, args: EvalArguments, accelerator, progress
+) -> dict:
     """The results of the opt-in measurements: the causal interventions and the dense probe."""
     extras = {}
     if args.interventions:
         causal = intervention_report(checkpoint, data, args.intervention_images, args.batch_size, accelerator)
         extras["interventions"] = intervention_block(causal)
     if args.dense_probe:
-        extras["dense_probe"] = dense_probe_block(checkpoint, choice, args)
+        extras["dense_probe"] = dense_probe_block(checkpoint, choice, args, progress)
     return extras
 
 
@@ -473,7 +477,7 @@ def intervention_report(
     return intervene(model, batches(edited), held_out=held_out, accelerator=accelerator)
 
 
-def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments) -> dict:
+def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments, progress: bool = False) -> dict:
     """A linear probe of the frozen patch tokens (SCIENCE.md section 8) on `dense_probe_dataset`, or for a
     canvas-digits model on the label maps of its canvases: trained on the training split, scored on the held-out one
     (its first `max_images`)."""
@@ -504,6 +508,7 @@ def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArgu
         layer=args.dense_probe_layer,
         probe=probe,
         seeds=tuple(args.dense_probe_seeds),
+        progress=progress,
     )
     try:
         return dense_probe(checkpoint.model, checkpoint.processor, options)

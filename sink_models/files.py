@@ -1,6 +1,7 @@
 """Atomic writes: a temporary file or folder beside the target, renamed into place: a reader never sees half of one."""
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -55,6 +56,20 @@ def _replace(staging: Path, folder: Path) -> None:
         raise
     finally:
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def finite(data, where: str = "") -> tuple[object, list[str]]:
+    """`data` (nested dicts and lists) with every NaN and infinity replaced by None, and where they were
+    (`heads[3].max_inflow`): JSON has no such numbers, and a report must say which of its figures are undefined."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where]
+    if isinstance(data, dict):
+        pairs = [(key, finite(value, f"{where}.{key}" if where else str(key))) for key, value in data.items()]
+        return {key: value for key, (value, _) in pairs}, [path for _, (_, paths) in pairs for path in paths]
+    if isinstance(data, list | tuple):
+        items = [finite(value, f"{where}[{i}]") for i, value in enumerate(data)]
+        return [value for value, _ in items], [path for _, paths in items for path in paths]
+    return data, []
 
 
 def write_json(path: str | os.PathLike, data) -> Path:

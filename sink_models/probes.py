@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .diagnostics.capture import Adapter, adapter_for
 from .diagnostics.stream import all_patches_kept, model_inputs
@@ -184,11 +185,13 @@ def linear_probe(
     eval_pixel_labels: torch.Tensor | None = None,
     train_pixel_labels: torch.Tensor | None = None,
     background: int | None = 0,
+    progress: bool = False,
 ) -> ProbeResult:
     """Trains a per-patch linear classifier on the training patches and scores it on the held-out ones. Features are
     (images, patches, channels); labels (images, rows, columns) in [0, classes) or `settings.ignore_index`, with
     rows x columns = patches. `eval_pixel_labels` (images, height, width) adds scores at pixel resolution;
-    `train_pixel_labels` trains on bilinear-upsampled logits against them, as the paper does ("adamw" only)."""
+    `train_pixel_labels` trains on bilinear-upsampled logits against them, as the paper does ("adamw" only).
+    `progress` shows the fit's progress bar (stderr)."""
     settings = settings or ProbeSettings()
     ignore = settings.ignore_index
     train_features, eval_features = (
@@ -213,9 +216,9 @@ def linear_probe(
     nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
     grid = tuple(train_labels.shape[1:])
     if settings.optimizer == "lbfgs":
-        _fit_lbfgs(head, (train_features - mean) / std, train_labels, settings)
+        _fit_lbfgs(head, (train_features - mean) / std, train_labels, settings, progress)
     else:
-        _fit_adamw(head, train_features, train_labels, train_pixel_labels, (mean, std), grid, settings)
+        _fit_adamw(head, train_features, train_labels, train_pixel_labels, (mean, std), grid, settings, progress)
     return _score(head, eval_features, eval_labels, eval_pixel_labels, (mean, std), classes, ignore, background)
 
 
@@ -226,7 +229,9 @@ def _statistics(features: torch.Tensor, standardize: bool) -> tuple[torch.Tensor
     return flat.mean(0), flat.std(0).clamp_min(1e-6)
 
 
-def _fit_lbfgs(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, settings: ProbeSettings) -> None:
+def _fit_lbfgs(
+    head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, settings: ProbeSettings, progress: bool = False
+) -> None:
     x, y = features.reshape(-1, features.shape[-1]).float(), labels.reshape(-1).long()
     if settings.ignore_index is not None:
         x, y = x[y != settings.ignore_index], y[y != settings.ignore_index]
@@ -235,17 +240,23 @@ def _fit_lbfgs(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor, se
         tolerance_grad=1e-6, tolerance_change=1e-9,
     )  # fmt: skip
 
+    # Until convergence: at most max_iter evaluations (the line search makes a few more per iteration, rarely).
+    bar = tqdm(total=settings.max_iter, desc="dense probe: fit", unit="eval", disable=not progress, leave=False)
+
     def loss() -> torch.Tensor:
         optimizer.zero_grad()
         value = F.cross_entropy(head(x), y) + settings.weight_decay / 2 * head.weight.square().sum()
         value.backward()
+        bar.update(1)
         return value
 
-    with torch.enable_grad():
+    with torch.enable_grad(), bar:
         optimizer.step(loss)
 
 
-def _fit_adamw(head, features, labels, pixels, statistics, grid, settings: ProbeSettings) -> None:
+def _fit_adamw(
+    head, features, labels, pixels, statistics, grid, settings: ProbeSettings, progress: bool = False
+) -> None:
     mean, std = statistics
     optimizer = torch.optim.AdamW(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps = max(len(features) // settings.batch_size, 1) * settings.epochs
@@ -260,8 +271,9 @@ def _fit_adamw(head, features, labels, pixels, statistics, grid, settings: Probe
     )
     generator = torch.Generator().manual_seed(settings.seed)
     ignore = -100 if settings.ignore_index is None else settings.ignore_index
+    epochs = tqdm(range(settings.epochs), desc="dense probe: fit", unit="epoch", disable=not progress, leave=False)
     with torch.enable_grad():
-        for _ in range(settings.epochs):
+        for _ in epochs:
             order = torch.randperm(len(features), generator=generator)
             for rows in order.split(settings.batch_size):
                 if len(rows) < settings.batch_size and len(features) >= settings.batch_size:

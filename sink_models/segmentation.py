@@ -9,6 +9,7 @@ import datasets
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from .data import CANVAS, Canvas, canvas_dense, load_folder_or_hub, parse_options, patch_labels
 from .diagnostics.capture import adapter_for
@@ -41,6 +42,7 @@ class DenseOptions:
     layer: int | None = None
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     seeds: tuple[int, ...] = (0,)
+    progress: bool = False  # progress bars (stderr) for the two feature passes and the fit
 
 
 @dataclass
@@ -63,7 +65,8 @@ def dense_probe(model: torch.nn.Module, processor, options: DenseOptions) -> dic
     split["eval"] = _canvas(options, "eval") if canvas else _segmentation(options, "eval", adapter)
     features, labels = {}, {}
     for name, data in split.items():
-        features[name] = _features(model, processor, data.images, options.layer, canvas)
+        desc = f"dense probe: {name} features"
+        features[name] = _features(model, processor, data.images, options.layer, canvas, desc, options.progress)
         _check_grid(features[name], data.masks, adapter.patch_size)
         labels[name] = torch.as_tensor(
             patch_labels(data.masks, adapter.patch_size, options.min_share)
@@ -110,7 +113,7 @@ def _probe(features, labels, split, classes, options, seed, canvas):
     return linear_probe(
         features["train"], labels["train"], features["eval"], labels["eval"], classes, settings,
         eval_pixel_labels=torch.as_tensor(split["eval"].masks), train_pixel_labels=train_pixels,
-        background=0 if canvas else None,
+        background=0 if canvas else None, progress=options.progress,
     )  # fmt: skip
 
 
@@ -132,12 +135,11 @@ def _check_grid(features: torch.Tensor, masks: np.ndarray, patch: tuple[int, int
         )
 
 
-def _features(model, processor, images: list[Image.Image], layer: int | None, canvas: bool) -> torch.Tensor:
+def _features(model, processor, images: list[Image.Image], layer, canvas: bool, desc: str, progress: bool):
     # Segmentation images come resized to the probe's resolution: the processor must not resize or crop them again.
     kwargs = {} if canvas else {"do_resize": False, "do_center_crop": False}
-    batches = (
-        dict(processor(images[at : at + BATCH], return_tensors="pt", **kwargs)) for at in range(0, len(images), BATCH)
-    )
+    starts = tqdm(range(0, len(images), BATCH), desc=desc, unit="batch", disable=not progress, leave=False)
+    batches = (dict(processor(images[at : at + BATCH], return_tensors="pt", **kwargs)) for at in starts)
     return layer_features(model, batches, (layer,))[layer]
 
 

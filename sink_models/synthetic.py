@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 from .cards import markdown_table, merge_sections
 from .configuration_sink_vit import SinkViTConfig
@@ -345,11 +346,13 @@ def retrain(folder: str | Path, steps: int, seed: int, output_dir: str | Path) -
     return Path(output_dir) / "model"
 
 
-def synthetic_rows(folders: list[str], retrain_steps: int = 0, seeds=(0,), work_dir: Path | None = None) -> list[dict]:
+def synthetic_rows(
+    folders: list[str], retrain_steps: int = 0, seeds=(0,), work_dir: Path | None = None, progress: bool = False
+) -> list[dict]:
     """The table's rows for synthetic-task checkpoints, each checked before any work is done.
 
     With `retrain_steps`, each checkpoint's recipe is first trained afresh for that many steps per seed, into
-    `work_dir/<name>-seed<seed>` (default work_dir: runs/synthetic).
+    `work_dir/<name>-seed<seed>` (default work_dir: runs/synthetic). `progress`: a progress bar over the models.
     """
     names = [checkpoint_name(folder) for folder in folders]
     for folder in folders:
@@ -366,7 +369,7 @@ def synthetic_rows(folders: list[str], retrain_steps: int = 0, seeds=(0,), work_
             out = Path(work_dir or "runs/synthetic") / f"{name}-seed{seed}"
             runs.append((name, retrain(folder, retrain_steps, seed, out)))
     rows = []
-    for name, folder in runs:
+    for name, folder in tqdm(runs, desc="synthetic-task models", unit="model", disable=not progress):
         model, task, args = load_task_model(folder)
         penalty = args["train"].get("common_mode_penalty", 0.0)  # absent in checkpoints from before the penalty
         rows.extend(analyse(model, task, name, args["model"]["variant"], args["train"]["seed"], penalty))

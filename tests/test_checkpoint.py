@@ -93,6 +93,11 @@ def test_saved_folder_is_readable_by_others(model, tmp_path):
     finally:
         os.umask(umask)
     assert folder.stat().st_mode & 0o777 == 0o755
+    # Every file alike: the weights once came owner-only (0600) beside 0644 config and processor files.
+    assert {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()} == {
+        path.name: 0o644 for path in folder.iterdir()
+    }
+    assert "model.safetensors" in {path.name for path in folder.iterdir()}
 
 
 def test_converted_models_need_their_own_processor(tmp_path):
@@ -104,6 +109,14 @@ def test_converted_models_need_their_own_processor(tmp_path):
     assert not (tmp_path / "ckpt").exists()
     folder = save_checkpoint(model, tmp_path / "ckpt", image_processor=default_image_processor(model.config))
     assert json.loads((folder / "config.json").read_text())["converted_from"] == "facebook/dinov2-small"
+    # Converted from a model built in memory, only its class is known: the hint must not pass it as a Hub id.
+    unnamed = SinkViTModel(tiny_config("plain", converted_from="Dinov2WithRegistersModel"))
+    with pytest.raises(ValueError) as error:
+        save_checkpoint(unnamed, tmp_path / "other")
+    assert "AutoImageProcessor.from_pretrained(<the Hub id or folder of that Dinov2WithRegistersModel checkpoint>)" in (
+        str(error.value)
+    )
+    assert "from_pretrained('Dinov2WithRegistersModel')" not in str(error.value)
 
 
 def test_main_job_builds_saves_and_reloads(tmp_path):

@@ -212,3 +212,21 @@ def test_class_labels_declared_differently_per_split_are_matched_by_name(tmp_pat
     data = load_image_data("org/relabelled")
     assert data.labels == ["x", "y", "z"]
     assert [data.labels[y] for y in data.eval["label"]] == ["z", "z", "y"]
+
+
+def test_canvas_folder_holds_the_held_out_canvases_the_zoo_is_evaluated_on(tmp_path):
+    from sink_models.data import write_canvas_folder
+
+    canvas = Canvas(size=24, digit_size=8, distractors=1)
+    folder = write_canvas_folder(tmp_path / "canvas", canvas, splits=("test",))
+    expected = canvas_digits(canvas).eval
+    loaded = load_image_data(str(folder), eval_split="test", train_split="test")
+    assert loaded.labels == [str(d) for d in range(10)] and len(loaded.eval) == len(expected) == 359
+    files = sorted(folder.rglob("*.png"), key=lambda path: path.name)  # rows numbered in the split's order
+    for i in (0, 17, 358):
+        pixels = np.asarray(Image.open(files[i]))
+        want = np.asarray(Image.open(io.BytesIO(expected[i]["image"]["bytes"])))
+        np.testing.assert_array_equal(pixels, want)
+        assert files[i].parent.name == str(expected[i]["label"])
+    with pytest.raises(ValueError, match="exists; allowed: a new folder"):
+        write_canvas_folder(folder, canvas, splits=("test",))

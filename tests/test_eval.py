@@ -2,6 +2,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -286,7 +287,9 @@ def imagefolder(root: Path) -> Path:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("missing", "model: '{tmp}/nowhere' is not a folder; allowed: a checkpoint folder or a Hub id"),
+        ("missing", "model: '{tmp}/nowhere' is not a folder; allowed: a model folder or a Hub id"),
+        ("pickled", "has only pytorch_model.bin (a pickle, never loaded here); allowed: weights in safetensors files"),
+        ("decoy", "could not be loaded: ValueError: the weights file lacks"),
         ("hub", "model: 'noorg/nomodel' (no local folder of that name; as a Hub id) could not be loaded"),
         ("unsupported", "is a Data2VecVisionModel checkpoint (model_type 'data2vec-vision'); the diagnostics support"),
         ("columns", "label_column: '{tmp}/images' has no column 'kind'; its columns are ['image', 'label']"),
@@ -307,16 +310,40 @@ def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoin
         "remote": ["--model", checkpoint],
         "local-revision": ["--model", checkpoint, "--trust_remote_code", "--revision", "v1"],
         "suite": ["--suite", "nosuch"],
+        "pickled": ["--model", tmp_path / "pickled", "--trust_remote_code"],
+        "decoy": ["--model", tmp_path / "decoy", "--trust_remote_code"],
     }[case]
+    if case in ("pickled", "decoy"):
+        from safetensors.torch import load_file, save_file
+
+        folder = shutil.copytree(checkpoint, tmp_path / case)
+        weights = load_file(folder / "model.safetensors")
+        (folder / "model.safetensors").unlink()
+        if case == "pickled":
+            (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Marker(tmp_path / "unpickled.txt")))
+        else:  # as many tensors as the model's, none of them by name
+            save_file({f"w{i}": torch.zeros(2) for i in range(len(weights))}, folder / "model.safetensors")
     if case == "unsupported":
         # Its attention bypasses the attention-function registry.
         d2v = Data2VecVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64)
         Data2VecVisionModel(d2v).save_pretrained(tmp_path / "d2v")
     code, out = run([*argv, *outputs(tmp_path)], capsys)
     assert code != 0
-    lines = [line for line in out.splitlines() if line.strip()]
+    # The model's stage line ("[1/1] ...: accuracy and sinks") may come first when the data, not the model, is bad.
+    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("[1/1] ")]
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], out
     assert not (tmp_path / "results").exists() and not (tmp_path / "cards").exists()
+    assert not (tmp_path / "unpickled.txt").exists()
+
+
+class Marker:
+    """A pickle that, if ever unpickled, leaves a file behind."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "unpickled"))
 
 
 def test_the_command_line_exits_non_zero_with_one_line(tmp_path):
@@ -326,7 +353,7 @@ def test_the_command_line_exits_non_zero_with_one_line(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
-        f"error: model: '{tmp_path}/nowhere' is not a folder; allowed: a checkpoint folder or a Hub id (org/name)."
+        f"error: model: '{tmp_path}/nowhere' is not a folder; allowed: a model folder or a Hub id (org/name)."
     ]
 
 
@@ -487,3 +514,36 @@ def test_dense_probe_on_a_canvas_model(tmp_path, capsys):
     assert block["iou"] == {str(c): pytest.approx(v, rel=1e-6) for c, v in expected.iou.items()}
     code, out = run(["--model", model_dir, "--dataset", "digits", "--dense_probe", *outputs(tmp_path / "b")], capsys)
     assert code == 2 and "dense_probe: 'digits' has no dense labels; pass --dense_probe_dataset" in out
+
+
+def test_non_finite_figures_are_written_as_null_and_named(checkpoint, tmp_path, capsys):
+    """A model whose activations overflow still gets results; both models of the run are written, nothing crashes."""
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(checkpoint, tmp_path / "vit-overflow")
+    weights = load_file(folder / "model.safetensors")
+    (cls_token,) = [name for name in weights if name.endswith("cls_token")]
+    weights[cls_token] = torch.full_like(weights[cls_token], float("inf"))
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    argv = ["--model", checkpoint, folder, "--trust_remote_code", "--max_images", 4, *outputs(tmp_path)]
+    code, out = run(argv, capsys)
+    assert code == 0, out
+    fine, overflow = (
+        json.loads((tmp_path / "results" / f"{n}.json").read_text()) for n in ("vit-planted", "vit-overflow")
+    )
+    assert "non_finite" not in fine and fine["heads"][0]["max_inflow"] is not None
+    assert all(head["max_inflow"] is None for head in overflow["heads"])  # NaN attention: undefined, not a number
+    assert {f"heads[{i}].max_inflow" for i in range(len(overflow["heads"]))} <= set(overflow["non_finite"])
+    assert all(layer["token_norm_max_over_median"] is None for layer in overflow["layers"])
+    assert f"warning: vit-overflow: {len(overflow['non_finite'])} figures are NaN or inf" in out
+    assert (tmp_path / "cards" / "vit-overflow" / "README.md").is_file()
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(checkpoint, tmp_path, capsys):
+    (tmp_path / "cards").write_text("a file")
+    code, out = run(["--model", checkpoint, "--trust_remote_code", *outputs(tmp_path)], capsys)
+    assert (code, out.strip()) == (
+        2,
+        f"error: cards_dir: {str(tmp_path / 'cards')!r} is a file; allowed: a folder (made if missing).",
+    )
+    assert not (tmp_path / "results").exists()

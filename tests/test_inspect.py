@@ -4,12 +4,15 @@ built-in images, datasets, and the one-line errors."""
 import csv
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from conftest import STOCK_SIZES, assert_nested_close, tiny_config
 from families import CASES as FAMILY_CASES
@@ -40,6 +43,7 @@ from sink_models.inspection import (
     builtin_images,
     cli,
     inspect_model,
+    load_model,
     main,
     render_markdown,
 )
@@ -266,7 +270,7 @@ def test_dataset_imagefolder(dino, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bad_models(tmp_path_factory) -> Path:
+def bad_models(tmp_path_factory, dino) -> Path:
     root = tmp_path_factory.mktemp("bad")
     small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
     BertModel(BertConfig(**small, vocab_size=100)).save_pretrained(root / "bert")
@@ -280,7 +284,49 @@ def bad_models(tmp_path_factory) -> Path:
     (root / "unreadable").mkdir()
     (root / "unreadable" / "notes.txt").write_text("not an image")
     (root / "unreadable" / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    hostile_checkpoints(root, dino)
     return root
+
+
+class Marker:
+    """A pickle that, if ever unpickled, leaves a file behind."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "unpickled"))
+
+
+def hostile_checkpoints(root: Path, dino: Path) -> None:
+    """Copies of the tiny DINOv2 that lie: weights of another model, extra weights, pickled weights only, and
+    config.json structures that fail deep in the build (or take minutes to build)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(dino / "model.safetensors")
+    for name in ("decoy", "extra", "pickled", "truncated", *MALFORMED):
+        shutil.copytree(dino, root / name)
+    whole = (dino / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(whole[: len(whole) // 2])
+    decoy = {f"backbone.weight{i}": torch.zeros(4) for i in range(len(weights))}  # as many tensors, none the model's
+    save_file(decoy, root / "decoy" / "model.safetensors", metadata={"format": "pt"})
+    extra = weights | {"encoder.layer.0.attention.backdoor": torch.ones(3)}
+    save_file(extra, root / "extra" / "model.safetensors", metadata={"format": "pt"})
+    (root / "pickled" / "model.safetensors").unlink()
+    with open(root / "pickled" / "pytorch_model.bin", "wb") as file:
+        pickle.dump(Marker(root / "unpickled.txt"), file)
+    for name, change in MALFORMED.items():
+        config = json.loads((root / name / "config.json").read_text())
+        (root / name / "config.json").write_text(change(config))
+
+
+MALFORMED = {
+    "patch 0": lambda c: json.dumps(c | {"patch_size": 0}),
+    "heads 0": lambda c: json.dumps(c | {"num_attention_heads": 0}),
+    "layers 2.5": lambda c: json.dumps(c | {"num_hidden_layers": 2.5}),
+    "100k layers": lambda c: json.dumps(c | {"num_hidden_layers": 100_000}),
+    "deep json": lambda c: json.dumps(c)[:-1] + ', "nested": ' + "[" * 200_000 + "]" * 200_000 + "}",
+}
 
 
 BAD = {
@@ -292,6 +338,17 @@ BAD = {
     "empty folder": (["{dino}", "--images", "{root}/empty"], "has no files"),
     "unreadable": (["{dino}", "--images", "{root}/unreadable"], "none of the 2 files"),
     "no image folder": (["{dino}", "--images", "{root}/nowhere"], "is not a folder"),
+    "decoy weights": (["{root}/decoy"], "the weights file lacks {weights} of the model's weights"),
+    "extra weights": (["{root}/extra"], "holds 1 weights the model does not have (encoder.layer.0.attention.backdoor)"),
+    "truncated weights": (["{root}/truncated"], "has model.safetensors, which is not a readable safetensors file"),
+    "pickle only": (["{root}/pickled"], "has only pytorch_model.bin (a pickle, never loaded here)"),
+    "patch 0": (["{root}/patch 0"], "config.json patch_size 0; allowed: a positive integer"),
+    "heads 0": (["{root}/heads 0"], "config.json num_attention_heads 0; allowed: a positive integer"),
+    "layers 2.5": (["{root}/layers 2.5"], "config.json num_hidden_layers 2.5; allowed: a positive integer"),
+    "100k layers": (["{root}/100k layers"], "num_hidden_layers 100000, but its safetensors files hold only"),
+    "deep json": (["{root}/deep json"], "could not be loaded: RecursionError"),
+    "a file": (["{root}/unreadable/notes.txt"], "is a file; allowed: a model folder or a Hub id (org/name)"),
+    "not a Hub id": (["bad..name"], "is neither a folder nor a valid Hub id"),
 }
 
 
@@ -299,12 +356,41 @@ BAD = {
 def test_bad_input_is_one_line(case, bad_models, dino, tmp_path, capsys):
     argv, message = BAD[case]
     argv = [arg.format(root=bad_models, dino=dino) for arg in argv]
+    message = message.format(weights=len(safetensors.torch.load_file(dino / "model.safetensors")))
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
     assert captured.err.startswith("sink-models inspect: ") and message in captured.err
     assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary folder
+    assert not (bad_models / "unpickled.txt").exists()
+
+
+def test_a_mistyped_local_folder_fails_at_once_with_the_close_names(dino, capsys, monkeypatch):
+    monkeypatch.chdir(dino.parent.parent)
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # were it taken for a Hub id, it would wait on the Hub's retries
+    typo = f"{dino.parent.name}/tiny-dinov"
+    assert main([typo]) == 2
+    assert capsys.readouterr().err == (
+        f"sink-models inspect: model: {typo!r} is not a folder (in {dino.parent.name!r}: did you mean "
+        "'tiny-dinov2'?); allowed: a model folder or a Hub id (org/name).\n"
+    )
+
+
+def test_the_repos_attention_implementation_is_never_used(dino, tmp_path):
+    """A config.json naming a Hub kernel would have transformers fetch and run it: the command chooses its own."""
+    folder = tmp_path / "kernel"
+    shutil.copytree(dino, folder)
+    config = json.loads((folder / "config.json").read_text())
+    evil = {"attn_implementation": "evilorg/evil-kernel", "_attn_implementation": "evilorg/evil-kernel"}
+    (folder / "config.json").write_text(json.dumps(config | evil))
+    model, _, _ = load_model(str(folder))
+    assert model.config._attn_implementation == "sdpa"
+    assert load_model(str(folder), attn_implementation="eager")[0].config._attn_implementation == "eager"
+    result = inspect_model(str(folder), max_images=2, progress=False)
+    expected = inspect_model(str(dino), max_images=2, progress=False)
+    for name in ("heads", "layers", "events"):
+        assert_nested_close(getattr(result.report, name), getattr(expected.report, name), rel=1e-6, where=name)
 
 
 def test_out_folder_replaced_only_when_it_is_a_report(dino, image_folder, tmp_path, capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, finite
 from .metrics import Thresholds
 
 CLASSES = ("nop", "broadcast", "other")
@@ -168,6 +168,11 @@ class SinkReport:
         )
         # The paper's tables leave out block 0, whose sinks are of another kind.
         summary["excluding_first_layer"] = _per_image([e for e in acc.events if e["layer"] > 0], n)
+        # A model whose activations overflow (NaN / inf) still gets its report: undefined figures are None, named.
+        parts, undefined = finite({"heads": heads, "layers": layers, "summary": summary})
+        heads, layers, summary = parts["heads"], parts["layers"], parts["summary"]
+        if undefined:
+            summary["non_finite"] = undefined
         return cls(summary, heads, layers, acc.events, thresholds.to_dict(), model, attention)
 
     def to_json(self, path: str | os.PathLike) -> Path:

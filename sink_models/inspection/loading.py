@@ -1,38 +1,51 @@
 """The model, its config and its image processor for `sink-models inspect`, from a folder or a Hub id."""
 
+import difflib
 import os
 
 import torch
 import transformers
+from huggingface_hub.errors import StrictDataclassError
 
 from ..errors import first_line
 from .errors import InspectError
+
+# What reading a config.json can raise: a malformed file, a field of the wrong type (transformers' strict
+# dataclasses), a nesting deep enough to exhaust the JSON parser's recursion.
+CONFIG_ERRORS = (OSError, ValueError, TypeError, RecursionError, StrictDataclassError)
+DEFAULT_ATTENTION = "sdpa"  # never the repo's config.json choice: a Hub kernel name there fetches and runs its code
 
 
 def load_model(
     source: str, *, revision: str | None = None, trust_remote_code: bool = False, attn_implementation=None
 ) -> tuple[torch.nn.Module, object, str]:
     """(model in eval mode, its image processor, the PIL mode its images need). SinkViT checkpoints load with the
-    installed classes, never the checkpoint's python files; other code runs only with `trust_remote_code`."""
+    installed classes, never the checkpoint's python files; other code runs only with `trust_remote_code`. Weights are
+    safetensors only and must be the model's, all of them (`from_pretrained`)."""
     from transformers import AutoModel, PreTrainedConfig
 
     from ..modeling_sink_vit import SinkViTModel
 
-    where = _where(source, revision)
-    kwargs = {"revision": revision, "dtype": torch.float32}  # float32 metrics, whatever dtype the weights were saved in
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+    where = source_where(source, revision, InspectError)
+    # float32 metrics, whatever dtype the weights were saved in; the attention function is ours to choose
+    kwargs = {
+        "revision": revision,
+        "dtype": torch.float32,
+        "attn_implementation": attn_implementation or DEFAULT_ATTENTION,
+    }
     try:
         # The raw config.json: AutoConfig would refuse SinkViT's config without trust_remote_code.
         raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
-    except (OSError, ValueError) as error:
+    except CONFIG_ERRORS as error:
         raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
+    check_structure(raw, where, InspectError)
     if raw.get("model_type") == "sink_vit":
         model_class, channels = SinkViTModel, raw.get("num_channels", 3)
     else:
         config = _auto_config(source, revision, trust_remote_code, where)
         model_class, channels = AutoModel, vision_channels(config, where)
         kwargs |= {"config": config, "trust_remote_code": trust_remote_code}
+    check_weight_files(source, revision, raw, where, InspectError)
     processor = _image_processor(source, revision, trust_remote_code, where)
     try:
         model = from_pretrained(model_class, source, **kwargs)
@@ -42,16 +55,40 @@ def load_model(
 
 
 def from_pretrained(auto, source: str, **kwargs):
-    """`auto.from_pretrained`, or for a checkpoint of a class the auto mapping lacks (a bare `MetaClip2VisionModel`)
-    the transformers class its config names: transformers' own code, never the checkpoint's."""
+    """`auto.from_pretrained` from safetensors only, or for a checkpoint of a class the auto mapping lacks (a bare
+    `MetaClip2VisionModel`) the transformers class its config names: transformers' own code, never the checkpoint's.
+    A checkpoint missing any of the model's weights, or holding weights of its modules that the model lacks, is a
+    ValueError: diagnosing the random weights of a decoy as if they were trained would be silently wrong."""
+    kwargs = {"use_safetensors": True, **kwargs, "output_loading_info": True}
     try:
-        return auto.from_pretrained(source, **kwargs)
+        model, info = auto.from_pretrained(source, **kwargs)
     except ValueError as error:
         known = named_class(kwargs.get("config"))
         if "Unrecognized configuration class" not in str(error) or known is None:
             raise
         kwargs.pop("trust_remote_code", None)
-        return known.from_pretrained(source, **kwargs)
+        model, info = known.from_pretrained(source, **kwargs)
+    check_loaded_weights(model, info)
+    return model
+
+
+def check_loaded_weights(model: torch.nn.Module, info: dict) -> None:
+    """Refuse what `from_pretrained` would leave at random or ignore inside the model: any missing weight but ViT's
+    dense+tanh pooler (stock heads drop it and no diagnostic reads it), and unexpected weights of the model's own
+    modules (those of another head, `classifier.*` of a head checkpoint loaded as a backbone, are only not used)."""
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith("pooler."))
+    if missing:
+        raise ValueError(
+            f"the weights file lacks {len(missing)} of the model's weights ({', '.join(missing[:3])}, ...): it is not "
+            "this model's checkpoint; allowed: a checkpoint holding every weight its config.json describes."
+        )
+    children = {name for name, _ in model.named_children()}
+    unexpected = sorted(key for key in info["unexpected_keys"] if key.split(".")[0] in children)
+    if unexpected:
+        raise ValueError(
+            f"the weights file holds {len(unexpected)} weights the model does not have ({', '.join(unexpected[:3])}): "
+            "config.json and the weights disagree; allowed: the weights of the model its config.json describes."
+        )
 
 
 def named_class(config) -> type | None:
@@ -62,14 +99,95 @@ def named_class(config) -> type | None:
     return known if isinstance(known, type) and issubclass(known, transformers.PreTrainedModel) else None
 
 
-def _where(source: str, revision: str | None) -> str:
+def source_where(source: str, revision: str | None, error: type[ValueError]) -> str:
+    """How messages name `source` (and `revision`); raises `error` at once for a source that is neither a folder
+    nor a Hub id: a file, a path (./, /, ~, two slashes, or under a folder that exists here: a mistyped local folder
+    must not wait on the Hub's retries), or a name the Hub would refuse."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     local = os.path.isdir(source)
-    if not local and (source.startswith((".", "/", "~")) or source.count("/") > 1 or os.path.exists(source)):
-        raise InspectError(f"model: {source!r} is not a folder; allowed: a model folder or a Hub id (org/name).")
     if local and revision is not None:
-        raise InspectError(f"revision: {revision!r} given for the local folder {source!r}; it applies to Hub ids only.")
+        raise error(f"revision: {revision!r} given for the local folder {source!r}; it applies to Hub ids only.")
+    if local:
+        return repr(source)
+    allowed = "allowed: a model folder or a Hub id (org/name)"
+    if os.path.exists(source):
+        raise error(f"model: {source!r} is a file; {allowed}.")
+    parent = os.path.dirname(source)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or (parent and os.path.isdir(parent)):
+        close = difflib.get_close_matches(os.path.basename(source), _folders(parent), n=3) if parent else []
+        hint = f" (in {parent!r}: did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise error(f"model: {source!r} is not a folder{hint}; {allowed}.")
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise error(f"model: {source!r} is neither a folder nor a valid Hub id; {allowed}.") from None
     where = repr(source) + ("" if revision is None else f" at revision {revision!r}")
-    return where if local else f"{where} (no local folder of that name; as a Hub id)"
+    return f"{where} (no local folder of that name; as a Hub id)"
+
+
+def _folders(parent: str) -> list[str]:
+    try:
+        return [entry.name for entry in os.scandir(parent) if entry.is_dir()]
+    except OSError:
+        return []
+
+
+# Structure fields that size the model: a positive int each (a float, zero or a string fails deep in the build).
+STRUCTURE_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "patch_size")
+
+
+def check_structure(values: dict, where: str, error: type[ValueError]) -> None:
+    """Refuse a raw config.json (or its `vision_config`) whose structure fields are not positive ints."""
+    vision = values.get("vision_config")
+    for part, fields in (("", values), ("vision_config.", vision if isinstance(vision, dict) else {})):
+        for name in STRUCTURE_FIELDS:
+            value = fields.get(name)
+            if value is None or (name == "patch_size" and _positive_pair(value)):
+                continue
+            if type(value) is not int or value < 1:
+                raise error(f"model: {where} has config.json {part}{name} {value!r}; allowed: a positive integer.")
+
+
+def _positive_pair(value) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 2 and all(type(v) is int and v > 0 for v in value)
+
+
+def check_weight_files(source: str, revision: str | None, raw: dict, where: str, error: type[ValueError]) -> None:
+    """For a local folder: refuse a pickle-only checkpoint (never unpickled), and a config.json asking for more layers
+    than its safetensors files could hold (a 100,000-layer config would take minutes to build before failing)."""
+    if not os.path.isdir(source):
+        return  # a Hub checkpoint: from_pretrained fetches safetensors only, and fails on their absence
+    names = os.listdir(source)
+    weights = [name for name in names if name.endswith(".safetensors")]
+    if not weights:
+        pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
+        found = f"only {', '.join(pickles)} (a pickle, never loaded here)" if pickles else "no weights file"
+        raise error(f"model: {where} has {found}; allowed: weights in safetensors files (model.safetensors).")
+    tensors = sum(_tensor_count(os.path.join(source, name), where, error) for name in weights)
+    vision = raw.get("vision_config") if isinstance(raw.get("vision_config"), dict) else raw
+    layers = vision.get("num_hidden_layers")
+    if type(layers) is int and layers > tensors:  # every block holds several weight tensors
+        raise error(
+            f"model: {where} has config.json num_hidden_layers {layers}, but its safetensors files hold only {tensors} "
+            "tensors; allowed: a config.json that matches its weights."
+        )
+
+
+def _tensor_count(path: str, where: str, error: type[ValueError]) -> int:
+    """The number of tensors a safetensors file holds, read from its header alone; a file without a readable header
+    (empty, truncated, not safetensors) is `error`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as file:
+            return len(file.keys())
+    except Exception as cause:  # noqa: BLE001 -- safetensors' own error type, OSError, ValueError: all mean unreadable
+        raise error(
+            f"model: {where} has {os.path.basename(path)}, which is not a readable safetensors file "
+            f"({first_line(cause, 120)}); allowed: a complete safetensors file."
+        ) from None
 
 
 def _auto_config(source: str, revision: str | None, trust_remote_code: bool, where: str):
@@ -77,14 +195,12 @@ def _auto_config(source: str, revision: str | None, trust_remote_code: bool, whe
 
     try:
         return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    except ValueError as error:
-        if "trust_remote_code" in str(error):
+    except CONFIG_ERRORS as error:
+        if isinstance(error, ValueError) and "trust_remote_code" in str(error):
             raise InspectError(
                 f"model: {where} runs its own code (config.json's auto_map); pass --trust-remote-code "
                 "(trust_remote_code=True) if you trust it."
             ) from None
-        raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
-    except OSError as error:
         raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ..cards import markdown_table, merge_sections
 from ..diagnostics import Thresholds
@@ -49,11 +50,14 @@ PAPER_TOY = {
 }
 
 
-def causal_runs(folders: list[str], images: int = 64, trusted: list[bool] | None = None) -> list[dict]:
+def causal_runs(
+    folders: list[str], images: int = 64, trusted: list[bool] | None = None, progress: bool = False
+) -> list[dict]:
     """One run per checkpoint: a synthetic-task model (every head, `TASK_BATCHES` batches) or an image model (its
     first `images` held-out images); `trusted[i]`: run checkpoint i's own code (image models only)."""
     trusted = trusted or [False] * len(folders)
-    return [_task_run(f) if _is_task(f) else _image_run(f, images, t) for f, t in zip(folders, trusted, strict=True)]
+    pairs = tqdm(list(zip(folders, trusted, strict=True)), desc="interventions", unit="model", disable=not progress)
+    return [_task_run(f) if _is_task(f) else _image_run(f, images, t) for f, t in pairs]
 
 
 def _is_task(folder: str) -> bool:
