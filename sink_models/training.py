@@ -1,6 +1,9 @@
 """The training loop on accelerate, used by train/run.py: any variant on image data or a synthetic sink task."""
 
+import contextlib
 import copy
+import dataclasses
+import difflib
 import json
 import logging
 import math
@@ -8,6 +11,7 @@ import os
 import shutil
 import statistics
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import default_image_processor, save_checkpoint
-from .configuration_sink_vit import as_pair
+from .configuration_sink_vit import SinkViTConfig, as_pair
 from .data import (
     CANVAS,
     IGNORED,
@@ -37,7 +41,7 @@ from .data import (
 )
 from .errors import json_object
 from .modeling_sink_vit import SinkViTForImageClassification
-from .presets import VARIANTS, preset_config
+from .presets import VARIANTS, check_variant, preset_config
 from .tasks import TASKS, SinkTask, TokenRegressor
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,89 @@ class TrainArguments:
     common_mode_penalty: float = field(
         default=0.0, metadata={"help": "lambda of the paper's Eq. 5 penalty on each layer's common attention update"}
     )
+
+
+class TrainingError(ValueError):
+    """Bad input to a training run (an argument, a recipe, the data, a checkpoint); its message is one line naming
+    what was wrong and what is allowed. A ValueError, so callers that catch those keep working."""
+
+
+@contextlib.contextmanager
+def _input_errors():
+    """Inside: the ValueErrors of the library's own validation (configs, data, options) are bad input, raised again
+    as TrainingError; any other exception stays what it is."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except ValueError as error:
+        lines = str(error).strip().splitlines()
+        raise TrainingError(lines[0] if lines else type(error).__name__) from error
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Each argument with a range: (test, what is allowed). Every other field is checked against its annotation.
+_RANGES = {
+    "max_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: num_epochs over the training split)"),
+    "save_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: no checkpoints)"),
+    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "logging_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "per_device_batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "gradient_accumulation_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "save_total_limit": (_is_int, "an int (0 or less: keep every checkpoint)"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)"),
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "num_epochs": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "common_mode_penalty": (lambda v: _is_number(v) and v >= 0, "a weight >= 0 (0 = off)"),
+    "mixed_precision": (lambda v: v in ("no", "fp16", "bf16"), "no, fp16 or bf16"),
+    "crop_scale_min": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "shuffle_buffer": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
+    "streaming_eval_images": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "task_dim": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "task_length": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "task_eval_batches": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    # JSON text (command lines, recipes) or a dict; json_object says what is wrong inside.
+    "model_overrides": (lambda v: isinstance(v, (str, dict)), "a JSON object"),
+    "dataset_options": (lambda v: isinstance(v, (str, dict)), "a JSON object"),
+}
+# Annotation -> (test, what is allowed), for the fields without a range.
+_TYPES = {
+    str: (lambda v: isinstance(v, str), "a string"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str | None: (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def check_arguments(*groups) -> None:
+    """A TrainingError naming the first argument of these ModelArguments / DataArguments / TrainArguments whose
+    value has the wrong type or is out of range, and what is allowed; recipes can put any YAML value anywhere."""
+    for group in groups:
+        # The class's annotations, not dataclasses.fields(): HfArgumentParser rewrites `str | None` there to `str`.
+        for name, annotation in typing.get_type_hints(type(group)).items():
+            value = getattr(group, name)
+            rule = _RANGES.get(name) or _TYPES.get(annotation)
+            if rule is not None and not rule[0](value):
+                raise TrainingError(f"{name}: got {value!r}; allowed: {rule[1]}.")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """The run's folder, or the nearest of its parents that exists, must be a folder (not a file)."""
+    path = Path(output_dir)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = "is a file" if existing == path else f"is inside {str(existing)!r}, a file"
+                raise TrainingError(f"output_dir: {output_dir!r} {what}; allowed: a folder (new or existing).")
+            return
 
 
 class TrainState:
@@ -172,22 +259,24 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 
     `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
     """
-    overrides = _checked_overrides(model_args, args)
+    overrides = _checked_overrides(model_args, data_args, args)
     if data_args.streaming and data_args.dataset in TASKS:
-        raise ValueError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
+        raise TrainingError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
     output_dir = Path(args.output_dir)
     trackers = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=trackers,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    with _input_errors():  # e.g. fp16 without a GPU, an unknown tracker
+        accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=trackers,
+            project_dir=str(output_dir),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
     set_seed(args.seed)
-    task, model, data, collate, loader, eval_loader, processor = _model_and_data(
-        model_args, data_args, args, overrides, accelerator
-    )
+    with _input_errors():  # the config's fields, the dataset, its options
+        task, model, data, collate, loader, eval_loader, processor = _model_and_data(
+            model_args, data_args, args, overrides, accelerator
+        )
     blocks = model.sink_vit.layers
 
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
@@ -195,9 +284,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     model, optimizer, loader, eval_loader, steps_per_epoch = prepared
     # The loop runs the compiled model; saving, loading and evaluation use the prepared one it wraps.
     forward = torch.compile(model, backend=args.torch_compile_backend) if args.torch_compile else model
-    total_steps = args.max_steps or math.ceil(args.num_epochs * (steps_per_epoch or 0))
-    if total_steps <= 0:
-        raise ValueError("max_steps: a synthetic task needs max_steps > 0 (it has no epochs).")
+    if task is not None and not args.max_steps:
+        raise TrainingError(f"max_steps: got 0; allowed: an int > 0 (the task {data_args.dataset!r} has no epochs).")
+    total_steps = args.max_steps or math.ceil(args.num_epochs * steps_per_epoch)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
@@ -301,7 +390,7 @@ def _prepared(accelerator, model, optimizer, loader, eval_loader, task, data, da
     # accelerate also steps at the end of the loader, after a shorter last accumulation
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise TrainingError(
             f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
             f"accumulation x {accelerator.num_processes} processes exceeds the {len(data.train)} training images."
         )
@@ -339,16 +428,27 @@ def paired_initialization(model: SinkViTForImageClassification, seed: int) -> Si
     return model
 
 
-def _checked_overrides(model_args: ModelArguments, args: TrainArguments) -> dict:
+def _checked_overrides(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments) -> dict:
     """The model's config overrides, once the arguments that would only fail later have been checked."""
+    check_arguments(model_args, data_args, args)
+    _check_output_dir(args.output_dir)
     fields_of = "a JSON object of SinkViTConfig fields"
-    overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
-    if model_args.variant not in VARIANTS:
-        raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
-    workers = 0 if args.dataloader_num_workers is None else args.dataloader_num_workers
-    loader_options(workers, args.dataloader_prefetch_factor, persistent=False)  # checked before any data is read
-    if not args.common_mode_penalty >= 0:
-        raise ValueError(f"common_mode_penalty: got {args.common_mode_penalty}; allowed: a weight >= 0 (0 = off).")
+    with _input_errors():
+        overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
+        check_variant(model_args.variant)
+        workers = 0 if args.dataloader_num_workers is None else args.dataloader_num_workers
+        loader_options(workers, args.dataloader_prefetch_factor, persistent=False)  # checked before any data is read
+    known = {spec.name for spec in dataclasses.fields(SinkViTConfig)}
+    for name in overrides:
+        if name not in known:
+            # A misspelt field would be dropped by the config without a word, and the model trained without it.
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            own = ", ".join(SinkViTConfig.__annotations__)
+            raise TrainingError(
+                f"model_overrides: {name!r} is no SinkViTConfig field;{hint} allowed: {own} "
+                "(or a PreTrainedConfig field)."
+            )
     return overrides
 
 
@@ -424,7 +524,7 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
 def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accelerator) -> ImageData:
     """The training and held-out splits streamed, this process's shards of each."""
     if not args.max_steps:
-        raise ValueError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
+        raise TrainingError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
     columns = (data_args.image_column, data_args.label_column)
     node = (accelerator.process_index, accelerator.num_processes)
     train = StreamedRows(data_args.dataset, data_args.train_split, columns, node, args.seed, data_args.shuffle_buffer)
@@ -444,7 +544,7 @@ def _check_canvas(image_size, options: str) -> None:
     """The model must see the canvas unscaled: a resized canvas would blur the digit into its neighbours."""
     size = Canvas(**parse_options(options)).size
     if as_pair(image_size) != (size, size):
-        raise ValueError(
+        raise TrainingError(
             f"model_overrides: image_size is {image_size}, the canvas {size} (dataset_options.size); "
             f"the model must see the canvas unscaled: set image_size to {size}."
         )
@@ -467,7 +567,9 @@ def _resume_path(option: str | None, checkpoints: Path) -> Path | None:
         return found[-1] if found else None
     path = Path(option)
     if not path.is_dir():
-        raise ValueError(f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder.")
+        raise TrainingError(
+            f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder."
+        )
     return path
 
 
@@ -501,7 +603,7 @@ def _streamed_batches(task, loader, step: int, steps_per_epoch, args: TrainArgum
                 continue
             yield {name: value.to(accelerator.device) for name, value in batch.items()}
         if not produced:
-            raise ValueError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
+            raise TrainingError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
         epoch += 1
 
 

@@ -198,7 +198,7 @@ def test_bad_options_stop_before_training(tmp_path, options, message):
         [sys.executable, str(ROOT / "train" / "run.py"), "--output_dir", str(tmp_path), *options],
         capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert message in result.stderr.strip().splitlines()[-1], result.stderr[-2000:]
     assert not (tmp_path / "metrics.jsonl").exists()
 
@@ -210,7 +210,7 @@ def test_unknown_recipe_keys_are_refused(tmp_path):
         [sys.executable, str(ROOT / "train" / "run.py"), "--config", str(recipe)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert result.returncode != 0 and "unknown recipe keys ['learnin_rate']; allowed:" in result.stderr
+    assert result.returncode == 2 and "unknown recipe keys ['learnin_rate']; allowed:" in result.stderr
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "train" / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
