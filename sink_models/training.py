@@ -308,7 +308,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 
 
 def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, on_step) -> dict:
-    overrides = _checked_overrides(model_args, data_args, args)
+    overrides = _checked_inputs(model_args, data_args, args)
     if data_args.streaming and data_args.dataset in TASKS:
         raise TrainingError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
     output_dir = Path(args.output_dir)
@@ -321,13 +321,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgu
             project_dir=str(output_dir),
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
-    threads = _set_torch_threads(args, data_args, accelerator)
-    if accelerator.is_local_main_process:
-        why = {"torch_threads": "--torch_threads", "OMP_NUM_THREADS": "OMP_NUM_THREADS"}.get(threads["from"])
-        if why is None:
-            why = (f"{threads['cores']} cores less one, {threads['processes']} process(es), "
-                   f"{threads['loader_workers']} loader workers each")  # fmt: skip
-        print(f"torch threads: {threads['threads']} per process ({why})", file=sys.stderr)
+    threads = _set_torch_threads(args, data_args, accelerator)  # before the model is built
     set_seed(args.seed)
     with _input_errors():  # the config's fields, the dataset, its options
         task, model, data, collate, loader, eval_loader, processor = _model_and_data(
@@ -360,6 +354,12 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgu
     log_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_local_main_process:  # said once the input is known to be good: bad input gets one line
+        why = {"torch_threads": "--torch_threads", "OMP_NUM_THREADS": "OMP_NUM_THREADS"}.get(threads["from"])
+        if why is None:
+            why = (f"{threads['cores']} cores less one, {threads['processes']} process(es), "
+                   f"{threads['loader_workers']} loader workers each")  # fmt: skip
+        print(f"torch threads: {threads['threads']} per process ({why})", file=sys.stderr)
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, images_since, window, penalties = time.perf_counter(), 0, [], []
     while state.step < total_steps:
@@ -484,8 +484,8 @@ def paired_initialization(model: SinkViTForImageClassification, seed: int) -> Si
     return model
 
 
-def _checked_overrides(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments) -> dict:
-    """The model's config overrides, once the arguments that would only fail later have been checked."""
+def _checked_inputs(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments) -> dict:
+    """The model's config overrides, once every argument has been checked (what would only fail later included)."""
     check_arguments(model_args, data_args, args)
     _check_output_dir(args.output_dir)
     fields_of = "a JSON object of SinkViTConfig fields"
