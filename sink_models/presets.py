@@ -1,5 +1,7 @@
 """Named variants x sizes -> SinkViTConfig (the zoo's vocabulary: `vit-{size}-{variant}-{dataset}`)."""
 
+import difflib
+
 from .configuration_sink_vit import SinkViTConfig
 
 # The paper trains every variant with LayerScale (gamma init 1e-4), so variants differ only in gate/registers/pathway.
@@ -23,10 +25,17 @@ SIZES: dict[str, dict] = {
 }
 
 
+def check_variant(variant: str) -> None:
+    """A ValueError naming the allowed variants (and the closest one, for a misspelling) unless `variant` is one."""
+    if variant not in VARIANTS:
+        close = difflib.get_close_matches(str(variant), VARIANTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"variant: got {variant!r}; allowed: {', '.join(VARIANTS)}.{hint}")
+
+
 def preset_config(variant: str, size: str = "small", **overrides) -> SinkViTConfig:
     """The config of a named variant at a named size; `overrides` set any other SinkViTConfig field."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant: got {variant!r}; allowed: {', '.join(VARIANTS)}.")
+    check_variant(variant)
     if size not in SIZES:
         raise ValueError(f"size: got {size!r}; allowed: {', '.join(SIZES)}.")
     fields = {"image_size": 224, "patch_size": 16, "layerscale_init": 1e-4, **SIZES[size], **VARIANTS[variant]}

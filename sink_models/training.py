@@ -1,26 +1,35 @@
 """The training loop on accelerate, used by train/run.py: any variant on image data or a synthetic sink task."""
 
+import contextlib
 import copy
+import dataclasses
+import difflib
+import hashlib
 import json
 import logging
 import math
 import os
+import random
+import re
 import shutil
 import statistics
+import sys
 import time
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import gather_object, set_seed
-from safetensors.torch import save_file
+from accelerate.utils import DistributedType, gather_object, get_torch_accelerator_backend, set_seed
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .checkpoint import default_image_processor, save_checkpoint
-from .configuration_sink_vit import as_pair
+from .configuration_sink_vit import SinkViTConfig, as_pair
 from .data import (
     CANVAS,
     IGNORED,
@@ -37,7 +46,7 @@ from .data import (
 )
 from .errors import json_object
 from .modeling_sink_vit import SinkViTForImageClassification
-from .presets import VARIANTS, preset_config
+from .presets import VARIANTS, check_variant, preset_config
 from .tasks import TASKS, SinkTask, TokenRegressor
 
 logger = logging.getLogger(__name__)
@@ -98,9 +107,98 @@ class TrainArguments:
     dataloader_prefetch_factor: int = field(default=2, metadata={"help": "batches each worker prepares ahead"})
     torch_compile: bool = field(default=False, metadata={"help": "train the torch.compile'd model (fullgraph)"})
     torch_compile_backend: str = field(default="inductor", metadata={"help": "torch.compile backend, e.g. eager"})
+    torch_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads per process; default: OMP_NUM_THREADS if set, else from the cores (see "
+                  "training.torch_threads)"},
+    )  # fmt: skip
     common_mode_penalty: float = field(
         default=0.0, metadata={"help": "lambda of the paper's Eq. 5 penalty on each layer's common attention update"}
     )
+
+
+class TrainingError(ValueError):
+    """Bad input to a training run (an argument, a recipe, the data, a checkpoint); its message is one line naming
+    what was wrong and what is allowed. A ValueError, so callers that catch those keep working."""
+
+
+@contextlib.contextmanager
+def _input_errors():
+    """Inside: the ValueErrors of the library's own validation (configs, data, options) are bad input, raised again
+    as TrainingError; any other exception stays what it is."""
+    try:
+        yield
+    except TrainingError:
+        raise
+    except ValueError as error:
+        lines = str(error).strip().splitlines()
+        raise TrainingError(lines[0] if lines else type(error).__name__) from error
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Each argument with a range: (test, what is allowed). Every other field is checked against its annotation.
+_RANGES = {
+    "max_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: num_epochs over the training split)"),
+    "save_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: no checkpoints)"),
+    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "logging_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "per_device_batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "gradient_accumulation_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "save_total_limit": (_is_int, "an int (0 or less: keep every checkpoint)"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)"),
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "num_epochs": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "common_mode_penalty": (lambda v: _is_number(v) and v >= 0, "a weight >= 0 (0 = off)"),
+    "mixed_precision": (lambda v: v in ("no", "fp16", "bf16"), "no, fp16 or bf16"),
+    "crop_scale_min": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "shuffle_buffer": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
+    "streaming_eval_images": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "task_dim": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "task_length": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "task_eval_batches": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
+    "torch_threads": (lambda v: v is None or (_is_int(v) and v >= 1), "null (chosen from the cores) or an int >= 1"),
+    # JSON text (command lines, recipes) or a dict; json_object says what is wrong inside.
+    "model_overrides": (lambda v: isinstance(v, (str, dict)), "a JSON object"),
+    "dataset_options": (lambda v: isinstance(v, (str, dict)), "a JSON object"),
+}
+# Annotation -> (test, what is allowed), for the fields without a range.
+_TYPES = {
+    str: (lambda v: isinstance(v, str), "a string"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str | None: (lambda v: v is None or isinstance(v, str), "a string or null"),
+}
+
+
+def check_arguments(*groups) -> None:
+    """A TrainingError naming the first argument of these ModelArguments / DataArguments / TrainArguments whose
+    value has the wrong type or is out of range, and what is allowed; recipes can put any YAML value anywhere."""
+    for group in groups:
+        # The class's annotations, not dataclasses.fields(): HfArgumentParser rewrites `str | None` there to `str`.
+        for name, annotation in typing.get_type_hints(type(group)).items():
+            value = getattr(group, name)
+            rule = _RANGES.get(name) or _TYPES.get(annotation)
+            if rule is not None and not rule[0](value):
+                raise TrainingError(f"{name}: got {value!r}; allowed: {rule[1]}.")
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """The run's folder, or the nearest of its parents that exists, must be a folder (not a file)."""
+    path = Path(output_dir)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                what = "is a file" if existing == path else f"is inside {str(existing)!r}, a file"
+                raise TrainingError(f"output_dir: {output_dir!r} {what}; allowed: a folder (new or existing).")
+            return
 
 
 class TrainState:
@@ -167,27 +265,68 @@ class ActivationMonitor:
         return 0.0 if largest is None else float(largest)
 
 
+def torch_threads(cores: int, processes: int, loader_workers: int) -> int:
+    """Torch threads for each of `processes` training processes on a machine with `cores` usable cores, each process
+    with `loader_workers` loader workers: processes x (threads + workers) fit in the cores less one, at least 1.
+
+    A worker decodes and augments on a core of its own (torch gives it one thread). The core left over is for the
+    rest of the machine: with every core taken, any competing process stalls all of torch's threads at each barrier
+    (on 2 busy cores, toy training ran at 46 images/s with 2 threads and 234 with 1).
+    """
+    return max(1, (cores - 1) // processes - loader_workers)
+
+
+def _set_torch_threads(args: TrainArguments, data_args: DataArguments, accelerator: Accelerator) -> dict:
+    """Set this process's torch threads: --torch_threads, else OMP_NUM_THREADS as torch read it, else
+    torch_threads() for this machine; how many and why, for the summary."""
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+        return {"threads": args.torch_threads, "from": "torch_threads"}
+    if os.environ.get("OMP_NUM_THREADS"):  # the user's, or accelerate launch's for several processes
+        return {"threads": torch.get_num_threads(), "from": "OMP_NUM_THREADS"}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # on this machine
+    workers = 0
+    if data_args.dataset not in TASKS:
+        workers = default_workers() if args.dataloader_num_workers is None else args.dataloader_num_workers
+    threads = torch_threads(cores, processes, workers)
+    torch.set_num_threads(threads)
+    return {"threads": threads, "from": "cores", "cores": cores, "processes": processes, "loader_workers": workers}
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, on_step=None) -> dict:
     """Train, checkpoint, evaluate and save; returns the run summary (also written to output_dir/summary.json).
 
     `on_step(step, metrics)` is called after every optimizer step on every process (tests interrupt runs with it).
+    The torch thread count it sets (see torch_threads) is put back on return.
     """
-    overrides = _checked_overrides(model_args, args)
+    threads = torch.get_num_threads()
+    try:
+        return _train(model_args, data_args, args, on_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, on_step) -> dict:
+    overrides = _checked_inputs(model_args, data_args, args)
     if data_args.streaming and data_args.dataset in TASKS:
-        raise ValueError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
+        raise TrainingError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
     output_dir = Path(args.output_dir)
     trackers = None if args.report_to == "none" else args.report_to
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=trackers,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    with _input_errors():  # e.g. fp16 without a GPU, an unknown tracker
+        accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=trackers,
+            project_dir=str(output_dir),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+    threads = _set_torch_threads(args, data_args, accelerator)  # before the model is built
     set_seed(args.seed)
-    task, model, data, collate, loader, eval_loader, processor = _model_and_data(
-        model_args, data_args, args, overrides, accelerator
-    )
+    with _input_errors():  # the config's fields, the dataset, its options
+        task, model, data, collate, loader, eval_loader, processor = _model_and_data(
+            model_args, data_args, args, overrides, accelerator
+        )
     blocks = model.sink_vit.layers
 
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
@@ -195,18 +334,18 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     model, optimizer, loader, eval_loader, steps_per_epoch = prepared
     # The loop runs the compiled model; saving, loading and evaluation use the prepared one it wraps.
     forward = torch.compile(model, backend=args.torch_compile_backend) if args.torch_compile else model
-    total_steps = args.max_steps or math.ceil(args.num_epochs * (steps_per_epoch or 0))
-    if total_steps <= 0:
-        raise ValueError("max_steps: a synthetic task needs max_steps > 0 (it has no epochs).")
+    if task is not None and not args.max_steps:
+        raise TrainingError(f"max_steps: got 0; allowed: an int > 0 (the task {data_args.dataset!r} has no epochs).")
+    total_steps = args.max_steps or math.ceil(args.num_epochs * steps_per_epoch)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
     checkpoints = output_dir / "checkpoints"
-    resume = _resume_path(args.resume_from_checkpoint, checkpoints)
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        if accelerator.is_main_process:
-            _drop_log_lines_after(output_dir / "metrics.jsonl", state.step)
+    # Not accelerator.load_state: it unpickles (weights_only=False) what it finds in the folder.
+    if _resume(args.resume_from_checkpoint, checkpoints, accelerator, model, optimizer, scheduler, state) is not None:
+        kept = _kept_log_lines(output_dir / "metrics.jsonl", state.step)
+        if kept is not None and accelerator.is_main_process:
+            (output_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     if trackers:
         accelerator.init_trackers("sink-models", config=_flat_config(model_args, data_args, args))
 
@@ -215,6 +354,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
     log_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_local_main_process:  # said once the input is known to be good: bad input gets one line
+        why = {"torch_threads": "--torch_threads", "OMP_NUM_THREADS": "OMP_NUM_THREADS"}.get(threads["from"])
+        if why is None:
+            why = (f"{threads['cores']} cores less one, {threads['processes']} process(es), "
+                   f"{threads['loader_workers']} loader workers each")  # fmt: skip
+        print(f"torch threads: {threads['threads']} per process ({why})", file=sys.stderr)
     progress = tqdm(total=total_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     started, images_since, window, penalties = time.perf_counter(), 0, [], []
     while state.step < total_steps:
@@ -276,7 +421,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
         penalty.remove()
 
     evaluation = _evaluate(accelerator, model, task, eval_loader, data_args, args)
-    summary = _summary(accelerator, model, state, evaluation, collate)
+    summary = _summary(accelerator, model, state, evaluation, collate) | {"torch_threads": threads}
     _finish(accelerator, model, summary, task, processor, (model_args, data_args, args))
     return summary
 
@@ -301,7 +446,7 @@ def _prepared(accelerator, model, optimizer, loader, eval_loader, task, data, da
     # accelerate also steps at the end of the loader, after a shorter last accumulation
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise TrainingError(
             f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
             f"accumulation x {accelerator.num_processes} processes exceeds the {len(data.train)} training images."
         )
@@ -339,16 +484,27 @@ def paired_initialization(model: SinkViTForImageClassification, seed: int) -> Si
     return model
 
 
-def _checked_overrides(model_args: ModelArguments, args: TrainArguments) -> dict:
-    """The model's config overrides, once the arguments that would only fail later have been checked."""
+def _checked_inputs(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments) -> dict:
+    """The model's config overrides, once every argument has been checked (what would only fail later included)."""
+    check_arguments(model_args, data_args, args)
+    _check_output_dir(args.output_dir)
     fields_of = "a JSON object of SinkViTConfig fields"
-    overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
-    if model_args.variant not in VARIANTS:
-        raise ValueError(f"variant: got {model_args.variant!r}; allowed: {', '.join(VARIANTS)}.")
-    workers = 0 if args.dataloader_num_workers is None else args.dataloader_num_workers
-    loader_options(workers, args.dataloader_prefetch_factor, persistent=False)  # checked before any data is read
-    if not args.common_mode_penalty >= 0:
-        raise ValueError(f"common_mode_penalty: got {args.common_mode_penalty}; allowed: a weight >= 0 (0 = off).")
+    with _input_errors():
+        overrides = json_object(model_args.model_overrides, "model_overrides", '{"num_hidden_layers": 6}', fields_of)
+        check_variant(model_args.variant)
+        workers = 0 if args.dataloader_num_workers is None else args.dataloader_num_workers
+        loader_options(workers, args.dataloader_prefetch_factor, persistent=False)  # checked before any data is read
+    known = {spec.name for spec in dataclasses.fields(SinkViTConfig)}
+    for name in overrides:
+        if name not in known:
+            # A misspelt field would be dropped by the config without a word, and the model trained without it.
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            own = ", ".join(SinkViTConfig.__annotations__)
+            raise TrainingError(
+                f"model_overrides: {name!r} is no SinkViTConfig field;{hint} allowed: {own} "
+                "(or a PreTrainedConfig field)."
+            )
     return overrides
 
 
@@ -424,7 +580,7 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
 def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accelerator) -> ImageData:
     """The training and held-out splits streamed, this process's shards of each."""
     if not args.max_steps:
-        raise ValueError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
+        raise TrainingError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
     columns = (data_args.image_column, data_args.label_column)
     node = (accelerator.process_index, accelerator.num_processes)
     train = StreamedRows(data_args.dataset, data_args.train_split, columns, node, args.seed, data_args.shuffle_buffer)
@@ -444,7 +600,7 @@ def _check_canvas(image_size, options: str) -> None:
     """The model must see the canvas unscaled: a resized canvas would blur the digit into its neighbours."""
     size = Canvas(**parse_options(options)).size
     if as_pair(image_size) != (size, size):
-        raise ValueError(
+        raise TrainingError(
             f"model_overrides: image_size is {image_size}, the canvas {size} (dataset_options.size); "
             f"the model must see the canvas unscaled: set image_size to {size}."
         )
@@ -457,18 +613,6 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         tokens = "embeddings." in name and "patch_embeddings" not in name
         (decay if parameter.ndim >= 2 and not tokens else rest).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def _resume_path(option: str | None, checkpoints: Path) -> Path | None:
-    if not option:
-        return None
-    if option == "auto":
-        found = sorted(checkpoints.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-        return found[-1] if found else None
-    path = Path(option)
-    if not path.is_dir():
-        raise ValueError(f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder.")
-    return path
 
 
 def _batches(task, loader, step: int, steps_per_epoch, args: TrainArguments, accelerator, collate):
@@ -501,29 +645,295 @@ def _streamed_batches(task, loader, step: int, steps_per_epoch, args: TrainArgum
                 continue
             yield {name: value.to(accelerator.device) for name, value in batch.items()}
         if not produced:
-            raise ValueError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
+            raise TrainingError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
         epoch += 1
 
 
-def _drop_log_lines_after(path: Path, step: int) -> None:
-    """A resumed run logs again the steps after its checkpoint: remove the interrupted run's lines for them."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+def _kept_log_lines(path: Path, step: int) -> list[str] | None:
+    """The lines of metrics.jsonl a run resumed at `step` keeps (None without a log): the interrupted run's lines
+    after its checkpoint go, since the resumed run logs those steps again, and so does a last line cut off by the
+    interruption. Read on every process, so that a damaged log stops all of them alike."""
+    if not path.exists():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            logged = json.loads(line)["step"]
+            if not _is_int(logged):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):
+                break
+            raise TrainingError(
+                f"{path}: line {number} is no metrics record; allowed: one JSON object a line."
+            ) from None
+        if logged <= step:
+            kept.append(line)
+    return kept
+
+
+# accelerator.save_state's files for this loop's model, optimizer and the two objects registered for checkpointing
+# (the scheduler, then the TrainState); SCALER only with fp16; RNG states one per process.
+WEIGHTS, OPTIMIZER, SCHEDULER, STATE, SCALER = (
+    "model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "scaler.pt"
+)  # fmt: skip
+MANIFEST = "manifest.json"
+CHECKPOINT = re.compile(r"step_(\d+)")
+# numpy's MT19937 state, a uint32 array, is the one non-tensor object in accelerate's RNG files: allowed, nothing else.
+_NUMPY_RNG = [np.ndarray((0,)).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint that cannot be verified against its manifest or read as data only; the message names the file."""
+
+
+class Checkpoint(NamedTuple):
+    """A checkpoint read and checked in full, before any of it is applied."""
+
+    folder: Path
+    weights: dict
+    optimizer: dict
+    scheduler: dict
+    state: dict
+    scaler: dict | None
+    rng: dict  # this process's
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()} - {MANIFEST}
+
+
+def write_manifest(folder: Path, step: int, processes: int) -> None:
+    """manifest.json, written last into a checkpoint: the step, the process count and every file's size and sha256,
+    so that a resume tells a complete checkpoint from a cut-off, damaged or altered one."""
+    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+             for name in sorted(_files(folder))}  # fmt: skip
+    (folder / MANIFEST).write_text(json.dumps({"step": step, "processes": processes, "files": files}, indent=1))
+
+
+def verify_manifest(folder: Path) -> dict:
+    """The checkpoint's manifest once every file matches it (the same files, sizes and sha256); a CheckpointError
+    naming the first file that does not."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        files, step, processes = manifest["files"], manifest["step"], manifest["processes"]
+        if not (_is_int(step) and _is_int(processes) and isinstance(files, dict)):
+            raise TypeError("step, processes or files of the wrong type")
+        expected = {name: (entry["bytes"], entry["sha256"]) for name, entry in files.items()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (the checkpoint is incomplete or older than manifests)") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    present = _files(folder)
+    unlisted = sorted(present - expected.keys())
+    if unlisted:
+        raise CheckpointError(f"{folder / unlisted[0]}: not in the checkpoint's manifest")
+    for name, (size, sha256) in sorted(expected.items()):
+        file = folder / name
+        if name not in present:
+            raise CheckpointError(f"{file}: missing")
+        if file.stat().st_size != size:
+            raise CheckpointError(
+                f"{file}: {file.stat().st_size} bytes, the manifest says {size} (cut off or replaced)"
+            )
+        if _sha256(file) != sha256:
+            raise CheckpointError(f"{file}: its sha256 differs from the manifest's (damaged or replaced)")
+    return manifest
+
+
+def _load_problem(error: Exception) -> str:
+    """The reason in torch.load's message (its first lines tell how to unpickle anyway, which this loop never does)."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0].split('. ')[0] if lines else 'empty or cut off'}"
+
+
+def read_data(path: Path):
+    """`path` loaded with torch.load(weights_only=True): tensors, plain containers and numbers, numpy's RNG state
+    arrays; a CheckpointError naming the file for anything else (a pickle that would run code is refused unrun)."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_RNG):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any bytes at all may be here: each failure is a refusal, none a crash
+        raise CheckpointError(f"{path}: not readable as data only ({_load_problem(error)})") from None
+
+
+def _checked_weights(path: Path, model) -> dict:
+    """The weights in `path` (safetensors) once they have exactly the model's names, shapes and dtypes."""
+    try:
+        weights = load_file(path)
+    except Exception as error:  # a cut-off or foreign file: refused, whatever safetensors raises
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_load_problem(error)})") from None
+    own = model.state_dict()
+    if weights.keys() != own.keys():
+        missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
+        raise CheckpointError(f"{path}: not this model's weights (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, value in own.items():
+        if (weights[name].shape, weights[name].dtype) != (value.shape, value.dtype):
+            got = (tuple(weights[name].shape), weights[name].dtype)
+            raise CheckpointError(f"{path}: {name} is {got}, the model's {(tuple(value.shape), value.dtype)}")
+    return weights
+
+
+def _check_optimizer(state, optimizer, path: Path) -> None:
+    """The optimizer state must hold this optimizer's groups and, per parameter, tensors of that parameter's shape."""
+    own = optimizer.state_dict()
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    try:
+        sizes = [len(group["params"]) for group in state["param_groups"]]
+        if sizes != [len(group["params"]) for group in own["param_groups"]]:
+            raise ValueError(f"parameter groups of {sizes} parameters, the optimizer's differ")
+        for index, values in state["state"].items():
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameters[index].shape:
+                    raise ValueError(f"{name} of parameter {index} has shape {tuple(value.shape)}")
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"{path}: not this optimizer's state ({type(error).__name__}: {error})") from None
+
+
+def _check_rng(states, path: Path) -> None:
+    """Each random-number state must be one its generator takes (tried on scratch generators, not the live ones)."""
+    try:
+        if not _is_int(states["step"]):
+            raise TypeError("step is no int")
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+        device_type, _ = get_torch_accelerator_backend()
+        if device_type is not None:
+            device_states = states[f"torch_{device_type}_manual_seed"]
+            for value in device_states if isinstance(device_states, list) else [device_states]:
+                if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
+                    raise TypeError(f"{device_type} state is no byte tensor")
+    except Exception as error:  # whatever the states hold: refused rather than a resume that is not exact
+        raise CheckpointError(f"{path}: not a random-number state ({_load_problem(error)})") from None
+
+
+def read_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> Checkpoint:
+    """Everything a resume needs from `folder`, verified against its manifest and read as data only (safetensors,
+    torch.load with weights_only=True) and checked against this run, before any of it is applied."""
+    manifest = verify_manifest(folder)
+    if manifest["processes"] != accelerator.num_processes:
+        raise CheckpointError(
+            f"{folder / MANIFEST}: written by {manifest['processes']} processes; allowed: resume with as many "
+            f"(this run has {accelerator.num_processes})"
+        )
+    weights = _checked_weights(folder / WEIGHTS, model)
+    optimizer_state = read_data(folder / OPTIMIZER)
+    _check_optimizer(optimizer_state, optimizer, folder / OPTIMIZER)
+    scheduler_state = read_data(folder / SCHEDULER)
+    if not isinstance(scheduler_state, dict) or scheduler_state.keys() != scheduler.state_dict().keys():
+        raise CheckpointError(f"{folder / SCHEDULER}: not this learning-rate schedule's state")
+    state = read_data(folder / STATE)
+    fresh = TrainState().state_dict()
+    if not isinstance(state, dict) or state.keys() != fresh.keys() or state["step"] != manifest["step"]:
+        raise CheckpointError(f"{folder / STATE}: not the training state of step {manifest['step']}")
+    scaler = None if accelerator.scaler is None else read_data(folder / SCALER)
+    rngs = []
+    for index in range(manifest["processes"]):  # every process checks them all, so all take the same checkpoint
+        path = folder / f"random_states_{index}.pkl"
+        rngs.append(read_data(path))
+        _check_rng(rngs[-1], path)
+    rng = rngs[accelerator.process_index]
+    return Checkpoint(folder, weights, optimizer_state, scheduler_state, state, scaler, rng)
+
+
+def _apply(checkpoint: Checkpoint, accelerator, model, optimizer, scheduler, state: TrainState) -> None:
+    """Put a checked checkpoint into the run, as accelerator.load_state would have (the RNG states last)."""
+    model.load_state_dict(checkpoint.weights)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    state.load_state_dict(checkpoint.state)
+    if checkpoint.scaler is not None:
+        accelerator.scaler.load_state_dict(checkpoint.scaler)
+    rng = checkpoint.rng
+    random.setstate(rng["random_state"])
+    np.random.set_state(rng["numpy_random_seed"])
+    torch.set_rng_state(rng["torch_manual_seed"])
+    device_type, device_module = get_torch_accelerator_backend()
+    if device_type is not None:
+        module = torch.get_device_module(device_type)
+        device_states = rng[f"torch_{device_type}_manual_seed"]
+        if isinstance(device_states, list):
+            module.set_rng_state_all(device_states)
+        else:
+            module.set_rng_state(device_states)
+    accelerator.step = rng["step"]  # where gradient accumulation is in its cycle
+
+
+def _resume(option: str | None, checkpoints: Path, accelerator, model, optimizer, scheduler, state) -> Path | None:
+    """Load the checkpoint `option` names (a folder, or `auto`: the newest under `checkpoints` that verifies; each
+    one skipped is logged with its reason) into the run; the folder, or None when there is nothing to resume."""
+    if not option:
+        return None
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise TrainingError(
+            f"resume_from_checkpoint: a {accelerator.distributed_type.value} checkpoint can only be read by unpickling"
+            " (its sharded format); allowed: resuming runs on one device or with DDP."
+        )
+    arguments = (accelerator, model, optimizer, scheduler)
+    if option != "auto":
+        folder = Path(option)
+        if not folder.is_dir():
+            raise TrainingError(
+                f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder."
+            )
+        try:
+            checkpoint = read_checkpoint(folder, *arguments)
+        except CheckpointError as error:
+            raise CheckpointError(f"resume_from_checkpoint: {error}; allowed: a checkpoint this run wrote.") from None
+    else:
+        found = sorted(
+            (path for path in checkpoints.glob("step_*") if CHECKPOINT.fullmatch(path.name) and path.is_dir()),
+            key=lambda path: int(path.name.split("_")[1]),
+            reverse=True,
+        )
+        checkpoint = None
+        for folder in found:
+            try:
+                checkpoint = read_checkpoint(folder, *arguments)
+                break
+            except CheckpointError as error:
+                if accelerator.is_main_process:
+                    logger.warning(f"resume_from_checkpoint: skipped {folder.name}: {error}")
+        if checkpoint is None:
+            if found:
+                raise TrainingError(
+                    f"resume_from_checkpoint: none of the {len(found)} checkpoints in {checkpoints} verifies (each "
+                    "reason above); allowed: remove them, or train without resume_from_checkpoint."
+                )
+            return None
+    _apply(checkpoint, *arguments, state)
+    return checkpoint.folder
 
 
 def _save_state(accelerator, checkpoints: Path, step: int, keep: int) -> None:
-    """accelerator.save_state into a temporary folder renamed into place: a killed run leaves no half checkpoint."""
+    """accelerator.save_state into a temporary folder renamed into place, its manifest written last: a killed run
+    leaves no half checkpoint, and a checkpoint damaged later fails verification."""
     final, staging = checkpoints / f"step_{step}", checkpoints / f".staging_step_{step}"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # every process's RNG file is in place
     if accelerator.is_main_process:
+        write_manifest(staging, step, accelerator.num_processes)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
-        found = sorted(checkpoints.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        found = sorted(
+            (path for path in checkpoints.glob("step_*") if CHECKPOINT.fullmatch(path.name)),
+            key=lambda path: int(path.name.split("_")[1]),
+        )
         for old in found[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

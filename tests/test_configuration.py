@@ -109,3 +109,18 @@ def test_preset_overrides_and_errors():
         preset_config("gates")
     with pytest.raises(ValueError, match="size: got 'huge'; allowed: toy, tiny, small, base, large"):
         preset_config("plain", "huge")
+
+
+@pytest.mark.parametrize(
+    ("variant", "hint"),
+    [
+        ("gated_reg", " Did you mean 'gated-reg'?"),
+        ("headwise", " Did you mean 'gated-headwise'?"),
+        ("registers", ""),  # nothing close: no guess
+    ],
+)
+def test_a_misspelt_variant_gets_the_closest_name(variant, hint):
+    allowed = "plain, gated, gated-headwise, reg, gated-reg, gp, gated-gp"
+    with pytest.raises(ValueError) as error:
+        preset_config(variant)
+    assert str(error.value) == f"variant: got {variant!r}; allowed: {allowed}.{hint}"

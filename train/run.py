@@ -5,6 +5,7 @@ DataArguments and TrainArguments; command-line options override them (`--help` l
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,9 +13,34 @@ import yaml
 from transformers import HfArgumentParser
 
 from sink_models.processes import exit_launched
-from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
+from sink_models.training import DataArguments, ModelArguments, TrainArguments, TrainingError, train
 
 GROUPS = (ModelArguments, DataArguments, TrainArguments)
+
+
+def read_recipe(config: str) -> dict:
+    """The recipe at `config` as a dict of known keys; a TrainingError (one line) for anything else."""
+    path = Path(config)
+    if not path.is_file():
+        recipes = sorted(p.name for p in Path(__file__).with_name("recipes").glob("*.yaml"))
+        raise TrainingError(f"--config: no file {config!r}; recipes here: {', '.join(recipes)}")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, ValueError) as error:  # ValueError: not UTF-8 text
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
+        raise TrainingError(
+            f"--config: {config} is not YAML ({problem}{where}); allowed: lines of 'key: value'."
+        ) from None
+    recipe = recipe or {}
+    if not isinstance(recipe, dict):
+        raise TrainingError(f"--config: {config} holds a {type(recipe).__name__}; allowed: lines of 'key: value'.")
+    known = {f for group in GROUPS for f in group.__dataclass_fields__}
+    unknown = sorted(set(recipe) - known, key=str)
+    if unknown:
+        raise TrainingError(f"{config}: unknown recipe keys {unknown}; allowed: {', '.join(sorted(known))}")
+    return recipe
 
 
 def parse(argv: list[str]) -> tuple:
@@ -22,15 +48,7 @@ def parse(argv: list[str]) -> tuple:
     parser.add_argument("--config", default=None, help="a YAML recipe (train/recipes/*.yaml)")
     config = parser.parse_known_args(argv)[0].config
     if config is not None:
-        path = Path(config)
-        if not path.is_file():
-            recipes = sorted(p.name for p in Path(__file__).with_name("recipes").glob("*.yaml"))
-            raise SystemExit(f"--config: no file {config!r}; recipes here: {', '.join(recipes)}")
-        recipe = yaml.safe_load(path.read_text()) or {}
-        known = {f for group in GROUPS for f in group.__dataclass_fields__}
-        unknown = sorted(set(recipe) - known)
-        if unknown:
-            raise SystemExit(f"{config}: unknown recipe keys {unknown}; allowed: {', '.join(sorted(known))}")
+        recipe = read_recipe(config)
         for key in ("model_overrides", "dataset_options"):  # YAML mappings, passed on as JSON text
             if isinstance(recipe.get(key), dict):
                 recipe[key] = json.dumps(recipe[key])
@@ -38,17 +56,23 @@ def parse(argv: list[str]) -> tuple:
     *groups, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     leftover = [arg for arg in rest if arg not in ("--config", config)]
     if leftover:
-        raise SystemExit(f"unknown options {leftover}; see --help")
+        raise TrainingError(f"unknown options {leftover}; see --help")
     return tuple(groups[:3])
 
 
-if __name__ == "__main__":
-    model_args, data_args, train_args = parse(sys.argv[1:])
+def main(argv: list[str]) -> int:
+    """Train; bad input (arguments, recipe, data, checkpoint) is one line on stderr and exit code 2, as in eval."""
     try:
-        summary = train(model_args, data_args, train_args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        exit_launched(1)
-        raise SystemExit(1) from None
+        summary = train(*parse(argv))
+    except TrainingError as error:
+        if os.environ.get("RANK", "0") == "0":  # every process meets the same bad input; one of them says so
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=1))
-    exit_launched(0)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    exit_launched(code)
+    sys.exit(code)
