@@ -15,7 +15,7 @@ Binaries, files the repo's .gitattributes tracks and files over 10 MiB go throug
 answers "lfs", the client uploads them through the batch API (basic transfer: PUT, then verify) and commits
 `lfsFile` entries, which the tree stores as git-lfs pointer files; `resolve` answers the object itself.
 Every request is recorded in `server.requests`, and `fail_next` / `fail_always` inject error answers or
-malformed 200 answers (HTML, cut-off JSON, JSON without the expected keys).
+malformed 200 answers (HTML, cut-off JSON, JSON without the expected keys); `trickle` makes answers slow.
 
 Not modelled: xet uploads (tests set HF_HUB_DISABLE_XET=1), multipart LFS uploads (no `chunk_size` is offered),
 pull requests (`create_pr` answers 400), read access rules for private repos, deletions of repos / branches /
@@ -32,6 +32,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,6 +58,7 @@ INITIAL_GITATTRIBUTES = b"""*.bin filter=lfs diff=lfs merge=lfs -text
 *.png filter=lfs diff=lfs merge=lfs -text
 """
 LFS_MIN_SIZE = 10 * 1024 * 1024  # larger files go through LFS whatever their name
+TRICKLE = 64  # bytes per chunk of a trickled answer
 
 # /api/{type}s/{namespace}/{name}[/{action}[/{revision}[/{path}]]], as percent-encoded by the client.
 API_ROUTE = re.compile(r"/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/([^/]+)(?:/([^/]+)(?:/(.+))?)?)?")
@@ -202,6 +204,7 @@ class HubServer:
         self._lfs: dict[str, bytes] = {}  # sha256 -> verified LFS object
         self._pointers: dict[str, str] = {}  # git oid of a pointer file -> sha256 of its LFS object
         self._faults: list[_Fault] = []
+        self._trickles: dict[str, float] = {}  # route_contains -> seconds between chunks of the answer's body
         self._sequence = itertools.count()  # makes commit oids unique even for identical commits in one millisecond
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -265,9 +268,20 @@ class HubServer:
         """Answer like `fail_next` to every matching request until `clear_faults()`."""
         self.fail_next(None, status, route_contains, method, body)
 
+    def trickle(self, route_contains: str, pause: float) -> None:
+        """Send the body of every answer whose URL path contains `route_contains` in chunks of `TRICKLE` bytes,
+        `pause` seconds apart (a slow Hub), until `clear_faults()`."""
+        with self._lock:
+            self._trickles[route_contains] = pause
+
+    def _pause(self, path: str) -> float | None:
+        with self._lock:
+            return next((pause for part, pause in self._trickles.items() if part in path), None)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._trickles.clear()
 
     def commits(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> list[str]:
         """Commit oids reachable from `revision`, newest first."""
@@ -857,8 +871,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(response.body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        pause = self.server.hub._pause(request.path)  # type: ignore[attr-defined]
+        if pause is None:
             self.wfile.write(response.body)
+            return
+        try:
+            for start in range(0, len(response.body), TRICKLE):
+                self.wfile.write(response.body[start : start + TRICKLE])
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up: so does the answer
+            self.close_connection = True
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # streamed uploads

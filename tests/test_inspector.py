@@ -257,13 +257,16 @@ def test_refused_before_any_weight_is_fetched(case, hub, inspector):
 
 def test_a_processor_asking_for_its_own_code_is_refused_when_loading_too(hub, inspector, monkeypatch):
     """Refused before the weights (REFUSED); and were that check gone, transformers refuses it without running it."""
-    commit = hub.api.model_info(f"{ORG}/processor").sha
+    info = hub.api.model_info(f"{ORG}/processor", files_metadata=True)
     files = ("config.json", "preprocessor_config.json", "model.safetensors")
-    checkpoint = runner.Checkpoint(f"{ORG}/processor", None, commit, files, 0, hub.url)
+    sizes = {sibling.rfilename: sibling.size for sibling in info.siblings}
+    folder = inspector.weights / "processor"
+    checkpoint = runner.Checkpoint(f"{ORG}/processor", None, info.sha, files, 0, folder, sizes, endpoint=hub.url)
+    checkpoint.download()
     monkeypatch.setattr(runner, "fetch", lambda *args, **kwargs: checkpoint)
     with pytest.raises(runner.InspectError, match=f"model: '{ORG}/processor' has no usable image processor") as no:
         inspector.run(f"{ORG}/processor", None, inspector.images(None, 1))
-    assert "contains custom code" in str(no.value) and "snapshots" not in str(no.value)
+    assert "contains custom code" in str(no.value) and str(inspector.weights) not in str(no.value)
     assert not hub.marker.exists()
     assert not [r for r in hub.server.requests if r.path.endswith(".py")]
 
@@ -284,9 +287,15 @@ def test_the_limits_are_stated_and_enforced(hub, tmp_path):
         config_bytes=100,
     )
     refused("has a config.json of [0-9,]+ bytes; allowed: a small JSON file", config_bytes=100)
-    refused(f"the model's image processor makes 16 patches per image, over this Space's 10. .*{DINO}$", tokens=10)
     refused(
-        f"time: over this Space's 0 s per request after 0 of 2 images. .* sink-models inspect {DINO}$", 2, seconds=0
+        rf"images: the model's image processor makes 16 patches of china.jpg \(whole\), over this Space's 10 per "
+        f"image. On your machine: sink-models inspect {DINO}$",
+        tokens=10,
+    )
+    refused(
+        f"time: over this Space's limit per request while reading the model's files from the Hub. On your machine: "
+        f"sink-models inspect {DINO}$",
+        seconds=0,
     )
     timed = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(seconds=0))
     tight = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(pixels=300))
@@ -303,7 +312,7 @@ def test_the_limits_are_stated_and_enforced(hub, tmp_path):
     found = tight.images([files[0], str(tmp_path / "notes.txt"), str(tmp_path / "eps.png")], 5)
     assert found.names == ["0.png"] and found.skipped == ["notes.txt", "eps.png"]
     assert found.source == "3 uploaded images"
-    with pytest.raises(runner.InspectError, match="images: 1.png is over 0.0003 megapixels"):
+    with pytest.raises(runner.InspectError, match="images: 1.png is 40 x 40 pixels, over 0.0003 megapixels; allowed"):
         tight.images(files, 5)
     with pytest.raises(runner.InspectError, match="none of the 1 uploaded files is an image"):
         tight.images([str(tmp_path / "notes.txt")], 5)

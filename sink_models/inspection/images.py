@@ -1,5 +1,6 @@
 """The images `sink-models inspect` diagnoses: a folder, PIL images, a `datasets` dataset or a built-in set, and
-their batches through the model's image processor."""
+their batches through the model's image processor; every image bounded before it is decoded (its header's size) and
+before it is processed (the sizes the processor's settings give)."""
 
 import io
 import os
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -24,6 +26,24 @@ VIEWS = (
     ("mirrored bottom-right crop", (0.45, 0.35, 1.0, 1.0), True),
 )
 PHOTOS = ("china.jpg", "flower.jpg")
+# Pixels per image, as decoded and at every step of the image processor: the command's bound (an 8000 x 8000 photo; the
+# Space sets its own). A stock processor's crop keeps its output small; this catches a resize to a huge size.
+MAX_PIXELS = 64_000_000
+# The processor methods whose sizes `processed_pixels` predicts (transformers' own; a class with its own resize is not).
+PREDICTED = {
+    "resize": {"PilBackend.resize", "TorchvisionBackend.resize"},
+    "center_crop": {"PilBackend.center_crop", "TorchvisionBackend.center_crop"},
+    "pad": {"PilBackend.pad", "TorchvisionBackend.pad"},
+    "_preprocess": {
+        "PilBackend._preprocess",
+        "TorchvisionBackend._preprocess",
+        "BeitImageProcessorPil._preprocess",
+        "BeitImageProcessor._preprocess",
+        "DINOv3ViTImageProcessor._preprocess",
+        "Siglip2ImageProcessorPil._preprocess",
+        "Siglip2ImageProcessor._preprocess",
+    },
+}
 DESCRIPTION = (
     f"{len(PHOTOS) * len(VIEWS)} built-in images made from scikit-learn's bundled sample photos "
     f"({' and '.join(PHOTOS)}: {', '.join(view for view, _, _ in VIEWS)})"
@@ -129,17 +149,99 @@ def _dataset_images(dataset: str, split: str, max_images: int, mode: str) -> Ima
 
 def _add(found: ImageSet, name: str, source, mode: str) -> None:
     try:
-        with Image.open(source) as image:
-            found.images.append(image.convert(mode))  # convert() reads the pixels: a truncated file fails here
-        found.names.append(name)
-    except (OSError, ValueError, SyntaxError, TypeError, AttributeError, Image.DecompressionBombError):
+        image = Image.open(source)
+    except Image.DecompressionBombError:  # PIL's own refusal, far above MAX_PIXELS
+        message = f"images: {name} is over {MAX_PIXELS / 1e6:g} megapixels; allowed: smaller images."
+        raise InspectError(message) from None
+    except (OSError, ValueError, SyntaxError, TypeError, AttributeError):
         found.skipped.append(name)
+        return
+    with image:
+        check_pixels(name, image.width, image.height, MAX_PIXELS)  # from the header: nothing decoded yet
+        try:
+            found.images.append(image.convert(mode))  # convert() reads the pixels: a truncated file fails here
+        except (OSError, ValueError, SyntaxError, TypeError, AttributeError):
+            found.skipped.append(name)
+            return
+    found.names.append(name)
+
+
+def check_pixels(name: str, width: int, height: int, most: int) -> None:
+    """Refuses an image of more than `most` pixels (read from its header, before it is decoded)."""
+    if width * height > most:
+        raise InspectError(
+            f"images: {name} is {width:,} x {height:,} pixels, over {most / 1e6:g} megapixels; allowed: smaller images."
+        )
+
+
+def processed_pixels(processor, width: int, height: int) -> tuple[int, int]:
+    """(the pixels of the largest image `processor` holds while it processes a `width` x `height` image, the pixels
+    it hands the model), from the processor's settings alone, before it runs: transformers' own arithmetic on sizes.
+
+    Raises an `InspectError` for a processor whose sizes its settings do not give (its own resize, or settings that
+    are not positive integers)."""
+    from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
+    from transformers.image_utils import ChannelDimension, get_image_size_for_max_height_width
+
+    kind = type(processor)
+    unknown = [name for name, known in PREDICTED.items() if getattr(kind, name).__qualname__ not in known]
+    if not kind.__module__.startswith("transformers.") or unknown:
+        raise InspectError(
+            f"images: the image processor {kind.__name__} sizes images in its own way, which cannot be bounded before "
+            "it runs; allowed: transformers' processors that resize by their settings (ViT, BiT, CLIP, SigLIP...)."
+        )
+    if getattr(processor, "max_num_patches", None) is not None:  # NaFlex: resized to fit, then padded to that
+        patch, most = _positive(processor, "patch_size"), _positive(processor, "max_num_patches")
+        from transformers.models.siglip2.image_processing_pil_siglip2 import get_image_size_for_max_num_patches
+
+        out_height, out_width = get_image_size_for_max_num_patches(height, width, patch, most)
+        return max(width * height, out_height * out_width, most * patch * patch), most * patch * patch
+    steps = [(height, width)]
+    if getattr(processor, "do_resize", False):
+        size = processor.size
+        edges = {name: _positive(size, name) for name in ("shortest_edge", "longest_edge", "max_height", "max_width")}
+        if edges["shortest_edge"] and edges["longest_edge"]:
+            steps.append(get_size_with_aspect_ratio((height, width), edges["shortest_edge"], edges["longest_edge"]))
+        elif edges["shortest_edge"]:
+            shape = np.broadcast_to(np.uint8(0), (1, height, width))  # a view of one byte: only its shape is read
+            steps.append(
+                get_resize_output_image_size(shape, edges["shortest_edge"], False, None, ChannelDimension.FIRST)
+            )
+        elif edges["max_height"] and edges["max_width"]:
+            steps.append(get_image_size_for_max_height_width((height, width), edges["max_height"], edges["max_width"]))
+        else:
+            steps.append((_positive(size, "height", True), _positive(size, "width", True)))
+    if getattr(processor, "do_center_crop", False):
+        crop = processor.crop_size
+        steps.append((_positive(crop, "height", True), _positive(crop, "width", True)))
+    if getattr(processor, "do_pad", False) and getattr(processor, "pad_size", None) is not None:
+        pad = processor.pad_size
+        steps.append((_positive(pad, "height", True), _positive(pad, "width", True)))
+    return max(h * w for h, w in steps), steps[-1][0] * steps[-1][1]
+
+
+def _positive(settings, name: str, required: bool = False) -> int | None:
+    """A size setting of the processor: a positive integer (None where it is absent and not `required`)."""
+    value = getattr(settings, name, None)
+    if (value is None and required) or (value is not None and (type(value) is not int or value < 1)):
+        raise InspectError(f"images: the image processor's {name} is {value!r}; allowed: a positive integer.")
+    return value
 
 
 def _batches(processor, found: ImageSet, batch_size: int, progress: bool) -> Iterator[dict]:
     """The processor's whole output (pixel_values and any masks or shapes) per batch, as plain dicts of tensors.
 
-    The progress bar opens when the first batch is asked for: an architecture diagnose refuses prints one line."""
+    The progress bar opens when the first batch is asked for: an architecture diagnose refuses prints one line. Every
+    image is bounded first (`MAX_PIXELS` at each step of the processor), except by a processor of the checkpoint's own
+    code, which the user chose to trust (its sizes with it)."""
+    if type(processor).__module__.startswith("transformers."):
+        for name, image in zip(found.names, found.images, strict=True):
+            largest = processed_pixels(processor, image.width, image.height)[0]
+            if largest > MAX_PIXELS:
+                raise InspectError(
+                    f"images: the image processor makes {largest / 1e6:.1f} megapixels of {name}, over "
+                    f"{MAX_PIXELS / 1e6:g}; allowed: a processor that resizes to a smaller size."
+                )
     bar = tqdm(total=len(found.images), unit="image", desc="diagnose", file=sys.stderr, disable=not progress)
     try:
         for start in range(0, len(found.images), batch_size):

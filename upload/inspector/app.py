@@ -15,10 +15,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
-from runner import Entry, InspectError, Inspector  # noqa: E402
+from runner import Entry, Inspector  # noqa: E402
 
 from sink_models.diagnostics.plots import busiest_layer  # noqa: E402
-from sink_models.errors import first_line  # noqa: E402
 from sink_models.inspection import tables  # noqa: E402
 
 FIGURES = {
@@ -63,7 +62,7 @@ def build(inspector: Inspector, zoo: list[str] | None = None) -> gr.Blocks:
                 entry = inspector.run(model, rev, found, lambda done, text: progress(done, desc=text))
                 return _shown(inspector, entry)
             except Exception as error:  # noqa: BLE001 -- one request's failure never takes the app down
-                return _failed(_message(error))
+                return _failed(inspector.message(error))
 
         def draw(current: str | None, chosen, number: float) -> tuple:
             if current is None or chosen is None:
@@ -71,13 +70,13 @@ def build(inspector: Inspector, zoo: list[str] | None = None) -> gr.Blocks:
             try:
                 return inspector.attention(current, int(chosen), int(number)), gr.skip()
             except Exception as error:  # noqa: BLE001 -- shown in the page, the app stays up
-                return None, f"**{_message(error)}**"
+                return None, f"**{inspector.message(error)}**"
 
         def share(current: str | None, where: str | None, secret: str | None) -> str:
             try:
                 return f"Published: `{inspector.publish(current, where, secret)}` in the dataset `{where.strip()}`."
             except Exception as error:  # noqa: BLE001 -- shown in the page, the app stays up
-                return f"**{_message(error)}**"
+                return f"**{inspector.message(error)}**"
 
         run.click(inspect, inputs, outputs)
         inputs[0].submit(inspect, inputs, outputs)
@@ -131,11 +130,6 @@ def _results() -> dict:
     )
     shown["download"] = gr.File(label="Report folder (report.md, report.json, heads.csv, figures)", elem_id="download")
     return shown
-
-
-def _message(error: Exception) -> str:
-    """Our own errors as they are (one line naming what was wrong); anything else as its type and first line."""
-    return str(error) if isinstance(error, InspectError) else f"error: {first_line(error)}"
 
 
 def _shown(inspector: Inspector, entry: Entry) -> list:
