@@ -444,3 +444,14 @@ def test_the_dense_probe_miou_is_a_percent_column_and_seed_groups_average_it():
     grouped = group_seeds(table(records), by_recipe)
     assert len(grouped) == 1 and (grouped[0]["seeds"], grouped[0]["mIoU"]) == (3, "31.6 ± 2.1")
     assert grouped[0]["top-1"] == "97.0 ± 1.0"
+
+
+@pytest.mark.parametrize("app", ["upload/space/app.py", "upload/inspector/app.py"])
+@pytest.mark.parametrize("missing", ["gradio", "pandas"])
+def test_an_app_without_its_extra_says_what_to_install(app, missing):
+    # None in sys.modules makes the import fail exactly as an absent package does (ModuleNotFoundError).
+    code = f"import runpy, sys; sys.modules[{missing!r}] = None; runpy.run_path({app!r}, run_name='__main__')"
+    env = os.environ | {"PYTHONPATH": str(ROOT / Path(app).parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == f"{app}: needs {missing}; install the hub extra: pip install -e '.[hub]'\n"

@@ -13,8 +13,11 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app also runs offline
 
-import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
+try:
+    import gradio as gr
+    import pandas as pd
+except ModuleNotFoundError as missing:  # the Space's packages are an extra of the library
+    raise SystemExit(f"{__file__}: needs {missing.name}; install the hub extra: pip install -e '.[hub]'") from None
 from runner import Entry, Inspector  # noqa: E402
 
 from sink_models.diagnostics.plots import busiest_layer  # noqa: E402

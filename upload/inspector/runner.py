@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ from sink_models.files import atomic_folder
 from sink_models.inspection import ImageSet, InspectError, collect_images, diagnose_images, load_model, write_report
 from sink_models.inspection.images import check_pixels, processed_pixels
 from sink_models.inspection.loading import named_class, vision_channels
+from sink_models.inspection.report import MARKER
 
 DATA_FILES = ("config.json", "preprocessor_config.json")  # with the root-level safetensors files and their index
 SAFE_NAME = re.compile(r"[\w.-]+")  # a root-level file name, no glob characters: fetched by its exact name
@@ -538,7 +540,10 @@ class Inspector:
             (staging / "images").mkdir()
             for index, image in enumerate(images):  # kept for the attention maps of any image, later
                 image.save(staging / "images" / f"{index:03d}.png")
-            shutil.make_archive(str(staging / "report"), "zip", staging / "report")
+            with zipfile.ZipFile(staging / "report.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+                for path in sorted((staging / "report").iterdir()):
+                    if path.name != MARKER:  # how `sink-models inspect --out` knows its own folders; not the report's
+                        archive.write(path, path.name)
 
     def attention(self, key: str, image: int, layer: int) -> Path:
         """The per-head attention maps of used image `image` in `layer`, with each head's sink marked (a PNG)."""
