@@ -48,9 +48,12 @@ def parse(argv: list[str]) -> EvalArguments:
     known = parser.parse_known_args(argv)[0]
     suite = known.suite or (None if known.model else "zoo")  # no models named: the shipped zoo
     builtin = suite is not None and not suite.endswith((".yaml", ".yml"))
-    # The repository's suites regenerate its results/ and model_cards/; any other run writes only to its own folders.
-    outputs = {"results_dir": "results", "cards_dir": "model_cards"} if builtin else USER_OUTPUTS
-    parser.set_defaults(**{key: os.path.relpath(ROOT / value) if builtin else value for key, value in outputs.items()})
+    # The repository's suites, on their own models, regenerate its results/ and model_cards/; any other run (models
+    # named on the command line, a suite of one's own) writes only to its own folders.
+    own_models = any(getattr(known, key) for key in ("model", "synthetic_models", "intervention_models"))
+    repository = builtin and not own_models
+    outputs = {"results_dir": "results", "cards_dir": "model_cards"} if repository else USER_OUTPUTS
+    parser.set_defaults(**{key: os.path.relpath(ROOT / v) if repository else v for key, v in outputs.items()})
     if suite is not None:
         path = SUITES / f"{suite}.yaml" if builtin else Path(suite)
         if not path.is_file():
@@ -62,6 +65,9 @@ def parse(argv: list[str]) -> EvalArguments:
         if builtin:  # the built-in suites name the repository's zoo and folders, wherever the command runs
             for key in ("model", "synthetic_models", "intervention_models"):
                 values[key] = [os.path.relpath(ROOT / item) for item in values.get(key, [])]
+            for key in ("results_dir", "cards_dir"):
+                if key in values and not repository:
+                    del values[key]  # the suite's folders are the repository's; own models keep USER_OUTPUTS
             for key in ("results_dir", "cards_dir", "work_dir"):
                 if key in values:
                     values[key] = os.path.relpath(ROOT / values[key])
@@ -72,7 +78,7 @@ def parse(argv: list[str]) -> EvalArguments:
     for key in ("results_dir", "cards_dir"):
         if os.path.exists(getattr(args, key)) and not os.path.isdir(getattr(args, key)):
             raise EvalError(f"{key}: {getattr(args, key)!r} is a file; allowed: a folder (made if missing).")
-        if not builtin:
+        if not repository:
             _outside_repository_outputs(key, getattr(args, key))
     return args
 
@@ -84,7 +90,7 @@ def _outside_repository_outputs(option: str, folder: str) -> None:
         if path == owned or owned in path.parents:
             raise EvalError(
                 f"{option}: {folder!r} is the repository's {owned.name}/, which only its suites regenerate "
-                f"(eval/run.py with no --model, or --suite {{{suites}}}); "
+                f"(eval/run.py with no --model, or --suite {{{suites}}} on its own models); "
                 f"allowed: any other folder (default: {USER_OUTPUTS[option]})."
             )
 
@@ -94,10 +100,10 @@ def with_undefined_named(result: dict) -> dict:
     result, undefined = finite(result)
     undefined += [path.replace("summary.", "sinks.", 1) for path in result["sinks"].get("non_finite", [])]
     if undefined:
-        result["non_finite"] = sorted(set(undefined))
+        result["non_finite"] = places = sorted(set(undefined))
         if os.environ.get("RANK", "0") == "0":
-            shown = ", ".join(result["non_finite"][:3])
-            print(f"warning: {result['name']}: {len(undefined)} figures are NaN or inf ({shown}, ...), written as null")
+            shown = ", ".join(places[:3])
+            print(f"warning: {result['name']}: {len(places)} figures are NaN or inf ({shown}, ...), written as null")
     return result
 
 

@@ -160,7 +160,10 @@ def load_checkpoint(
     _refuse_task_models(source, training_args)
     try:
         raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
-        check_structure(raw, where, EvalError)
+    except CONFIG_ERRORS as error:
+        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
+    check_structure(raw, where, EvalError)
+    try:
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except CONFIG_ERRORS as error:
         if isinstance(error, ValueError) and "trust_remote_code" in str(error):
@@ -176,9 +179,8 @@ def load_checkpoint(
             f"{config.model_type!r}); the diagnostics support these families (model_type; dual encoders through their "
             f"vision tower): {', '.join(SUPPORTED)}."
         )
-    if local:
-        check_weight_files(source, revision, raw, where, EvalError)
-    else:
+    check_weight_files(source, revision, raw, where, EvalError)
+    if not local:
         training_args = _training_args(source, revision)
         _refuse_task_models(source, training_args)
     # Accuracy needs a classification head; any other checkpoint of a supported family gets the diagnostics alone.

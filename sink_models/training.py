@@ -593,6 +593,11 @@ def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accel
             f"dataset: {data_args.dataset!r} has {train.shards} shards for {accelerator.num_processes} processes; "
             "with a multiple of the process count each process would read only its own shards."
         )
+    if held_out.labels != train.labels:  # streamed rows keep their split's class numbers: they must mean the same
+        raise TrainingError(
+            f"label_column: {data_args.dataset!r} split {data_args.eval_split!r} names its classes "
+            f"{held_out.labels[:10]}, the training split {train.labels[:10]}; allowed: splits with one ClassLabel."
+        )
     return ImageData(train, held_out, train.labels)
 
 
@@ -662,7 +667,7 @@ def _kept_log_lines(path: Path, step: int) -> list[str] | None:
             logged = json.loads(line)["step"]
             if not _is_int(logged):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             if number == len(lines):
                 break
             raise TrainingError(
@@ -732,8 +737,8 @@ def verify_manifest(folder: Path) -> dict:
         expected = {name: (entry["bytes"], entry["sha256"]) for name, entry in files.items()}
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing (the checkpoint is incomplete or older than manifests)") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {str(error)[:200]})") from None
     present = _files(folder)
     unlisted = sorted(present - expected.keys())
     if unlisted:
@@ -828,7 +833,7 @@ def read_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> C
             f"{folder / MANIFEST}: written by {manifest['processes']} processes; allowed: resume with as many "
             f"(this run has {accelerator.num_processes})"
         )
-    weights = _checked_weights(folder / WEIGHTS, model)
+    weights = _checked_weights(folder / WEIGHTS, accelerator.unwrap_model(model))  # DDP wraps: module.*
     optimizer_state = read_data(folder / OPTIMIZER)
     _check_optimizer(optimizer_state, optimizer, folder / OPTIMIZER)
     scheduler_state = read_data(folder / SCHEDULER)
@@ -850,7 +855,7 @@ def read_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> C
 
 def _apply(checkpoint: Checkpoint, accelerator, model, optimizer, scheduler, state: TrainState) -> None:
     """Put a checked checkpoint into the run, as accelerator.load_state would have (the RNG states last)."""
-    model.load_state_dict(checkpoint.weights)
+    accelerator.unwrap_model(model).load_state_dict(checkpoint.weights)  # saved unwrapped, as save_state does
     optimizer.load_state_dict(checkpoint.optimizer)
     scheduler.load_state_dict(checkpoint.scheduler)
     state.load_state_dict(checkpoint.state)
@@ -914,6 +919,8 @@ def _resume(option: str | None, checkpoints: Path, accelerator, model, optimizer
                 )
             return None
     _apply(checkpoint, *arguments, state)
+    if accelerator.is_main_process:
+        print(f"resumed from {checkpoint.folder} (step {state.step})", file=sys.stderr)
     return checkpoint.folder
 
 

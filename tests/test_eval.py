@@ -290,6 +290,10 @@ def imagefolder(root: Path) -> Path:
         ("missing", "model: '{tmp}/nowhere' is not a folder; allowed: a model folder or a Hub id"),
         ("pickled", "has only pytorch_model.bin (a pickle, never loaded here); allowed: weights in safetensors files"),
         ("decoy", "could not be loaded: ValueError: the weights file lacks"),
+        (
+            "float layers",
+            "model: '{tmp}/float layers' has config.json num_hidden_layers 2.5; allowed: a positive integer",
+        ),
         ("hub", "model: 'noorg/nomodel' (no local folder of that name; as a Hub id) could not be loaded"),
         ("unsupported", "is a Data2VecVisionModel checkpoint (model_type 'data2vec-vision'); the diagnostics support"),
         ("columns", "label_column: '{tmp}/images' has no column 'kind'; its columns are ['image', 'label']"),
@@ -312,7 +316,12 @@ def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoin
         "suite": ["--suite", "nosuch"],
         "pickled": ["--model", tmp_path / "pickled", "--trust_remote_code"],
         "decoy": ["--model", tmp_path / "decoy", "--trust_remote_code"],
+        "float layers": ["--model", tmp_path / "float layers", "--trust_remote_code"],
     }[case]
+    if case == "float layers":
+        folder = shutil.copytree(checkpoint, tmp_path / case)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 2.5}))
     if case in ("pickled", "decoy"):
         from safetensors.torch import load_file, save_file
 
@@ -547,3 +556,11 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(checkpoint, 
         f"error: cards_dir: {str(tmp_path / 'cards')!r} is a file; allowed: a folder (made if missing).",
     )
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("suite", ["zoo", "synthetic", "interventions"])
+def test_a_repository_suite_on_ones_own_models_writes_to_ones_own_folders(suite):
+    args = eval_run.parse(["--suite", suite, "--model", "my-org/my-model"])
+    assert (args.results_dir, args.cards_dir) == ("runs/eval/results", "runs/eval/cards")
+    repository = eval_run.parse(["--suite", suite])
+    assert Path(repository.results_dir).resolve() == ROOT / "results"

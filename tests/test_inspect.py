@@ -304,8 +304,14 @@ def hostile_checkpoints(root: Path, dino: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     weights = load_file(dino / "model.safetensors")
-    for name in ("decoy", "extra", "pickled", "truncated", *MALFORMED):
+    for name in ("decoy", "extra", "pickled", "truncated", "pickled shard", *MALFORMED):
         shutil.copytree(dino, root / name)
+    # A safetensors file of filler beside a shard index that names a pickle: transformers would torch.load it.
+    (root / "pickled shard" / "model.safetensors").rename(root / "pickled shard" / "filler.safetensors")
+    with open(root / "pickled shard" / "pytorch_model-00001.bin", "wb") as file:
+        pickle.dump(Marker(root / "unpickled.txt"), file)
+    index = {"metadata": {}, "weight_map": dict.fromkeys(weights, "pytorch_model-00001.bin")}
+    (root / "pickled shard" / "model.safetensors.index.json").write_text(json.dumps(index))
     whole = (dino / "model.safetensors").read_bytes()
     (root / "truncated" / "model.safetensors").write_bytes(whole[: len(whole) // 2])
     decoy = {f"backbone.weight{i}": torch.zeros(4) for i in range(len(weights))}  # as many tensors, none the model's
@@ -341,6 +347,7 @@ BAD = {
     "decoy weights": (["{root}/decoy"], "the weights file lacks {weights} of the model's weights"),
     "extra weights": (["{root}/extra"], "holds 1 weights the model does not have (encoder.layer.0.attention.backdoor)"),
     "truncated weights": (["{root}/truncated"], "has model.safetensors, which is not a readable safetensors file"),
+    "pickled shard": (["{root}/pickled shard"], "has a shard index naming 'pytorch_model-00001.bin', not one of"),
     "pickle only": (["{root}/pickled"], "has only pytorch_model.bin (a pickle, never loaded here)"),
     "patch 0": (["{root}/patch 0"], "config.json patch_size 0; allowed: a positive integer"),
     "heads 0": (["{root}/heads 0"], "config.json num_attention_heads 0; allowed: a positive integer"),
@@ -484,3 +491,46 @@ def test_every_family_is_inspected_from_its_folder(family, tmp_path):
     figures = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
     assert len(figures) == 4 and all(f"]({name})" in markdown for name in figures)
     assert all(f"| {layer} |" in markdown for layer in range(2))
+
+
+def test_a_model_whose_activations_overflow_gets_its_report(dino, tmp_path, capsys):
+    """NaN attention maps and figures are written as null and named; the report folder is complete."""
+    folder = shutil.copytree(dino, tmp_path / "overflow")
+    weights = safetensors.torch.load_file(folder / "model.safetensors")
+    weights["embeddings.cls_token"] = torch.full_like(weights["embeddings.cls_token"], float("inf"))
+    safetensors.torch.save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    assert main([str(folder), "--max-images", "2", "--out", str(tmp_path / "report")]) == 0
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert all(head["max_inflow"] is None for head in written["heads"])
+    undefined = written["summary"]["non_finite"]
+    assert {f"heads[{i}].max_inflow" for i in range(len(written["heads"]))} <= set(undefined)
+    assert undefined[-1].startswith("attention (") and undefined[-1].endswith(" values)")
+    assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_a_hub_id_whose_org_is_also_a_folder_here_is_still_a_hub_id(dino, tmp_path, monkeypatch, capsys):
+    """`sink-models/vit-x` beside a clone named sink-models: found in the Hub cache, it is not taken for a typo."""
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    cache = Path(os.environ["HF_HOME"]) / "hub" / "models--sink-models--tiny-dinov2"
+    shutil.copytree(dino, cache / "snapshots" / sha)
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(sha)
+    (tmp_path / "sink-models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["sink-models/tiny-dinov2", "--max-images", "1"]) == 0, capsys.readouterr().err
+    assert main(["sink-models/tiny-dinov3", "--max-images", "1"]) == 2  # not in the cache, offline: a folder typo
+    assert "'sink-models/tiny-dinov3' is not a folder" in capsys.readouterr().err
+
+
+def test_a_beit_pretraining_checkpoint_loads_as_its_backbone(tmp_path):
+    """BeitForMaskedImageModeling keeps a head LayerNorm at `layernorm.*`, an nn.Identity in BeitModel: a head's
+    weights the backbone does not use, not a disagreement between config and weights."""
+    from transformers import BeitConfig, BeitForMaskedImageModeling, BeitModel
+
+    from sink_models.inspection.loading import check_loaded_weights
+
+    config = BeitConfig(**STOCK_SIZES, intermediate_size=64, use_mean_pooling=True)
+    BeitForMaskedImageModeling(config).save_pretrained(tmp_path / "beit")
+    model, info = BeitModel.from_pretrained(tmp_path / "beit", output_loading_info=True)
+    assert {"layernorm.weight", "layernorm.bias"} <= set(info["unexpected_keys"])
+    check_loaded_weights(model, info)  # does not raise

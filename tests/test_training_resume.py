@@ -208,3 +208,35 @@ def test_a_cut_off_last_log_line_is_dropped_and_a_damaged_one_inside_is_refused(
     with pytest.raises(TrainingError) as error:
         resume(run)
     assert str(error.value) == f"{log}: line 2 is no metrics record; allowed: one JSON object a line."
+
+
+def test_two_processes_resume_exactly(tmp_path):
+    """Under DDP the model is wrapped (`module.*`), its checkpoint is not: resume reads into the unwrapped model."""
+    from conftest import free_port
+
+    def launch(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip",
+            "127.0.0.1", "--main_process_port", str(free_port()), str(ROOT / "train" / "run.py"),
+            "--config", str(ROOT / "train" / "recipes" / "digits-toy-plain.yaml"), "--max_steps", "6",
+            "--save_steps", "2", "--per_device_batch_size", "8", "--model_overrides", SMALL,
+            "--output_dir", str(output_dir), *extra,
+        ]  # fmt: skip
+        env = os.environ | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    launch(tmp_path / "run")
+    straight = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_4", "step_6"]  # save_total_limit: 2
+    shutil.rmtree(checkpoints / "step_6")  # as if interrupted after step 4's checkpoint
+    done = launch(tmp_path / "run", "--resume_from_checkpoint", "auto")
+    assert f"resumed from {checkpoints / 'step_4'} (step 4)" in done.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["processes"] == 2
+    resumed = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=0, msg=name)

@@ -120,7 +120,7 @@ def _inflow_maps(report, layer: int):
     cls = maps.get("num_cls_tokens", 1)
     names = ["CLS"] if cls == 1 else [f"CLS{i}" for i in range(1, cls + 1)]
     names += [f"R{i}" for i in range(1, prefix - cls + 1)]
-    inflow = np.array(maps["inflow"][layer])  # heads x tokens
+    inflow = np.array(maps["inflow"][layer], dtype=float)  # heads x tokens; None (an overflowed model's) is NaN
     heads = inflow.shape[0]
     figure, axes = plt.subplots(
         1,
@@ -132,7 +132,8 @@ def _inflow_maps(report, layer: int):
     )
     for head in range(heads):
         strip, grid = axes[0, 2 * head], axes[0, 2 * head + 1]
-        vmax = inflow[head].max()
+        defined = np.isfinite(inflow[head]).any()  # all NaN: drawn blank, no sink to mark
+        vmax = np.nanmax(inflow[head]) if defined else 1.0
         if prefix:
             strip.imshow(inflow[head, :prefix, None], cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
             strip.set_yticks(range(prefix), names, fontsize=7)
@@ -141,10 +142,10 @@ def _inflow_maps(report, layer: int):
             strip.axis("off")
         image = grid.imshow(inflow[head, prefix:].reshape(rows, cols), cmap="viridis", vmin=0, vmax=vmax)
         grid.set(title=f"head {head}", xticks=[], yticks=[])
-        sink = int(inflow[head].argmax())
-        if sink < prefix:
+        sink = int(np.nanargmax(inflow[head])) if defined else -1
+        if 0 <= sink < prefix:
             strip.scatter([0], [sink], marker="s", s=80, facecolors="none", edgecolors="red", linewidths=2)
-        else:
+        elif sink >= prefix:
             row, col = divmod(sink - prefix, cols)
             grid.scatter([col], [row], marker="s", s=80, facecolors="none", edgecolors="red", linewidths=2)
         figure.colorbar(image, ax=[strip, grid], shrink=0.8)

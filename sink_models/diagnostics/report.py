@@ -169,8 +169,12 @@ class SinkReport:
         # The paper's tables leave out block 0, whose sinks are of another kind.
         summary["excluding_first_layer"] = _per_image([e for e in acc.events if e["layer"] > 0], n)
         # A model whose activations overflow (NaN / inf) still gets its report: undefined figures are None, named.
-        parts, undefined = finite({"heads": heads, "layers": layers, "summary": summary})
-        heads, layers, summary = parts["heads"], parts["layers"], parts["summary"]
+        parts, undefined = finite({"heads": heads, "layers": layers, "summary": summary, "attention": attention})
+        heads, layers, summary, attention = (parts[name] for name in ("heads", "layers", "summary", "attention"))
+        maps = [path for path in undefined if path.startswith("attention.")]  # one per token: counted, not listed
+        undefined = [path for path in undefined if path not in maps] + (
+            [f"attention ({len(maps)} values)"] if maps else []
+        )
         if undefined:
             summary["non_finite"] = undefined
         return cls(summary, heads, layers, acc.events, thresholds.to_dict(), model, attention)

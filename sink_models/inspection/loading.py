@@ -1,6 +1,7 @@
 """The model, its config and its image processor for `sink-models inspect`, from a folder or a Hub id."""
 
 import difflib
+import json
 import os
 
 import torch
@@ -74,21 +75,31 @@ def from_pretrained(auto, source: str, **kwargs):
 
 def check_loaded_weights(model: torch.nn.Module, info: dict) -> None:
     """Refuse what `from_pretrained` would leave at random or ignore inside the model: any missing weight but ViT's
-    dense+tanh pooler (stock heads drop it and no diagnostic reads it), and unexpected weights of the model's own
-    modules (those of another head, `classifier.*` of a head checkpoint loaded as a backbone, are only not used)."""
+    dense+tanh pooler (stock heads drop it and no diagnostic reads it), and unexpected weights inside a module of the
+    model that has weights. Those of a head the model lacks are only not used: `classifier.*` of a head checkpoint
+    loaded as a backbone, or BEiT pre-training's `layernorm.*`, an `nn.Identity` in `BeitModel`."""
     missing = sorted(key for key in info["missing_keys"] if not key.startswith("pooler."))
     if missing:
         raise ValueError(
             f"the weights file lacks {len(missing)} of the model's weights ({', '.join(missing[:3])}, ...): it is not "
             "this model's checkpoint; allowed: a checkpoint holding every weight its config.json describes."
         )
-    children = {name for name, _ in model.named_children()}
-    unexpected = sorted(key for key in info["unexpected_keys"] if key.split(".")[0] in children)
+    unexpected = sorted(key for key in info["unexpected_keys"] if _inside_weighted_module(model, key))
     if unexpected:
         raise ValueError(
             f"the weights file holds {len(unexpected)} weights the model does not have ({', '.join(unexpected[:3])}): "
             "config.json and the weights disagree; allowed: the weights of the model its config.json describes."
         )
+
+
+def _inside_weighted_module(model: torch.nn.Module, key: str) -> bool:
+    """Whether `key`'s module (`a.b` of `a.b.weight`) is one of the model's and holds weights of its own or below."""
+    parent = key.rpartition(".")[0]
+    try:
+        module = model.get_submodule(parent) if parent else None
+    except AttributeError:
+        return False
+    return module is not None and any(True for _ in module.parameters())
 
 
 def named_class(config) -> type | None:
@@ -115,7 +126,8 @@ def source_where(source: str, revision: str | None, error: type[ValueError]) -> 
     if os.path.exists(source):
         raise error(f"model: {source!r} is a file; {allowed}.")
     parent = os.path.dirname(source)
-    if source.startswith((".", "/", "~")) or source.count("/") > 1 or (parent and os.path.isdir(parent)):
+    path_like = source.startswith((".", "/", "~")) or source.count("/") > 1
+    if path_like or (parent and os.path.isdir(parent) and not _on_hub(source, revision)):
         close = difflib.get_close_matches(os.path.basename(source), _folders(parent), n=3) if parent else []
         hint = f" (in {parent!r}: did you mean {', '.join(map(repr, close))}?)" if close else ""
         raise error(f"model: {source!r} is not a folder{hint}; {allowed}.")
@@ -125,6 +137,22 @@ def source_where(source: str, revision: str | None, error: type[ValueError]) -> 
         raise error(f"model: {source!r} is neither a folder nor a valid Hub id; {allowed}.") from None
     where = repr(source) + ("" if revision is None else f" at revision {revision!r}")
     return f"{where} (no local folder of that name; as a Hub id)"
+
+
+def _on_hub(source: str, revision: str | None) -> bool:
+    """Whether `source`, named like a folder under one that exists here (`zoo/vit-plian`), is a Hub model after all
+    (`sink-models/vit-gated-reg` beside a clone named sink-models): in the cache, or one request without retries."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(source, "config.json", revision=revision), str):
+            return True
+        if constants.HF_HUB_OFFLINE:
+            return False
+        HfApi().model_info(source, revision=revision, timeout=10)
+    except Exception:  # noqa: BLE001 -- not found, refused, unreachable or invalid: all mean "not a Hub model here"
+        return False
+    return True
 
 
 def _folders(parent: str) -> list[str]:
@@ -155,24 +183,64 @@ def _positive_pair(value) -> bool:
 
 
 def check_weight_files(source: str, revision: str | None, raw: dict, where: str, error: type[ValueError]) -> None:
-    """For a local folder: refuse a pickle-only checkpoint (never unpickled), and a config.json asking for more layers
-    than its safetensors files could hold (a 100,000-layer config would take minutes to build before failing)."""
-    if not os.path.isdir(source):
-        return  # a Hub checkpoint: from_pretrained fetches safetensors only, and fails on their absence
-    names = os.listdir(source)
-    weights = [name for name in names if name.endswith(".safetensors")]
-    if not weights:
-        pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
-        found = f"only {', '.join(pickles)} (a pickle, never loaded here)" if pickles else "no weights file"
-        raise error(f"model: {where} has {found}; allowed: weights in safetensors files (model.safetensors).")
-    tensors = sum(_tensor_count(os.path.join(source, name), where, error) for name in weights)
+    """Before the model is built: refuse weights that are not all safetensors (a pickle-only folder, or a shard index
+    naming anything else: it is never loaded), and a config.json asking for more layers than the weights could hold
+    (a 100,000-layer config would take minutes to build before failing). A folder's files are read here; a Hub
+    repo's safetensors headers are fetched alone (nothing to check offline, where only the cache is read)."""
+    if os.path.isdir(source):
+        tensors = _local_tensors(source, where, error)
+    else:
+        tensors = _hub_tensors(source, revision, where, error)
     vision = raw.get("vision_config") if isinstance(raw.get("vision_config"), dict) else raw
     layers = vision.get("num_hidden_layers")
-    if type(layers) is int and layers > tensors:  # every block holds several weight tensors
+    if tensors is not None and type(layers) is int and layers > tensors:  # every block holds several tensors
         raise error(
             f"model: {where} has config.json num_hidden_layers {layers}, but its safetensors files hold only {tensors} "
             "tensors; allowed: a config.json that matches its weights."
         )
+
+
+def _local_tensors(folder: str, where: str, error: type[ValueError]) -> int:
+    names = os.listdir(folder)
+    weights = sorted(name for name in names if name.endswith(".safetensors"))
+    if not weights:
+        pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
+        found = f"only {', '.join(pickles)} (a pickle, never loaded here)" if pickles else "no weights file"
+        raise error(f"model: {where} has {found}; allowed: weights in safetensors files (model.safetensors).")
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):  # transformers loads the shards it names, whatever their kind
+        try:
+            with open(index) as file:
+                shards = set(json.load(file)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            raise error(
+                f"model: {where} has an unreadable model.safetensors.index.json; allowed: its weight_map."
+            ) from None
+        wrong = sorted(str(shard) for shard in shards if shard not in weights)
+        if wrong:
+            raise error(
+                f"model: {where} has a shard index naming {wrong[0]!r}, not one of its safetensors files; allowed: "
+                "the folder's own .safetensors files."
+            )
+        weights = sorted(shards)
+    return sum(_tensor_count(os.path.join(folder, name), where, error) for name in weights)
+
+
+def _hub_tensors(repo: str, revision: str | None, where: str, error: type[ValueError]) -> int | None:
+    from huggingface_hub import constants, get_safetensors_metadata
+    from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        metadata = get_safetensors_metadata(repo, revision=revision)
+    except NotASafetensorsRepoError:
+        raise error(f"model: {where} has no safetensors weights (a pickle is never loaded here).") from None
+    except SafetensorsParsingError as cause:  # a shard index naming a file that is not safetensors, say
+        raise error(f"model: {where} has weights that are not safetensors ({first_line(cause, 160)}).") from None
+    except Exception:  # noqa: BLE001 -- unreachable, missing, refused: from_pretrained then says which
+        return None
+    return len(metadata.weight_map)
 
 
 def _tensor_count(path: str, where: str, error: type[ValueError]) -> int:
