@@ -7,6 +7,7 @@ plain `python`. `python eval/run.py --help` lists the options.
 
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -16,6 +17,7 @@ import evaluate  # noqa: E402
 import transformers  # noqa: E402
 import yaml  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
 from sink_models.cards import render_card, write_card  # noqa: E402
@@ -125,14 +127,21 @@ def main(argv: list[str]) -> int:
     metric = evaluate.load(str(METRIC))
     # Everything is measured before anything is written: bad input anywhere leaves no file behind.
     evaluated, cards = [], []
-    say = print if accelerator.is_main_process else lambda *_, **__: None
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        """A stage line on the main process, with the time since the start: the run never goes silent."""
+        if accelerator.is_main_process:
+            minutes, seconds = divmod(int(time.monotonic() - started), 60)
+            print(f"{minutes}:{seconds:02d} {line}")
+
     opt_in = [name for name, on in (("interventions", args.interventions), ("dense probe", args.dense_probe)) if on]
     for number, source in enumerate(args.model, 1):
         trusted = args.trust_remote_code or in_zoo(source)  # remote code: asked for, or this repository's zoo
         checkpoint = load_checkpoint(
             source, revision=args.revision, trust_remote_code=trusted, attn_implementation=args.attn_implementation
         )
-        say(f"[{number}/{len(args.model)}] {source}: accuracy and sinks{''.join(', ' + n for n in opt_in)}", flush=True)
+        say(f"[{number}/{len(args.model)}] {source}: accuracy and sinks{''.join(', ' + n for n in opt_in)}")
         result, report = evaluate_checkpoint(checkpoint, args, metric, accelerator, accelerator.is_local_main_process)
         result["model"]["zoo"] = in_zoo(source)
         result = with_undefined_named(result)
@@ -142,17 +151,18 @@ def main(argv: list[str]) -> int:
         evaluated.append((result, report))
     synthetic = None
     if args.synthetic_models and accelerator.is_main_process:
-        say(f"synthetic tasks: {len(args.synthetic_models)} models, per-layer signatures", flush=True)
+        say(f"synthetic tasks: {len(args.synthetic_models)} models, per-layer signatures")
         work_dir = Path(args.work_dir)
         synthetic = synthetic_rows(args.synthetic_models, args.retrain_steps, args.seeds, work_dir, progress=True)
     causal = None
     if args.intervention_models and accelerator.is_main_process:
-        say(f"interventions: {len(args.intervention_models)} models, one sink head edited at a time", flush=True)
+        say(f"interventions: {len(args.intervention_models)} models, one sink head edited at a time")
         trusted = [args.trust_remote_code or in_zoo(source) for source in args.intervention_models]
         causal = causal_runs(args.intervention_models, args.intervention_images, trusted, progress=True)
     if accelerator.is_main_process:
-        say(f"writing results to {args.results_dir}/ and model cards to {args.cards_dir}/", flush=True)
-        for (result, report), card in zip(evaluated, cards, strict=True):
+        say(f"writing results to {args.results_dir}/ and model cards to {args.cards_dir}/")
+        written = tqdm(list(zip(evaluated, cards, strict=True)), desc="results and cards", unit="model")
+        for (result, report), card in written:
             write_json(Path(args.results_dir) / f"{result['name']}.json", result)
             write_card(card, report, Path(args.cards_dir) / result["name"])
         if synthetic is not None:
@@ -164,6 +174,7 @@ def main(argv: list[str]) -> int:
         if evaluated:
             records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
             print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table
+        say("done")
     accelerator.wait_for_everyone()
     return 0
 

@@ -3,6 +3,7 @@ import importlib.util
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -339,7 +340,7 @@ def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoin
     code, out = run([*argv, *outputs(tmp_path)], capsys)
     assert code != 0
     # The model's stage line ("[1/1] ...: accuracy and sinks") may come first when the data, not the model, is bad.
-    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("[1/1] ")]
+    lines = [line for line in out.splitlines() if line.strip() and not re.match(r"\d+:\d\d \[1/1\] ", line)]
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], out
     assert not (tmp_path / "results").exists() and not (tmp_path / "cards").exists()
     assert not (tmp_path / "unpickled.txt").exists()
@@ -446,6 +447,14 @@ def test_a_canvas_model_is_evaluated_on_the_canvases_its_recipe_names(tmp_path, 
     monkeypatch.chdir(tmp_path)
     code, out = run(["--model", folder, "--trust_remote_code"], capsys)
     assert code == 0, out
+    # It never goes silent: a timed line per stage, progress bars between them.
+    stages = [line.split(" ", 1)[1] for line in out.splitlines() if re.match(r"\d+:\d\d ", line)]
+    assert stages == [
+        f"[1/1] {folder}: accuracy and sinks",
+        f"writing results to {os.path.join('runs', 'eval', 'results')}/ and model cards to runs/eval/cards/",
+        "done",
+    ]
+    assert "run: 100%" in out and "results and cards: 100%" in out
     assert tree_digest(ROOT / "results", ROOT / "model_cards") == before
     written = tmp_path / "runs" / "eval"
     result = json.loads((written / "results" / "run.json").read_text())  # named after its run
