@@ -3,6 +3,7 @@
 import os
 import socket
 import tempfile
+from pathlib import Path
 
 # Before anything imports huggingface_hub: its cache and remote-code modules go to a throwaway folder.
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sink-models-hf-")
@@ -95,3 +96,13 @@ def hub(monkeypatch):
     monkeypatch.setattr(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY)
     with HubServer() as server:
         yield server
+
+
+class Marker:
+    """A pickle that, if ever unpickled, leaves a file behind."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (self.path, "unpickled"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_nested_close, free_port, images, tiny_config
+from conftest import Marker, assert_nested_close, free_port, images, tiny_config
 from families import build
 from huggingface_hub import ModelCard
 from PIL import Image
@@ -344,16 +344,6 @@ def test_bad_input_one_line_nonzero_and_nothing_written(case, message, checkpoin
     assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], out
     assert not (tmp_path / "results").exists() and not (tmp_path / "cards").exists()
     assert not (tmp_path / "unpickled.txt").exists()
-
-
-class Marker:
-    """A pickle that, if ever unpickled, leaves a file behind."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.write_text, (self.path, "unpickled"))
 
 
 def test_the_command_line_exits_non_zero_with_one_line(tmp_path):

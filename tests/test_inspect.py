@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import STOCK_SIZES, assert_nested_close, tiny_config
+from conftest import STOCK_SIZES, Marker, assert_nested_close, tiny_config
 from families import CASES as FAMILY_CASES
 from families import build as build_family
 from PIL import Image
@@ -286,16 +286,6 @@ def bad_models(tmp_path_factory, dino) -> Path:
     (root / "unreadable" / "half.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     hostile_checkpoints(root, dino)
     return root
-
-
-class Marker:
-    """A pickle that, if ever unpickled, leaves a file behind."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __reduce__(self):
-        return (Path.write_text, (self.path, "unpickled"))
 
 
 def hostile_checkpoints(root: Path, dino: Path) -> None:
