@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from sink_models import preset_config
@@ -178,3 +179,15 @@ def test_gpu_benchmark_refuses_in_one_line_without_a_gpu_or_tiny(monkeypatch, ca
     message = str(exit_info.value.code)
     assert "no CUDA GPU" in message and "--tiny" in message and "\n" not in message
     assert capsys.readouterr().out == ""  # refused before any work
+
+
+def test_probe_benchmark_checks_both_losses_agree_and_prints_the_ratio(monkeypatch, capsys):
+    bench = load_bench(Path(__file__).parents[1] / "bench" / "probe.py")
+    monkeypatch.setattr(sys, "argv", ["probe.py", "--patches", "500", "--rounds", "2"])
+    bench.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"500 patches x 64 channels, 11 classes; {torch.get_num_threads()} threads"
+    rows = [re.match(r"\| (.+) \| ([\d.]+) \| ([\d.]+) \|$", line) for line in lines[3:]]
+    names = ["F.cross_entropy (patches x classes)", "_cross_entropy (classes x patches)"]
+    assert [row.group(1) for row in rows] == names
+    assert float(rows[0].group(3)) == 1.0 and float(rows[1].group(3)) > 0

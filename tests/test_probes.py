@@ -256,3 +256,18 @@ def test_features_at_another_resolution_interpolate_the_position_embeddings():
     with torch.no_grad():
         expected = model(images, interpolate_pos_encoding=True).last_hidden_state[:, model.config.num_prefix_tokens :]
     torch.testing.assert_close(patch_features(model, [images]), expected)
+
+
+def test_the_lbfgs_loss_is_torchs_cross_entropy_with_its_gradient():
+    from sink_models.probes import _cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 8, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 5, (300,), generator=generator)
+    head = torch.nn.Linear(8, 5, dtype=torch.float64)
+    ours = _cross_entropy(head, x.t().contiguous(), y)
+    (grad,) = torch.autograd.grad(ours, head.weight)
+    reference = torch.nn.functional.cross_entropy(head(x), y)
+    (want,) = torch.autograd.grad(reference, head.weight)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, want, rtol=1e-10, atol=1e-12)
