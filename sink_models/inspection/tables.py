@@ -4,9 +4,8 @@ model and the summary in words, and the text the command prints."""
 from collections.abc import Sequence
 
 from ..diagnostics import SinkReport
+from ..diagnostics.report import CLASSES, TOKEN_TYPES
 
-CLASSES = ("nop", "broadcast", "other")
-TOKEN_TYPES = ("cls", "register", "patch")
 LABELS = {"nop": "NOP", "cls": "CLS"}  # how the report writes a class or token type; others as they are
 LAYER_HEADER = ("layer", "sinks", "NOP", "broadcast", "other", "CLS", "register", "patch", "norm max", "max/median")
 HEAD_HEADER = (

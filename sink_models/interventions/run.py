@@ -8,7 +8,7 @@ from torch import nn
 
 from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
-from ..diagnostics.report import finite_or_none
+from ..diagnostics.report import CLASSES, TOKEN_TYPES, finite_or_none
 from ..diagnostics.stream import model_inputs, valid_tokens
 from .edits import (
     DEFAULT_EDITS,
@@ -25,9 +25,6 @@ from .means import held_out_means, inputs_on
 from .measure import Baseline, effects
 from .report import InterventionReport, by_position
 from .select import select_heads
-
-CLASSES = ("nop", "broadcast", "other")
-TOKEN_TYPES = ("cls", "register", "patch")
 
 
 def intervene(
