@@ -19,3 +19,13 @@ def json_object(text: str | dict, field: str, example: str, allowed: str = "a JS
     if not isinstance(parsed, dict):
         raise ValueError(f"{field}: got {text!r}; allowed: {allowed}.")
     return parsed
+
+
+class TrainingError(ValueError):
+    """Bad input to a training run (an argument, a recipe, the data, a checkpoint); its message is one line naming
+    what was wrong and what is allowed. A ValueError, so callers that catch those keep working."""
+
+
+def is_int(value) -> bool:
+    """An int that is not a bool (YAML, JSON and argparse give both)."""
+    return isinstance(value, int) and not isinstance(value, bool)

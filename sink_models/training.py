@@ -4,15 +4,10 @@ import contextlib
 import copy
 import dataclasses
 import difflib
-import hashlib
 import json
 import logging
 import math
 import os
-import random
-import re
-import shutil
-import statistics
 import sys
 import time
 import typing
@@ -20,11 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedType, gather_object, get_torch_accelerator_backend, set_seed
-from safetensors.torch import load_file, save_file
+from accelerate.utils import gather_object, set_seed
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -44,9 +38,10 @@ from .data import (
     loader_options,
     parse_options,
 )
-from .errors import json_object
+from .errors import TrainingError, is_int, json_object
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, check_variant, preset_config
+from .resume import TrainState, kept_log_lines, resume, save_state
 from .tasks import TASKS, SinkTask, TokenRegressor
 
 logger = logging.getLogger(__name__)
@@ -117,11 +112,6 @@ class TrainArguments:
     )
 
 
-class TrainingError(ValueError):
-    """Bad input to a training run (an argument, a recipe, the data, a checkpoint); its message is one line naming
-    what was wrong and what is allowed. A ValueError, so callers that catch those keep working."""
-
-
 @contextlib.contextmanager
 def _input_errors():
     """Inside: the ValueErrors of the library's own validation (configs, data, options) are bad input, raised again
@@ -135,24 +125,20 @@ def _input_errors():
         raise TrainingError(lines[0] if lines else type(error).__name__) from error
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # Each argument with a range: (test, what is allowed). Every other field is checked against its annotation.
 _RANGES = {
-    "max_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: num_epochs over the training split)"),
-    "save_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: no checkpoints)"),
-    "warmup_steps": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "logging_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "per_device_batch_size": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "gradient_accumulation_steps": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "save_total_limit": (_is_int, "an int (0 or less: keep every checkpoint)"),
-    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)"),
+    "max_steps": (lambda v: is_int(v) and v >= 0, "an int >= 0 (0: num_epochs over the training split)"),
+    "save_steps": (lambda v: is_int(v) and v >= 0, "an int >= 0 (0: no checkpoints)"),
+    "warmup_steps": (lambda v: is_int(v) and v >= 0, "an int >= 0"),
+    "logging_steps": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "per_device_batch_size": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "gradient_accumulation_steps": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "save_total_limit": (is_int, "an int (0 or less: keep every checkpoint)"),
+    "seed": (lambda v: is_int(v) and 0 <= v < 2**32, "an int in [0, 2**32)"),
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "max_grad_norm": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -160,12 +146,12 @@ _RANGES = {
     "common_mode_penalty": (lambda v: _is_number(v) and v >= 0, "a weight >= 0 (0 = off)"),
     "mixed_precision": (lambda v: v in ("no", "fp16", "bf16"), "no, fp16 or bf16"),
     "crop_scale_min": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "shuffle_buffer": (lambda v: _is_int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
-    "streaming_eval_images": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "task_dim": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "task_length": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "task_eval_batches": (lambda v: _is_int(v) and v >= 1, "an int >= 1"),
-    "torch_threads": (lambda v: v is None or (_is_int(v) and v >= 1), "null (chosen from the cores) or an int >= 1"),
+    "shuffle_buffer": (lambda v: is_int(v) and v >= 0, "an int >= 0 (0: no shuffling)"),
+    "streaming_eval_images": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "task_dim": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "task_length": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "task_eval_batches": (lambda v: is_int(v) and v >= 1, "an int >= 1"),
+    "torch_threads": (lambda v: v is None or (is_int(v) and v >= 1), "null (chosen from the cores) or an int >= 1"),
     # JSON text (command lines, recipes) or a dict; json_object says what is wrong inside.
     "model_overrides": (lambda v: isinstance(v, (str, dict)), "a JSON object"),
     "dataset_options": (lambda v: isinstance(v, (str, dict)), "a JSON object"),
@@ -199,29 +185,6 @@ def _check_output_dir(output_dir: str) -> None:
                 what = "is a file" if existing == path else f"is inside {str(existing)!r}, a file"
                 raise TrainingError(f"output_dir: {output_dir!r} {what}; allowed: a folder (new or existing).")
             return
-
-
-class TrainState:
-    """The step counter and the run's stability figures, saved with every checkpoint (so a resumed run's summary
-    covers the whole run)."""
-
-    def __init__(self):
-        self.step, self.spikes, self.largest_grad, self.largest_activation = 0, 0, 0.0, 0.0
-        self.unreadable = 0  # training images that could not be decoded (every epoch's)
-        self.recent_losses: list[float] = []
-
-    def record(self, loss: float, grad_norm: float | None, activation: float) -> None:
-        # A spike: a loss above twice the median of the last 50.
-        self.spikes += len(self.recent_losses) >= 10 and loss > 2 * statistics.median(self.recent_losses)
-        self.recent_losses = [*self.recent_losses, loss][-50:]
-        self.largest_grad = max(self.largest_grad, grad_norm or 0.0)
-        self.largest_activation = max(self.largest_activation, activation)
-
-    def state_dict(self) -> dict:
-        return dict(vars(self))
-
-    def load_state_dict(self, state: dict) -> None:
-        vars(self).update(state)
 
 
 class CommonModePenalty:
@@ -342,8 +305,8 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgu
     accelerator.register_for_checkpointing(scheduler, state)
     checkpoints = output_dir / "checkpoints"
     # Not accelerator.load_state: it unpickles (weights_only=False) what it finds in the folder.
-    if _resume(args.resume_from_checkpoint, checkpoints, accelerator, model, optimizer, scheduler, state) is not None:
-        kept = _kept_log_lines(output_dir / "metrics.jsonl", state.step)
+    if resume(args.resume_from_checkpoint, checkpoints, accelerator, model, optimizer, scheduler, state) is not None:
+        kept = kept_log_lines(output_dir / "metrics.jsonl", state.step)
         if kept is not None and accelerator.is_main_process:
             (output_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     if trackers:
@@ -411,7 +374,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgu
                 progress.set_postfix(loss=f"{step_loss:.4f}")
             progress.update(1)
             if args.save_steps and state.step % args.save_steps == 0:
-                _save_state(accelerator, checkpoints, state.step, args.save_total_limit)
+                save_state(accelerator, checkpoints, state.step, args.save_total_limit)
             if on_step is not None:
                 on_step(state.step, metrics)
             if state.step >= total_steps:
@@ -652,298 +615,6 @@ def _streamed_batches(task, loader, step: int, steps_per_epoch, args: TrainArgum
         if not produced:
             raise TrainingError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
         epoch += 1
-
-
-def _kept_log_lines(path: Path, step: int) -> list[str] | None:
-    """The lines of metrics.jsonl a run resumed at `step` keeps (None without a log): the interrupted run's lines
-    after its checkpoint go, since the resumed run logs those steps again, and so does a last line cut off by the
-    interruption. Read on every process, so that a damaged log stops all of them alike."""
-    if not path.exists():
-        return None
-    lines = path.read_text(errors="replace").splitlines()
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            logged = json.loads(line)["step"]
-            if not _is_int(logged):
-                raise TypeError
-        except (ValueError, KeyError, TypeError, RecursionError):
-            if number == len(lines):
-                break
-            raise TrainingError(
-                f"{path}: line {number} is no metrics record; allowed: one JSON object a line."
-            ) from None
-        if logged <= step:
-            kept.append(line)
-    return kept
-
-
-# accelerator.save_state's files for this loop's model, optimizer and the two objects registered for checkpointing
-# (the scheduler, then the TrainState); SCALER only with fp16; RNG states one per process.
-WEIGHTS, OPTIMIZER, SCHEDULER, STATE, SCALER = (
-    "model.safetensors", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "scaler.pt"
-)  # fmt: skip
-MANIFEST = "manifest.json"
-CHECKPOINT = re.compile(r"step_(\d+)")
-# numpy's MT19937 state, a uint32 array, is the one non-tensor object in accelerate's RNG files: allowed, nothing else.
-_NUMPY_RNG = [np.ndarray((0,)).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-class CheckpointError(TrainingError):
-    """A checkpoint that cannot be verified against its manifest or read as data only; the message names the file."""
-
-
-class Checkpoint(NamedTuple):
-    """A checkpoint read and checked in full, before any of it is applied."""
-
-    folder: Path
-    weights: dict
-    optimizer: dict
-    scheduler: dict
-    state: dict
-    scaler: dict | None
-    rng: dict  # this process's
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _files(folder: Path) -> set[str]:
-    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()} - {MANIFEST}
-
-
-def write_manifest(folder: Path, step: int, processes: int) -> None:
-    """manifest.json, written last into a checkpoint: the step, the process count and every file's size and sha256,
-    so that a resume tells a complete checkpoint from a cut-off, damaged or altered one."""
-    files = {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
-             for name in sorted(_files(folder))}  # fmt: skip
-    (folder / MANIFEST).write_text(json.dumps({"step": step, "processes": processes, "files": files}, indent=1))
-
-
-def verify_manifest(folder: Path) -> dict:
-    """The checkpoint's manifest once every file matches it (the same files, sizes and sha256); a CheckpointError
-    naming the first file that does not."""
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-        files, step, processes = manifest["files"], manifest["step"], manifest["processes"]
-        if not (_is_int(step) and _is_int(processes) and isinstance(files, dict)):
-            raise TypeError("step, processes or files of the wrong type")
-        expected = {name: (entry["bytes"], entry["sha256"]) for name, entry in files.items()}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing (the checkpoint is incomplete or older than manifests)") from None
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
-        raise CheckpointError(f"{path}: unreadable ({type(error).__name__}: {str(error)[:200]})") from None
-    present = _files(folder)
-    unlisted = sorted(present - expected.keys())
-    if unlisted:
-        raise CheckpointError(f"{folder / unlisted[0]}: not in the checkpoint's manifest")
-    for name, (size, sha256) in sorted(expected.items()):
-        file = folder / name
-        if name not in present:
-            raise CheckpointError(f"{file}: missing")
-        if file.stat().st_size != size:
-            raise CheckpointError(
-                f"{file}: {file.stat().st_size} bytes, the manifest says {size} (cut off or replaced)"
-            )
-        if _sha256(file) != sha256:
-            raise CheckpointError(f"{file}: its sha256 differs from the manifest's (damaged or replaced)")
-    return manifest
-
-
-def _load_problem(error: Exception) -> str:
-    """The reason in torch.load's message (its first lines tell how to unpickle anyway, which this loop never does)."""
-    text = str(error).split("WeightsUnpickler error:", 1)[-1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0].split('. ')[0] if lines else 'empty or cut off'}"
-
-
-def read_data(path: Path):
-    """`path` loaded with torch.load(weights_only=True): tensors, plain containers and numbers, numpy's RNG state
-    arrays; a CheckpointError naming the file for anything else (a pickle that would run code is refused unrun)."""
-    try:
-        with torch.serialization.safe_globals(_NUMPY_RNG):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any bytes at all may be here: each failure is a refusal, none a crash
-        raise CheckpointError(f"{path}: not readable as data only ({_load_problem(error)})") from None
-
-
-def _checked_weights(path: Path, model) -> dict:
-    """The weights in `path` (safetensors) once they have exactly the model's names, shapes and dtypes."""
-    try:
-        weights = load_file(path)
-    except Exception as error:  # a cut-off or foreign file: refused, whatever safetensors raises
-        raise CheckpointError(f"{path}: not a readable safetensors file ({_load_problem(error)})") from None
-    own = model.state_dict()
-    if weights.keys() != own.keys():
-        missing, extra = sorted(own.keys() - weights.keys()), sorted(weights.keys() - own.keys())
-        raise CheckpointError(f"{path}: not this model's weights (missing {missing[:3]}, unexpected {extra[:3]})")
-    for name, value in own.items():
-        if (weights[name].shape, weights[name].dtype) != (value.shape, value.dtype):
-            got = (tuple(weights[name].shape), weights[name].dtype)
-            raise CheckpointError(f"{path}: {name} is {got}, the model's {(tuple(value.shape), value.dtype)}")
-    return weights
-
-
-def _check_optimizer(state, optimizer, path: Path) -> None:
-    """The optimizer state must hold this optimizer's groups and, per parameter, tensors of that parameter's shape."""
-    own = optimizer.state_dict()
-    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
-    try:
-        sizes = [len(group["params"]) for group in state["param_groups"]]
-        if sizes != [len(group["params"]) for group in own["param_groups"]]:
-            raise ValueError(f"parameter groups of {sizes} parameters, the optimizer's differ")
-        for index, values in state["state"].items():
-            for name, value in values.items():
-                if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameters[index].shape:
-                    raise ValueError(f"{name} of parameter {index} has shape {tuple(value.shape)}")
-    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as error:
-        raise CheckpointError(f"{path}: not this optimizer's state ({type(error).__name__}: {error})") from None
-
-
-def _check_rng(states, path: Path) -> None:
-    """Each random-number state must be one its generator takes (tried on scratch generators, not the live ones)."""
-    try:
-        if not _is_int(states["step"]):
-            raise TypeError("step is no int")
-        random.Random().setstate(states["random_state"])
-        np.random.RandomState().set_state(states["numpy_random_seed"])
-        torch.Generator().set_state(states["torch_manual_seed"])
-        device_type, _ = get_torch_accelerator_backend()
-        if device_type is not None:
-            device_states = states[f"torch_{device_type}_manual_seed"]
-            for value in device_states if isinstance(device_states, list) else [device_states]:
-                if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8):
-                    raise TypeError(f"{device_type} state is no byte tensor")
-    except Exception as error:  # whatever the states hold: refused rather than a resume that is not exact
-        raise CheckpointError(f"{path}: not a random-number state ({_load_problem(error)})") from None
-
-
-def read_checkpoint(folder: Path, accelerator, model, optimizer, scheduler) -> Checkpoint:
-    """Everything a resume needs from `folder`, verified against its manifest and read as data only (safetensors,
-    torch.load with weights_only=True) and checked against this run, before any of it is applied."""
-    manifest = verify_manifest(folder)
-    if manifest["processes"] != accelerator.num_processes:
-        raise CheckpointError(
-            f"{folder / MANIFEST}: written by {manifest['processes']} processes; allowed: resume with as many "
-            f"(this run has {accelerator.num_processes})"
-        )
-    weights = _checked_weights(folder / WEIGHTS, accelerator.unwrap_model(model))  # DDP wraps: module.*
-    optimizer_state = read_data(folder / OPTIMIZER)
-    _check_optimizer(optimizer_state, optimizer, folder / OPTIMIZER)
-    scheduler_state = read_data(folder / SCHEDULER)
-    if not isinstance(scheduler_state, dict) or scheduler_state.keys() != scheduler.state_dict().keys():
-        raise CheckpointError(f"{folder / SCHEDULER}: not this learning-rate schedule's state")
-    state = read_data(folder / STATE)
-    fresh = TrainState().state_dict()
-    if not isinstance(state, dict) or state.keys() != fresh.keys() or state["step"] != manifest["step"]:
-        raise CheckpointError(f"{folder / STATE}: not the training state of step {manifest['step']}")
-    scaler = None if accelerator.scaler is None else read_data(folder / SCALER)
-    rngs = []
-    for index in range(manifest["processes"]):  # every process checks them all, so all take the same checkpoint
-        path = folder / f"random_states_{index}.pkl"
-        rngs.append(read_data(path))
-        _check_rng(rngs[-1], path)
-    rng = rngs[accelerator.process_index]
-    return Checkpoint(folder, weights, optimizer_state, scheduler_state, state, scaler, rng)
-
-
-def _apply(checkpoint: Checkpoint, accelerator, model, optimizer, scheduler, state: TrainState) -> None:
-    """Put a checked checkpoint into the run, as accelerator.load_state would have (the RNG states last)."""
-    accelerator.unwrap_model(model).load_state_dict(checkpoint.weights)  # saved unwrapped, as save_state does
-    optimizer.load_state_dict(checkpoint.optimizer)
-    scheduler.load_state_dict(checkpoint.scheduler)
-    state.load_state_dict(checkpoint.state)
-    if checkpoint.scaler is not None:
-        accelerator.scaler.load_state_dict(checkpoint.scaler)
-    rng = checkpoint.rng
-    random.setstate(rng["random_state"])
-    np.random.set_state(rng["numpy_random_seed"])
-    torch.set_rng_state(rng["torch_manual_seed"])
-    device_type, device_module = get_torch_accelerator_backend()
-    if device_type is not None:
-        module = torch.get_device_module(device_type)
-        device_states = rng[f"torch_{device_type}_manual_seed"]
-        if isinstance(device_states, list):
-            module.set_rng_state_all(device_states)
-        else:
-            module.set_rng_state(device_states)
-    accelerator.step = rng["step"]  # where gradient accumulation is in its cycle
-
-
-def _resume(option: str | None, checkpoints: Path, accelerator, model, optimizer, scheduler, state) -> Path | None:
-    """Load the checkpoint `option` names (a folder, or `auto`: the newest under `checkpoints` that verifies; each
-    one skipped is logged with its reason) into the run; the folder, or None when there is nothing to resume."""
-    if not option:
-        return None
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise TrainingError(
-            f"resume_from_checkpoint: a {accelerator.distributed_type.value} checkpoint can only be read by unpickling"
-            " (its sharded format); allowed: resuming runs on one device or with DDP."
-        )
-    arguments = (accelerator, model, optimizer, scheduler)
-    if option != "auto":
-        folder = Path(option)
-        if not folder.is_dir():
-            raise TrainingError(
-                f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder."
-            )
-        try:
-            checkpoint = read_checkpoint(folder, *arguments)
-        except CheckpointError as error:
-            raise CheckpointError(f"resume_from_checkpoint: {error}; allowed: a checkpoint this run wrote.") from None
-    else:
-        found = sorted(
-            (path for path in checkpoints.glob("step_*") if CHECKPOINT.fullmatch(path.name) and path.is_dir()),
-            key=lambda path: int(path.name.split("_")[1]),
-            reverse=True,
-        )
-        checkpoint = None
-        for folder in found:
-            try:
-                checkpoint = read_checkpoint(folder, *arguments)
-                break
-            except CheckpointError as error:
-                if accelerator.is_main_process:
-                    logger.warning(f"resume_from_checkpoint: skipped {folder.name}: {error}")
-        if checkpoint is None:
-            if found:
-                raise TrainingError(
-                    f"resume_from_checkpoint: none of the {len(found)} checkpoints in {checkpoints} verifies (each "
-                    "reason above); allowed: remove them, or train without resume_from_checkpoint."
-                )
-            return None
-    _apply(checkpoint, *arguments, state)
-    if accelerator.is_main_process:
-        print(f"resumed from {checkpoint.folder} (step {state.step})", file=sys.stderr)
-    return checkpoint.folder
-
-
-def _save_state(accelerator, checkpoints: Path, step: int, keep: int) -> None:
-    """accelerator.save_state into a temporary folder renamed into place, its manifest written last: a killed run
-    leaves no half checkpoint, and a checkpoint damaged later fails verification."""
-    final, staging = checkpoints / f"step_{step}", checkpoints / f".staging_step_{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()  # every process's RNG file is in place
-    if accelerator.is_main_process:
-        write_manifest(staging, step, accelerator.num_processes)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
-        found = sorted(
-            (path for path in checkpoints.glob("step_*") if CHECKPOINT.fullmatch(path.name)),
-            key=lambda path: int(path.name.split("_")[1]),
-        )
-        for old in found[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
 
 
 @torch.no_grad()

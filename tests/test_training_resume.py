@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from test_training import SMALL, arguments
 
-from sink_models.training import CheckpointError, TrainingError, train, write_manifest
+from sink_models.resume import CheckpointError, write_manifest
+from sink_models.training import TrainingError, train
 
 ROOT = Path(__file__).parents[1]
 FIELDS = {"max_steps": 6, "save_steps": 3}
@@ -153,7 +154,7 @@ def test_auto_resume_skips_a_damaged_latest_checkpoint_and_stays_exact(finished,
     damage(step)
     name = reason.split(":")[0]
     size = (step / name).stat().st_size if (step / name).exists() else None
-    with caplog.at_level(logging.WARNING, logger="sink_models.training"):
+    with caplog.at_level(logging.WARNING, logger="sink_models.resume"):
         summary = resume(run)
     expected = f"resume_from_checkpoint: skipped step_6: {step}/{reason.format(size=size, listed=listed.get(name))}"
     assert [record.getMessage() for record in caplog.records] == [expected]
@@ -188,7 +189,7 @@ def test_when_no_checkpoint_verifies_auto_refuses_instead_of_starting_over(run, 
     for step in (3, 6):
         (run / "checkpoints" / f"step_{step}" / "manifest.json").unlink()
     log = (run / "metrics.jsonl").read_text()
-    with pytest.raises(TrainingError) as error, caplog.at_level(logging.WARNING, logger="sink_models.training"):
+    with pytest.raises(TrainingError) as error, caplog.at_level(logging.WARNING, logger="sink_models.resume"):
         resume(run)
     assert str(error.value) == (
         f"resume_from_checkpoint: none of the 2 checkpoints in {run / 'checkpoints'} verifies (each reason above); "
