@@ -161,22 +161,28 @@ def main(argv: list[str]) -> int:
         causal = causal_runs(args.intervention_models, args.intervention_images, trusted, progress=True)
     if accelerator.is_main_process:
         say(f"writing results to {args.results_dir}/ and model cards to {args.cards_dir}/")
-        written = tqdm(list(zip(evaluated, cards, strict=True)), desc="results and cards", unit="model")
-        for (result, report), card in written:
-            write_json(Path(args.results_dir) / f"{result['name']}.json", result)
-            write_card(card, report, Path(args.cards_dir) / result["name"])
-        if synthetic is not None:
-            write_synthetic(synthetic, Path(args.results_dir), args.retrain_steps)
-        if causal is not None:
-            write_interventions(causal, Path(args.results_dir), args.intervention_images)
-        if any((result.get("training") or {}).get("data", {}).get("dataset") == CANVAS for result, _ in evaluated):
-            write_images(Path(args.results_dir))  # over every seed with results there, not only this run's
-        if evaluated:
-            records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
-            print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table
+        write_outputs(args, evaluated, cards, synthetic, causal)
         say("done")
     accelerator.wait_for_everyone()
     return 0
+
+
+def write_outputs(args: EvalArguments, evaluated: list, cards: list, synthetic, causal) -> None:
+    """Every file of the run, once everything was measured; then the local leaderboard's table."""
+    results = Path(args.results_dir)
+    pairs = list(zip(evaluated, cards, strict=True))
+    for (result, report), card in tqdm(pairs, desc="results and cards", unit="model"):
+        write_json(results / f"{result['name']}.json", result)
+        write_card(card, report, Path(args.cards_dir) / result["name"])
+    if synthetic is not None:
+        write_synthetic(synthetic, results, args.retrain_steps)
+    if causal is not None:
+        write_interventions(causal, results, args.intervention_images)
+    if any((result.get("training") or {}).get("data", {}).get("dataset") == CANVAS for result, _ in evaluated):
+        write_images(results)  # over every seed with results there, not only this run's
+    if evaluated:
+        records = [leaderboard_record(result, result["name"], None) for result, _ in evaluated]
+        print(markdown(table(records)))  # the local leaderboard: the Hub leaderboard's table
 
 
 def cli(argv: list[str]) -> int:
