@@ -171,10 +171,9 @@ class SinkReport:
         # A model whose activations overflow (NaN / inf) still gets its report: undefined figures are None, named.
         parts, undefined = finite({"heads": heads, "layers": layers, "summary": summary, "attention": attention})
         heads, layers, summary, attention = (parts[name] for name in ("heads", "layers", "summary", "attention"))
-        maps = [path for path in undefined if path.startswith("attention.")]  # one per token: counted, not listed
-        undefined = [path for path in undefined if path not in maps] + (
-            [f"attention ({len(maps)} values)"] if maps else []
-        )
+        maps = sum(path.startswith("attention.") for path in undefined)  # one per token: counted, not listed
+        undefined = [path for path in undefined if not path.startswith("attention.")]
+        undefined += [f"attention ({maps} values)"] if maps else []
         if undefined:
             summary["non_finite"] = undefined
         return cls(summary, heads, layers, acc.events, thresholds.to_dict(), model, attention)
