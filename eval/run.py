@@ -23,9 +23,9 @@ from transformers import HfArgumentParser  # noqa: E402
 from sink_models.cards import render_card, write_card  # noqa: E402
 from sink_models.comparison import DATASET as CANVAS  # noqa: E402
 from sink_models.comparison import write_images  # noqa: E402
+from sink_models.errors import InputError
 from sink_models.evaluation import (  # noqa: E402
     EvalArguments,
-    EvalError,
     checkpoint_name,
     evaluate_checkpoint,
     load_checkpoint,
@@ -59,11 +59,13 @@ def parse(argv: list[str]) -> EvalArguments:
     if suite is not None:
         path = SUITES / f"{suite}.yaml" if builtin else Path(suite)
         if not path.is_file():
-            raise EvalError(f"--suite: no suite {suite!r}; allowed: {suites} or a YAML file")
+            raise InputError(f"--suite: no suite {suite!r}; allowed: {suites} or a YAML file")
         values = yaml.safe_load(path.read_text()) or {}
         unknown = sorted(set(values) - set(EvalArguments.__dataclass_fields__))
         if unknown:
-            raise EvalError(f"{path}: unknown keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}")
+            raise InputError(
+                f"{path}: unknown keys {unknown}; allowed: {', '.join(EvalArguments.__dataclass_fields__)}"
+            )
         if builtin:  # the built-in suites name the repository's zoo and folders, wherever the command runs
             for key in ("model", "synthetic_models", "intervention_models"):
                 values[key] = [os.path.relpath(ROOT / item) for item in values.get(key, [])]
@@ -76,10 +78,10 @@ def parse(argv: list[str]) -> EvalArguments:
         parser.set_defaults(**values)
     args, _, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)  # _: --suite
     if rest:
-        raise EvalError(f"unknown options {rest}; see --help")
+        raise InputError(f"unknown options {rest}; see --help")
     for key in ("results_dir", "cards_dir"):
         if os.path.exists(getattr(args, key)) and not os.path.isdir(getattr(args, key)):
-            raise EvalError(f"{key}: {getattr(args, key)!r} is a file; allowed: a folder (made if missing).")
+            raise InputError(f"{key}: {getattr(args, key)!r} is a file; allowed: a folder (made if missing).")
         if not repository:
             _outside_repository_outputs(key, getattr(args, key))
     return args
@@ -90,7 +92,7 @@ def _outside_repository_outputs(option: str, folder: str) -> None:
     path, suites = Path(folder).resolve(), ", ".join(sorted(p.stem for p in SUITES.glob("*.yaml")))
     for owned in (ROOT / "results", ROOT / "model_cards"):
         if path == owned or owned in path.parents:
-            raise EvalError(
+            raise InputError(
                 f"{option}: {folder!r} is the repository's {owned.name}/, which only its suites regenerate "
                 f"(eval/run.py with no --model, or --suite {{{suites}}} on its own models); "
                 f"allowed: any other folder (default: {USER_OUTPUTS[option]})."
@@ -119,11 +121,11 @@ def main(argv: list[str]) -> int:
     transformers.utils.logging.disable_progress_bar()  # one progress bar: the images evaluated
     accelerator = Accelerator()
     if args.retrain_steps and accelerator.num_processes > 1:
-        raise EvalError("retrain_steps: retrain the synthetic models with one process (python eval/run.py ...).")
+        raise InputError("retrain_steps: retrain the synthetic models with one process (python eval/run.py ...).")
     names = [checkpoint_name(source) for source in args.model]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise EvalError(f"model: two checkpoints would both be written as {repeated}; evaluate them in separate runs.")
+        raise InputError(f"model: two checkpoints would both be written as {repeated}; evaluate them in separate runs.")
     metric = evaluate.load(str(METRIC))
     # Everything is measured before anything is written: bad input anywhere leaves no file behind.
     evaluated, cards = [], []
@@ -189,7 +191,7 @@ def cli(argv: list[str]) -> int:
     """main(), with bad input reported as one line on stderr and exit code 2."""
     try:
         return main(argv)
-    except ValueError as error:  # EvalError included
+    except InputError as error:
         if os.environ.get("RANK", "0") == "0":  # every process meets the same bad input; one of them says so
             print(f"error: {error}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from pathlib import Path
 from transformers import ViTImageProcessorPil
 
 from .configuration_sink_vit import as_pair
+from .errors import InputError
 from .files import atomic_folder, umask
 from .modeling_sink_vit import SinkViTPreTrainedModel
 
@@ -36,7 +37,7 @@ def save_checkpoint(
         # converted_from is a Hub id or folder when the stock model was loaded from one, else only its class name.
         named = "/" in source or os.path.isdir(source)
         where = repr(source) if named else f"<the Hub id or folder of that {source} checkpoint>"
-        raise ValueError(
+        raise InputError(
             f"image_processor: required for a model converted from {source!r}; pass its own processor (e.g. "
             f"AutoImageProcessor.from_pretrained({where})): the default one would preprocess its inputs wrongly."
         )

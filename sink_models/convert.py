@@ -8,6 +8,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .configuration_sink_vit import SinkViTConfig
+from .errors import InputError
 from .modeling_sink_vit import SinkViTForImageClassification, SinkViTModel, SinkViTPreTrainedModel
 
 logger = logging.get_logger(__name__)
@@ -46,7 +47,7 @@ def sink_config_from(config) -> SinkViTConfig:
     if config.model_type == "vit":
         return SinkViTConfig(intermediate_size=config.intermediate_size, **fields)
     if config.use_swiglu_ffn:
-        raise ValueError(
+        raise InputError(
             "use_swiglu_ffn: SinkViT has a GELU MLP only; DINOv2 checkpoints with SwiGLU (giant) cannot be converted."
         )
     return SinkViTConfig(
@@ -88,7 +89,7 @@ def from_transformers(model: PreTrainedModel) -> SinkViTPreTrainedModel:
     """
     name = type(model).__name__
     if name not in SUPPORTED:
-        raise ValueError(f"model: {name} cannot be converted; supported classes: {', '.join(SUPPORTED)}.")
+        raise InputError(f"model: {name} cannot be converted; supported classes: {', '.join(SUPPORTED)}.")
     head = name.endswith("ForImageClassification")
     config = sink_config_from(model.config)
     config.converted_from = model.config.name_or_path or name
@@ -127,15 +128,15 @@ def extend(
         raise TypeError(f"model: expected a SinkViT model, got {type(model).__name__}; use from_transformers first.")
     old = model.config
     if attention_gate == "none" and old.attention_gate != "none":
-        raise ValueError(f"attention_gate: removing the model's {old.attention_gate!r} gate is not supported.")
+        raise InputError(f"attention_gate: removing the model's {old.attention_gate!r} gate is not supported.")
     if attention_gate not in (None, "none") and old.attention_gate != "none":
-        raise ValueError(
+        raise InputError(
             f"attention_gate: the model already has a {old.attention_gate!r} gate; only a new gate can be added."
         )
     if global_pathway_dim and old.global_pathway_dim:
-        raise ValueError("global_pathway_dim: the model already has a global pathway.")
+        raise InputError("global_pathway_dim: the model already has a global pathway.")
     if num_register_tokens is not None and num_register_tokens < old.num_register_tokens:
-        raise ValueError(
+        raise InputError(
             f"num_register_tokens: got {num_register_tokens}; allowed: at least the current {old.num_register_tokens}."
         )
     changes = {

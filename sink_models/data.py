@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import first_line, json_object
+from .errors import InputError, first_line, json_object
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def load_image_data(
     directory, or a Hub dataset id; errors name the choices before any work."""
     options = parse_options(options)
     if options and name != CANVAS:
-        raise ValueError(f"dataset_options: {name!r} takes none (got {sorted(options)}); only {CANVAS!r} has options.")
+        raise InputError(f"dataset_options: {name!r} takes none (got {sorted(options)}); only {CANVAS!r} has options.")
     if name == DIGITS:
         return digits()
     if name == CANVAS:
@@ -61,11 +61,11 @@ def load_image_data(
     )
     for split in (train_split, eval_split):
         if split not in dataset:
-            raise ValueError(f"split: {name!r} has no split {split!r}; it has {sorted(dataset)}.")
+            raise InputError(f"split: {name!r} has no split {split!r}; it has {sorted(dataset)}.")
     columns = dataset[train_split].column_names
     for option, column in (("image_column", image_column), ("label_column", label_column)):
         if column not in columns:
-            raise ValueError(f"{option}: {name!r} has no column {column!r}; its columns are {columns}.")
+            raise InputError(f"{option}: {name!r} has no column {column!r}; its columns are {columns}.")
     # One label mapping, the training split's, for every split: encoded split by split, a held-out split lacking a
     # class (or holding another) would number its classes differently and be scored against the wrong ones.
     feature = dataset[train_split].features[label_column]
@@ -94,7 +94,7 @@ def encode_labels(rows: datasets.Dataset, labels: list[str], where: str) -> data
     found = {str(names[value]) if names is not None else str(value) for value in values if value is not None}
     unknown = sorted(found - set(labels)) + (["None"] if None in values else [])
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"{where} has labels {unknown[:5]} that the training split does not; allowed: its classes {labels[:20]}."
         )
     index = {label: i for i, label in enumerate(labels)}
@@ -115,7 +115,7 @@ def load_folder_or_hub(name: str, option: str, allowed: str) -> datasets.Dataset
         return datasets.load_dataset(name)
     except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "no such dataset here"
         cause = first_line(error, 200)
-        raise ValueError(f"{option}: {name!r} could not be loaded ({cause}); allowed: {allowed}.") from error
+        raise InputError(f"{option}: {name!r} could not be loaded ({cause}); allowed: {allowed}.") from error
 
 
 def digits(test_fraction: float = 0.2, seed: int = 0) -> ImageData:
@@ -160,16 +160,16 @@ class Canvas:
     def __post_init__(self):
         for name in ("size", "digit_size", "distractor_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"dataset_options.{name}: got {getattr(self, name)!r}; allowed: a positive int.")
+                raise InputError(f"dataset_options.{name}: got {getattr(self, name)!r}; allowed: a positive int.")
         if self.digit_size > self.size or self.distractor_size > self.size:
-            raise ValueError(
+            raise InputError(
                 f"dataset_options.size: the canvas ({self.size}) must hold the digit ({self.digit_size}) and the "
                 f"distractors ({self.distractor_size}); allowed: size >= both."
             )
         if not isinstance(self.distractors, int) or self.distractors < 0:
-            raise ValueError(f"dataset_options.distractors: got {self.distractors!r}; allowed: an int >= 0.")
+            raise InputError(f"dataset_options.distractors: got {self.distractors!r}; allowed: an int >= 0.")
         if not isinstance(self.noise, int | float) or not 0 <= self.noise <= 1:
-            raise ValueError(f"dataset_options.noise: got {self.noise!r}; allowed: a number in [0, 1].")
+            raise InputError(f"dataset_options.noise: got {self.noise!r}; allowed: a number in [0, 1].")
 
     def render(self, digit: np.ndarray, rng: random.Random, pool: np.ndarray) -> np.ndarray:
         """The canvas (uint8) for one 8 x 8 digit; distractors are drawn from `pool`."""
@@ -220,7 +220,7 @@ def parse_options(options: str | dict) -> dict:
     allowed = {f.name for f in fields(Canvas)}
     unknown = sorted(set(parsed) - allowed)
     if unknown:
-        raise ValueError(f"dataset_options: unknown {unknown}; allowed: {', '.join(sorted(allowed))}.")
+        raise InputError(f"dataset_options: unknown {unknown}; allowed: {', '.join(sorted(allowed))}.")
     return parsed
 
 
@@ -249,9 +249,9 @@ def write_canvas_folder(folder: str | os.PathLike, canvas: Canvas = Canvas(), sp
     folder = Path(folder)
     unknown = sorted(set(splits) - {"train", "test"})
     if unknown or not splits:
-        raise ValueError(f"splits: got {list(splits)}; allowed: one or both of 'train', 'test'.")
+        raise InputError(f"splits: got {list(splits)}; allowed: one or both of 'train', 'test'.")
     if folder.exists():
-        raise ValueError(f"out: {str(folder)!r} exists; allowed: a new folder (nothing is overwritten).")
+        raise InputError(f"out: {str(folder)!r} exists; allowed: a new folder (nothing is overwritten).")
     data = canvas_digits(canvas)
     with atomic_folder(folder) as staging:
         for split in splits:
@@ -273,7 +273,7 @@ def canvas_dense(
     exactly its held-out canvases (same draws); "train" places the training digits once, from generators keyed by
     `canvas.seed` and the row (training runs place them anew each epoch: these are a fixed draw for probes)."""
     if split not in ("train", "eval"):
-        raise ValueError(f"split: got {split!r}; allowed: 'train', 'eval'.")
+        raise InputError(f"split: got {split!r}; allowed: 'train', 'eval'.")
     (train_pixels, train_labels), (test_pixels, test_labels) = _digit_split(0.2, 0)
     pixels, labels = (test_pixels, test_labels) if split == "eval" else (train_pixels, train_labels)
     key = "test" if split == "eval" else "dense-train"
@@ -290,7 +290,7 @@ def patch_labels(label_map: np.ndarray, patch_size: int | tuple[int, int], min_s
     ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
     height, width = label_map.shape[-2:]
     if height % ph or width % pw:
-        raise ValueError(f"patch_size: the {height}x{width} map is not a multiple of the patch size {ph}x{pw}.")
+        raise InputError(f"patch_size: the {height}x{width} map is not a multiple of the patch size {ph}x{pw}.")
     patches = label_map.reshape(*label_map.shape[:-2], height // ph, ph, width // pw, pw).swapaxes(-3, -2)
     patches = patches.reshape(*patches.shape[:-2], ph * pw).astype(np.int64)
     counts = np.stack([(patches == c).sum(-1) for c in range(int(label_map.max()) + 1)], -1)
@@ -395,9 +395,9 @@ def default_workers() -> int:
 def loader_options(workers: int, prefetch_factor: int, persistent: bool) -> dict:
     """DataLoader keywords: workers that decode and augment, pinned memory for a GPU, prefetching."""
     if type(workers) is not int or workers < 0:
-        raise ValueError(f"dataloader_num_workers: got {workers!r}; allowed: None (from the cores) or an int >= 0.")
+        raise InputError(f"dataloader_num_workers: got {workers!r}; allowed: None (from the cores) or an int >= 0.")
     if type(prefetch_factor) is not int or prefetch_factor < 1:
-        raise ValueError(f"dataloader_prefetch_factor: got {prefetch_factor!r}; allowed: an int >= 1.")
+        raise InputError(f"dataloader_prefetch_factor: got {prefetch_factor!r}; allowed: an int >= 1.")
     options = {"num_workers": workers, "pin_memory": torch.cuda.is_available()}
     if workers:
         options |= {"persistent_workers": persistent, "prefetch_factor": prefetch_factor}
@@ -417,15 +417,15 @@ class StreamedRows(torch.utils.data.IterableDataset):
         try:
             stream = datasets.load_dataset(name, split=split, streaming=True)
         except Exception as error:  # noqa: BLE001 -- datasets raises many kinds; all mean "cannot stream this"
-            raise ValueError(
+            raise InputError(
                 f"dataset: {name!r} split {split!r} cannot be streamed ({first_line(error, 200)})."
             ) from error
         image, label = columns
         names = stream.features or {}
         if image not in names or label not in names:
-            raise ValueError(f"columns: streamed {name!r} has columns {sorted(names)}; needed {image!r} and {label!r}.")
+            raise InputError(f"columns: streamed {name!r} has columns {sorted(names)}; needed {image!r} and {label!r}.")
         if not isinstance(names[label], datasets.ClassLabel):
-            raise ValueError(f"label_column: streamed {name!r}'s {label!r} is not a ClassLabel; a stream cannot be "
+            raise InputError(f"label_column: streamed {name!r}'s {label!r} is not a ClassLabel; a stream cannot be "
                              "class-encoded: give the dataset ClassLabel features.")  # fmt: skip
         self.labels = [str(name) for name in names[label].names]
         stream = stream.select_columns([image, label])

@@ -39,7 +39,7 @@ from .diagnostics import SinkReport, diagnose
 from .diagnostics.capture import adapter_for
 from .diagnostics.families import SUPPORTED, family_of, vision_config
 from .diagnostics.stream import model_inputs
-from .errors import first_line
+from .errors import InputError, first_line
 from .hub import ZOO_VERSION
 from .inspection.loading import CONFIG_ERRORS, check_structure, check_weight_files, from_pretrained, source_where
 from .interventions import InterventionReport, intervene
@@ -123,10 +123,6 @@ class EvalArguments:
     )
 
 
-class EvalError(ValueError):
-    """Bad input to the evaluation: the message names what was wrong and what is allowed."""
-
-
 @dataclass
 class Checkpoint:
     """A loaded checkpoint and what was recorded about it."""
@@ -153,33 +149,33 @@ def checkpoint_name(source: str) -> str:
 def load_checkpoint(
     source: str, *, revision: str | None, trust_remote_code: bool, attn_implementation: str = "sdpa"
 ) -> Checkpoint:
-    """Load a checkpoint for evaluation; every way it can fail is an EvalError naming the cause."""
+    """Load a checkpoint for evaluation; every way it can fail is an InputError naming the cause."""
     local = os.path.isdir(source)
-    where = source_where(source, revision, EvalError)
+    where = source_where(source, revision, InputError)
     training_args = _training_args(source, revision) if local else None
     _refuse_task_models(source, training_args)
     try:
         raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
     except CONFIG_ERRORS as error:
-        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
-    check_structure(raw, where, EvalError)
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
+    check_structure(raw, where, InputError)
     try:
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except CONFIG_ERRORS as error:
         if isinstance(error, ValueError) and "trust_remote_code" in str(error):
-            raise EvalError(
+            raise InputError(
                 f"model: {where} runs its own code (config model_type needs remote code); pass --trust_remote_code "
                 "if you trust it."
             ) from None
-        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
     architectures = config.architectures or []
     if family_of(config) is None:
-        raise EvalError(
+        raise InputError(
             f"model: {where} is a {', '.join(architectures) or config.model_type} checkpoint (model_type "
             f"{config.model_type!r}); the diagnostics support these families (model_type; dual encoders through their "
             f"vision tower): {', '.join(SUPPORTED)}."
         )
-    check_weight_files(source, revision, raw, where, EvalError)
+    check_weight_files(source, revision, raw, where, InputError)
     if not local:
         training_args = _training_args(source, revision)
         _refuse_task_models(source, training_args)
@@ -191,7 +187,7 @@ def load_checkpoint(
         model = from_pretrained(auto, source, config=config, **kwargs)
         processor = AutoImageProcessor.from_pretrained(source, revision=revision)
     except (OSError, ValueError) as error:
-        raise EvalError(f"model: {where} could not be loaded: {first_line(error)}") from None
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
     return Checkpoint(
         name=checkpoint_name(source),
         source=source,
@@ -254,7 +250,7 @@ def stability(training_summary: dict | None, layers: list[dict]) -> dict:
 def _refuse_task_models(source: str, training_args: dict | None) -> None:
     dataset = (training_args or {}).get("data", {}).get("dataset")
     if dataset in ("nop", "broadcast"):
-        raise EvalError(
+        raise InputError(
             f"model: {source!r} was trained on the synthetic {dataset} task, not on images; analyse it with "
             "--synthetic_models (or --suite synthetic)."
         )
@@ -274,7 +270,7 @@ def data_choice(args: EvalArguments, checkpoint: Checkpoint) -> DataChoice:
     recorded = (checkpoint.training_args or {}).get("data", {})
     dataset = args.dataset or recorded.get("dataset")
     if dataset is None:
-        raise EvalError(
+        raise InputError(
             f"dataset: {checkpoint.source!r} records no training dataset; pass --dataset (digits, an imagefolder "
             "directory or a Hub dataset id)."
         )
@@ -317,7 +313,7 @@ def evaluate_checkpoint(
     images = data.eval
     if args.max_images is not None:
         if args.max_images < 1:
-            raise EvalError(f"max_images: got {args.max_images}; allowed: a positive number of images.")
+            raise InputError(f"max_images: got {args.max_images}; allowed: a positive number of images.")
         images = images.select(range(min(args.max_images, len(images))))
     mapping, no_accuracy = label_map(model, data.labels)
     loader, indices = _eval_loader(checkpoint, images, args, accelerator)
@@ -430,12 +426,12 @@ def autocast(precision: str, device: torch.device):
     if precision == "no":
         return contextlib.nullcontext()
     if precision not in dtypes:
-        raise EvalError(f"autocast: got {precision!r}; allowed: no, bf16 or fp16.")
+        raise InputError(f"autocast: got {precision!r}; allowed: no, bf16 or fp16.")
     return torch.autocast(device.type, dtype=dtypes[precision])
 
 
 def load_choice(choice: DataChoice) -> ImageData:
-    """The images of `choice` (its split serves as both splits); a bad dataset is an EvalError."""
+    """The images of `choice` (its split serves as both splits); a bad dataset is an InputError."""
     try:
         return load_image_data(
             choice.dataset,
@@ -446,7 +442,7 @@ def load_choice(choice: DataChoice) -> ImageData:
             options=choice.options,
         )
     except ValueError as error:
-        raise EvalError(str(error)) from None
+        raise InputError(str(error)) from None
 
 
 def intervention_report(
@@ -456,7 +452,7 @@ def intervention_report(
     is measured), with the next `count` as the held-out images of the mean sink value (the paper keeps them
     disjoint; with none left, the edited images serve). Under accelerate each process takes a contiguous share."""
     if type(count) is not int or count < 1:
-        raise EvalError(f"intervention_images: got {count!r}; allowed: a positive number of images.")
+        raise InputError(f"intervention_images: got {count!r}; allowed: a positive number of images.")
     model, images = checkpoint.model, data.eval
     mapping, _ = label_map(model, data.labels)
     mode = "RGB" if getattr(vision_config(model.config), "num_channels", 3) == 3 else "L"
@@ -485,7 +481,7 @@ def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArgu
     (its first `max_images`)."""
     dataset = args.dense_probe_dataset or (CANVAS if choice.dataset == CANVAS else None)
     if dataset is None:
-        raise EvalError(
+        raise InputError(
             f"dense_probe: {choice.dataset!r} has no dense labels; pass --dense_probe_dataset (a segmentation dataset "
             f"with a mask column: a Hub id or an imagefolder directory), or evaluate a {CANVAS!r} model."
         )
@@ -515,7 +511,7 @@ def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArgu
     try:
         return dense_probe(checkpoint.model, checkpoint.processor, options)
     except ValueError as error:
-        raise EvalError(str(error)) from None
+        raise InputError(str(error)) from None
 
 
 def intervention_block(report: InterventionReport) -> dict:

@@ -33,7 +33,7 @@ try:  # the HTTP library under huggingface_hub 2.x; its connection errors are no
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover -- other huggingface_hub versions
     _TransportError = ConnectionError
-from .errors import first_line
+from .errors import InputError, first_line
 from .files import atomic_write
 
 ZOO_VERSION = "v2"  # the tag every model repo gets, and that the model cards' usage snippets pin
@@ -54,10 +54,6 @@ MODEL_FILES = (
     "training_summary.json",  # the stability figures eval/run.py reads beside the weights, on the Hub too
 )
 PARITY_TOLERANCE = 1e-5
-
-
-class PushError(RuntimeError):
-    """A push step failed: the message names the repo and the step; earlier commits stay as they were."""
 
 
 @dataclass
@@ -98,9 +94,9 @@ def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
     needed = [*(source / f for f in MODEL_FILES), card / "README.md", root / "results" / f"{name}.json"]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise PushError(f"{name}: missing {missing}; build the zoo (zoo/build.sh) and run eval/run.py first.")
+        raise InputError(f"{name}: missing {missing}; build the zoo (zoo/build.sh) and run eval/run.py first.")
     if any(source.glob("*.bin")) or any(source.glob("*.pt")):
-        raise PushError(f"{name}: pickled weights in {source}; only safetensors are published.")
+        raise InputError(f"{name}: pickled weights in {source}; only safetensors are published.")
     folder = staging / name
     folder.mkdir(parents=True)
     for file in MODEL_FILES:
@@ -177,7 +173,7 @@ def add_to_collection(api: HfApi, org: str, items: list[tuple[str, str]], privat
 
 def parity_check(staged: Path, local: Path) -> float:
     """Reload `staged` through trust_remote_code in a fresh process (its own HF_HOME) and return the largest
-    difference of its logits from the library's model loaded from `local`; PushError above PARITY_TOLERANCE."""
+    difference of its logits from the library's model loaded from `local`; an InputError above PARITY_TOLERANCE."""
     env = {**os.environ, "HF_HOME": str(staged.parent / ".parity-hf-home"), "HF_HUB_OFFLINE": "1"}
     try:
         done = subprocess.run(
@@ -188,13 +184,13 @@ def parity_check(staged: Path, local: Path) -> float:
             timeout=600,
         )
     except subprocess.TimeoutExpired:
-        raise PushError(f"{staged.name}: parity check: no answer in 600 s.") from None
+        raise InputError(f"{staged.name}: parity check: no answer in 600 s.") from None
     if done.returncode != 0 or not done.stdout.strip():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PushError(f"{staged.name}: parity check: the staged folder does not load ({last}).")
+        raise InputError(f"{staged.name}: parity check: the staged folder does not load ({last}).")
     difference = json.loads(done.stdout.strip().splitlines()[-1])["max_abs_diff"]
     if difference > PARITY_TOLERANCE:
-        raise PushError(
+        raise InputError(
             f"{staged.name}: parity check: the staged folder's logits differ from the local model's by "
             f"{difference:.3g} (allowed: {PARITY_TOLERANCE})."
         )
@@ -248,7 +244,7 @@ UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 def retried(call: Callable[[], T], what: str, attempts: int = 4, wait: float = 2.0) -> T:
     """`call()`, retried on transient failures (5xx, 408, 429, lost connections) with a doubling wait; any failure
-    that stays, and any answer the client cannot read, becomes a PushError naming `what`."""
+    that stays, and any answer the client cannot read, becomes an InputError naming `what`."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -256,7 +252,7 @@ def retried(call: Callable[[], T], what: str, attempts: int = 4, wait: float = 2
             failure = error
             transient, summary = _failure(error)
         if not transient or attempt == attempts:
-            raise PushError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from failure
+            raise InputError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from failure
         time.sleep(wait * 2 ** (attempt - 1))
 
 
@@ -320,13 +316,13 @@ def push_folder(
 
 
 def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str, *, repo_type: str = "model", **retry) -> bool:
-    """Put `tag` on `commit`; False if it is there already. PushError if it points at another commit: a published
+    """Put `tag` on `commit`; False if it is there already. An InputError if it points at another commit: a published
     version never moves (raise ZOO_VERSION for new content)."""
     tagged = retried(lambda: api.list_repo_refs(repo_id, repo_type=repo_type), f"{repo_id}: refs", **retry)
     current = {ref.name: ref.target_commit for ref in tagged.tags}
     if tag in current:
         if current[tag] != commit:
-            raise PushError(
+            raise InputError(
                 f"{repo_id}: tag {tag} already marks commit {current[tag][:12]}, not the new head {commit[:12]}; "
                 "a published version never moves: raise sink_models.hub.ZOO_VERSION."
             )

@@ -3,6 +3,7 @@
 import difflib
 
 from .configuration_sink_vit import SinkViTConfig
+from .errors import InputError
 
 # The paper trains every variant with LayerScale (gamma init 1e-4), so variants differ only in gate/registers/pathway.
 VARIANTS: dict[str, dict] = {
@@ -30,14 +31,14 @@ def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         close = difflib.get_close_matches(str(variant), VARIANTS, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"variant: got {variant!r}; allowed: {', '.join(VARIANTS)}.{hint}")
+        raise InputError(f"variant: got {variant!r}; allowed: {', '.join(VARIANTS)}.{hint}")
 
 
 def preset_config(variant: str, size: str = "small", **overrides) -> SinkViTConfig:
     """The config of a named variant at a named size; `overrides` set any other SinkViTConfig field."""
     check_variant(variant)
     if size not in SIZES:
-        raise ValueError(f"size: got {size!r}; allowed: {', '.join(SIZES)}.")
+        raise InputError(f"size: got {size!r}; allowed: {', '.join(SIZES)}.")
     fields = {"image_size": 224, "patch_size": 16, "layerscale_init": 1e-4, **SIZES[size], **VARIANTS[variant]}
     fields.setdefault("intermediate_size", 4 * fields["hidden_size"])
     return SinkViTConfig(**{**fields, **overrides})

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from .diagnostics.capture import Adapter, adapter_for
 from .diagnostics.stream import all_patches_kept, model_inputs
+from .errors import InputError
 from .interventions.measure import run_forward
 
 
@@ -34,10 +35,10 @@ def layer_features(
     for the final output. The forward is the expensive part; the probes of each layer then train on these."""
     adapter = adapter_for(model)  # one line for a model without a supported token layout
     if adapter.family.padded:
-        raise ValueError(f"model: {adapter.family.name} pads its patches per image; dense probes need a fixed grid.")
+        raise InputError(f"model: {adapter.family.name} pads its patches per image; dense probes need a fixed grid.")
     for layer in layers:
         if layer is not None and (type(layer) is not int or not -len(adapter.layers) <= layer < len(adapter.layers)):
-            raise ValueError(
+            raise InputError(
                 f"layer: got {layer!r}; allowed: None (the final output) or a block index in "
                 f"[{-len(adapter.layers)}, {len(adapter.layers)})."
             )
@@ -51,7 +52,7 @@ def layer_features(
     finally:
         model.train(training)
     if not features[layers[0]]:
-        raise ValueError("batches: yielded no images; no features to probe.")
+        raise InputError("batches: yielded no images; no features to probe.")
     return {layer: torch.cat(chunks) for layer, chunks in features.items()}
 
 
@@ -73,7 +74,7 @@ def _patch_tokens(adapter: Adapter, inputs: dict, layers: Sequence[int | None]) 
     patches = (height // ph) * (width // pw)
     final = kept[None]
     if final.ndim != 3 or final.shape[1] != adapter.num_prefix_tokens + patches:
-        raise ValueError(
+        raise InputError(
             f"model: its output {tuple(final.shape)} holds no {adapter.num_prefix_tokens} prefix + {patches} patch "
             "tokens (a pooled-only output has no patch tokens to probe)."
         )
@@ -122,12 +123,12 @@ class ProbeSettings:
 
     def __post_init__(self):
         if self.optimizer not in ("lbfgs", "adamw"):
-            raise ValueError(f"optimizer: got {self.optimizer!r}; allowed: 'lbfgs', 'adamw'.")
+            raise InputError(f"optimizer: got {self.optimizer!r}; allowed: 'lbfgs', 'adamw'.")
         for name in ("max_iter", "epochs", "batch_size"):
             if type(getattr(self, name)) is not int or getattr(self, name) < 1:
-                raise ValueError(f"{name}: got {getattr(self, name)!r}; allowed: a positive integer.")
+                raise InputError(f"{name}: got {getattr(self, name)!r}; allowed: a positive integer.")
         if not self.weight_decay >= 0 or not self.lr > 0:
-            raise ValueError(f"weight_decay, lr: got {self.weight_decay}, {self.lr}; allowed: >= 0 and > 0.")
+            raise InputError(f"weight_decay, lr: got {self.weight_decay}, {self.lr}; allowed: >= 0 and > 0.")
 
 
 @dataclass
@@ -202,15 +203,15 @@ def linear_probe(
     _check(train_features, train_labels, "train", classes, ignore)
     _check(eval_features, eval_labels, "eval", classes, ignore)
     if train_features.shape[-1] != eval_features.shape[-1]:
-        raise ValueError(
+        raise InputError(
             f"eval_features: {eval_features.shape[-1]} channels; the training features have {train_features.shape[-1]}."
         )
     if train_pixel_labels is not None:
         if settings.optimizer != "adamw":
-            raise ValueError("train_pixel_labels: only the 'adamw' probe trains on pixels; 'lbfgs' trains on patches.")
+            raise InputError("train_pixel_labels: only the 'adamw' probe trains on pixels; 'lbfgs' trains on patches.")
         train_pixel_labels = _pixels(train_pixel_labels, "train_pixel_labels", len(train_labels), classes, ignore)
     if train_labels.reshape(-1).ne(-1 if ignore is None else ignore).sum() == 0:
-        raise ValueError("train_labels: every training patch is ignored; nothing to train on.")
+        raise InputError("train_labels: every training patch is ignored; nothing to train on.")
     mean, std = _statistics(train_features, settings.standardize)
     head = nn.Linear(train_features.shape[-1], classes)
     nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
@@ -336,16 +337,16 @@ def _as_tensor(value, name: str) -> torch.Tensor:
 def _pixels(value, name: str, images: int, classes: int, ignore: int | None) -> torch.Tensor:
     pixels = _as_tensor(value, name)
     if pixels.ndim != 3 or len(pixels) != images:
-        raise ValueError(f"{name}: expected ({images}, height, width), got {tuple(pixels.shape)}.")
+        raise InputError(f"{name}: expected ({images}, height, width), got {tuple(pixels.shape)}.")
     _check_range(pixels, name, classes, ignore)
     return pixels
 
 
 def _check(features: torch.Tensor, labels: torch.Tensor, split: str, classes: int, ignore: int | None) -> None:
     if features.ndim != 3:
-        raise ValueError(f"{split}_features: expected (images, patches, channels), got {tuple(features.shape)}.")
+        raise InputError(f"{split}_features: expected (images, patches, channels), got {tuple(features.shape)}.")
     if labels.ndim != 3 or len(labels) != len(features) or labels.shape[1] * labels.shape[2] != features.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"{split}_labels: expected ({len(features)}, rows, columns) with rows x columns = {features.shape[1]} "
             f"patches, got {tuple(labels.shape)}."
         )
@@ -354,13 +355,13 @@ def _check(features: torch.Tensor, labels: torch.Tensor, split: str, classes: in
 
 def _check_range(labels: torch.Tensor, name: str, classes: int, ignore: int | None = None) -> None:
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"{name}: expected integer class ids, got {labels.dtype}.")
+        raise InputError(f"{name}: expected integer class ids, got {labels.dtype}.")
     values = labels.reshape(-1)
     if ignore is not None:
         values = values[values != ignore]
     if len(values) and (values.min() < 0 or values.max() >= classes):
         allowed = f"[0, {classes})" + ("" if ignore is None else f" or the ignored {ignore}")
-        raise ValueError(
+        raise InputError(
             f"{name}: class ids in [{int(values.min())}, {int(values.max())}], outside the label set {allowed}; "
             "the label sets do not match."
         )

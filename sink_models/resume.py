@@ -20,7 +20,7 @@ import torch
 from accelerate.utils import DistributedType, get_torch_accelerator_backend
 from safetensors.torch import load_file
 
-from .errors import TrainingError, is_int
+from .errors import InputError, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ def kept_log_lines(path: Path, step: int) -> list[str] | None:
         except (ValueError, KeyError, TypeError, RecursionError):
             if number == len(lines):
                 break
-            raise TrainingError(
-                f"{path}: line {number} is no metrics record; allowed: one JSON object a line."
-            ) from None
+            raise InputError(f"{path}: line {number} is no metrics record; allowed: one JSON object a line.") from None
         if logged <= step:
             kept.append(line)
     return kept
@@ -83,7 +81,7 @@ CHECKPOINT = re.compile(r"step_(\d+)")
 _NUMPY_RNG = [np.ndarray((0,)).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-class CheckpointError(TrainingError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be verified against its manifest or read as data only; the message names the file."""
 
 
@@ -191,11 +189,11 @@ def _check_optimizer(state, optimizer, path: Path) -> None:
     try:
         sizes = [len(group["params"]) for group in state["param_groups"]]
         if sizes != [len(group["params"]) for group in own["param_groups"]]:
-            raise ValueError(f"parameter groups of {sizes} parameters, the optimizer's differ")
+            raise InputError(f"parameter groups of {sizes} parameters, the optimizer's differ")
         for index, values in state["state"].items():
             for name, value in values.items():
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameters[index].shape:
-                    raise ValueError(f"{name} of parameter {index} has shape {tuple(value.shape)}")
+                    raise InputError(f"{name} of parameter {index} has shape {tuple(value.shape)}")
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as error:
         raise CheckpointError(f"{path}: not this optimizer's state ({type(error).__name__}: {error})") from None
 
@@ -276,7 +274,7 @@ def resume(option: str | None, checkpoints: Path, accelerator, model, optimizer,
     if not option:
         return None
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise TrainingError(
+        raise InputError(
             f"resume_from_checkpoint: a {accelerator.distributed_type.value} checkpoint can only be read by unpickling"
             " (its sharded format); allowed: resuming runs on one device or with DDP."
         )
@@ -284,7 +282,7 @@ def resume(option: str | None, checkpoints: Path, accelerator, model, optimizer,
     if option != "auto":
         folder = Path(option)
         if not folder.is_dir():
-            raise TrainingError(
+            raise InputError(
                 f"resume_from_checkpoint: {option!r} is not a checkpoint folder; allowed: 'auto' or a folder."
             )
         try:
@@ -307,7 +305,7 @@ def resume(option: str | None, checkpoints: Path, accelerator, model, optimizer,
                     logger.warning(f"resume_from_checkpoint: skipped {folder.name}: {error}")
         if checkpoint is None:
             if found:
-                raise TrainingError(
+                raise InputError(
                     f"resume_from_checkpoint: none of the {len(found)} checkpoints in {checkpoints} verifies (each "
                     "reason above); allowed: remove them, or train without resume_from_checkpoint."
                 )

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from .data import CANVAS, Canvas, canvas_dense, load_folder_or_hub, parse_options, patch_labels
 from .diagnostics.capture import adapter_for
+from .errors import InputError
 from .probes import ProbeSettings, layer_features, linear_probe
 
 BATCH = 64
@@ -57,7 +58,7 @@ def dense_probe(model: torch.nn.Module, processor, options: DenseOptions) -> dic
     """The results block of a dense probe: patch and pixel mIoU, accuracy and per-class IoU on the held-out split
     (the mean over `options.seeds` for the seeded "adamw" probe, each seed's mIoU kept), with the settings."""
     if not options.seeds:
-        raise ValueError("dense_probe_seeds: got none; allowed: one or more integers.")
+        raise InputError("dense_probe_seeds: got none; allowed: one or more integers.")
     adapter = adapter_for(model)
     canvas = options.dataset == CANVAS
     classes, names = (11, ["background", *map(str, range(10))]) if canvas else _label_set(options)
@@ -129,7 +130,7 @@ def _describe(layer: int | None) -> str:
 def _check_grid(features: torch.Tensor, masks: np.ndarray, patch: tuple[int, int]) -> None:
     rows, columns = masks.shape[1] // patch[0], masks.shape[2] // patch[1]
     if rows * columns != features.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"dense_probe_resolution: {masks.shape[1]}x{masks.shape[2]} masks give {rows}x{columns} patches of "
             f"{patch[0]}x{patch[1]}, but the model returned {features.shape[1]} patch tokens."
         )
@@ -151,7 +152,7 @@ def _canvas(options: DenseOptions, split: str) -> DenseSplit:
 
 def _label_set(options: DenseOptions) -> tuple[int, list[str]]:
     if type(options.num_labels) is not int or options.num_labels < 2:
-        raise ValueError(
+        raise InputError(
             f"dense_probe_num_labels: got {options.num_labels!r}; a segmentation dataset needs its number of classes "
             "(ADE20K: 150 with --dense_probe_reduce_labels; VOC as the paper probes it: 20 with it)."
         )
@@ -170,7 +171,7 @@ def _segmentation(options: DenseOptions, split: str, adapter) -> DenseSplit:
     config = adapter.forward.config  # a dual encoder's vision tower's
     size = options.resolution or config.image_size
     if size % adapter.patch_size[0] or size % adapter.patch_size[1]:
-        raise ValueError(
+        raise InputError(
             f"dense_probe_resolution: got {size}; allowed: a multiple of the patch size {adapter.patch_size}."
         )
     mode = "RGB" if getattr(config, "num_channels", 3) == 3 else "L"
@@ -179,7 +180,7 @@ def _segmentation(options: DenseOptions, split: str, adapter) -> DenseSplit:
         images.append(row[options.image_column].convert(mode).resize((size, size), Image.Resampling.BILINEAR))
         mask = np.asarray(row[options.mask_column].resize((size, size), Image.Resampling.NEAREST))
         if mask.ndim != 2:
-            raise ValueError(
+            raise InputError(
                 f"dense_probe_mask_column: {options.mask_column!r} holds {mask.ndim}-channel images; allowed: "
                 "single-channel class-index masks (mode L, P or I)."
             )
@@ -192,15 +193,15 @@ def _load_split(name: str, split: str, columns: tuple[str, str]) -> datasets.Dat
     allowed = f"{CANVAS!r}, a local imagefolder directory with a mask column or a Hub segmentation dataset id"
     found = load_folder_or_hub(name, "dense_probe_dataset", allowed)
     if split not in found:
-        raise ValueError(f"dense_probe split: {name!r} has no split {split!r}; it has {sorted(found)}.")
+        raise InputError(f"dense_probe split: {name!r} has no split {split!r}; it has {sorted(found)}.")
     for option, column in zip(("dense_probe_image_column", "dense_probe_mask_column"), columns, strict=True):
         if column not in found[split].column_names:
-            raise ValueError(
+            raise InputError(
                 f"{option}: {name!r} has no column {column!r}; its columns are {found[split].column_names} "
                 "(a dataset without masks cannot be probed densely)."
             )
         if not isinstance(found[split].features[column], datasets.Image):
-            raise ValueError(f"{option}: {name!r}'s column {column!r} holds no images; a mask must be an image.")
+            raise InputError(f"{option}: {name!r}'s column {column!r} holds no images; a mask must be an image.")
     return found[split]
 
 

@@ -18,7 +18,7 @@ from .cards import markdown_table, merge_sections
 from .configuration_sink_vit import SinkViTConfig
 from .diagnostics import Thresholds, diagnose
 from .diagnostics.report import median
-from .errors import first_line
+from .errors import InputError, first_line
 from .evaluation import checkpoint_name
 from .files import atomic_write, save_figure, write_json
 from .tasks import SinkTask, TokenRegressor
@@ -84,11 +84,11 @@ def load_task_model(folder: str | Path) -> tuple[TokenRegressor, SinkTask, dict]
     )
     files = [folder / name for name in ("config.json", "model.safetensors", "training_args.json")]
     if not all(path.is_file() for path in files):
-        raise ValueError(f"synthetic_models: {str(folder)!r} is not a synthetic-task checkpoint; {allowed}.")
+        raise InputError(f"synthetic_models: {str(folder)!r} is not a synthetic-task checkpoint; {allowed}.")
     args = json.loads(files[2].read_text())
     data = args["data"]
     if data["dataset"] not in ("nop", "broadcast"):
-        raise ValueError(
+        raise InputError(
             f"synthetic_models: {str(folder)!r} was trained on {data['dataset']!r}; allowed: the nop or broadcast "
             "task (evaluate image classifiers with --model)."
         )
@@ -98,7 +98,7 @@ def load_task_model(folder: str | Path) -> tuple[TokenRegressor, SinkTask, dict]
     try:
         model.load_state_dict(load_file(files[1]))
     except RuntimeError as error:
-        raise ValueError(
+        raise InputError(
             f"synthetic_models: the weights in {str(folder)!r} do not fit this version's toy model "
             f"({first_line(error)}); "
             "retrain it with train/run.py."
@@ -359,7 +359,7 @@ def synthetic_rows(
         load_task_model(folder)
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"synthetic_models: two checkpoints are both named {repeated}; give each its own folder.")
+        raise InputError(f"synthetic_models: two checkpoints are both named {repeated}; give each its own folder.")
     runs = []
     for folder, name in zip(folders, names, strict=True):
         if not retrain_steps:

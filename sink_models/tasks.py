@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .configuration_sink_vit import SinkViTConfig
+from .errors import InputError
 from .modeling_sink_vit import SinkViTModel
 
 TASKS = ("nop", "broadcast")
@@ -32,7 +33,7 @@ class SinkTask:
 
     def __post_init__(self):
         if self.kind not in TASKS:
-            raise ValueError(f"task: got {self.kind!r}; allowed: {', '.join(TASKS)}.")
+            raise InputError(f"task: got {self.kind!r}; allowed: {', '.join(TASKS)}.")
         generator = torch.Generator().manual_seed(self.seed)
         direction = torch.randn(self.dim, generator=generator)
         direction -= direction.mean()
@@ -81,7 +82,7 @@ class TokenRegressor(nn.Module):
     def __init__(self, config: SinkViTConfig, learn_positions: bool = True):
         super().__init__()
         if config.hidden_size != config.num_channels:
-            raise ValueError(
+            raise InputError(
                 f"hidden_size: got {config.hidden_size}; the toy's residual stream is its tokens, so it must equal "
                 f"num_channels ({config.num_channels})."
             )

@@ -38,7 +38,7 @@ from .data import (
     loader_options,
     parse_options,
 )
-from .errors import TrainingError, is_int, json_object
+from .errors import InputError, is_int, json_object
 from .modeling_sink_vit import SinkViTForImageClassification
 from .presets import VARIANTS, check_variant, preset_config
 from .resume import TrainState, kept_log_lines, resume, save_state
@@ -115,14 +115,14 @@ class TrainArguments:
 @contextlib.contextmanager
 def _input_errors():
     """Inside: the ValueErrors of the library's own validation (configs, data, options) are bad input, raised again
-    as TrainingError; any other exception stays what it is."""
+    as InputError; any other exception stays what it is."""
     try:
         yield
-    except TrainingError:
+    except InputError:
         raise
     except ValueError as error:
         lines = str(error).strip().splitlines()
-        raise TrainingError(lines[0] if lines else type(error).__name__) from error
+        raise InputError(lines[0] if lines else type(error).__name__) from error
 
 
 def _is_number(value) -> bool:
@@ -165,7 +165,7 @@ _TYPES = {
 
 
 def check_arguments(*groups) -> None:
-    """A TrainingError naming the first argument of these ModelArguments / DataArguments / TrainArguments whose
+    """An InputError naming the first argument of these ModelArguments / DataArguments / TrainArguments whose
     value has the wrong type or is out of range, and what is allowed; recipes can put any YAML value anywhere."""
     for group in groups:
         # The class's annotations, not dataclasses.fields(): HfArgumentParser rewrites `str | None` there to `str`.
@@ -173,7 +173,7 @@ def check_arguments(*groups) -> None:
             value = getattr(group, name)
             rule = _RANGES.get(name) or _TYPES.get(annotation)
             if rule is not None and not rule[0](value):
-                raise TrainingError(f"{name}: got {value!r}; allowed: {rule[1]}.")
+                raise InputError(f"{name}: got {value!r}; allowed: {rule[1]}.")
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -183,7 +183,7 @@ def _check_output_dir(output_dir: str) -> None:
         if existing.exists():
             if not existing.is_dir():
                 what = "is a file" if existing == path else f"is inside {str(existing)!r}, a file"
-                raise TrainingError(f"output_dir: {output_dir!r} {what}; allowed: a folder (new or existing).")
+                raise InputError(f"output_dir: {output_dir!r} {what}; allowed: a folder (new or existing).")
             return
 
 
@@ -273,7 +273,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgum
 def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArguments, on_step) -> dict:
     overrides = _checked_inputs(model_args, data_args, args)
     if data_args.streaming and data_args.dataset in TASKS:
-        raise TrainingError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
+        raise InputError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
     output_dir = Path(args.output_dir)
     trackers = None if args.report_to == "none" else args.report_to
     with _input_errors():  # e.g. fp16 without a GPU, an unknown tracker
@@ -298,7 +298,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, args: TrainArgu
     # The loop runs the compiled model; saving, loading and evaluation use the prepared one it wraps.
     forward = torch.compile(model, backend=args.torch_compile_backend) if args.torch_compile else model
     if task is not None and not args.max_steps:
-        raise TrainingError(f"max_steps: got 0; allowed: an int > 0 (the task {data_args.dataset!r} has no epochs).")
+        raise InputError(f"max_steps: got 0; allowed: an int > 0 (the task {data_args.dataset!r} has no epochs).")
     total_steps = args.max_steps or math.ceil(args.num_epochs * steps_per_epoch)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(args.warmup_steps, total_steps), total_steps)
     state = TrainState()
@@ -409,7 +409,7 @@ def _prepared(accelerator, model, optimizer, loader, eval_loader, task, data, da
     # accelerate also steps at the end of the loader, after a shorter last accumulation
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     if steps_per_epoch == 0:
-        raise TrainingError(
+        raise InputError(
             f"per_device_batch_size: {args.per_device_batch_size} x {args.gradient_accumulation_steps} "
             f"accumulation x {accelerator.num_processes} processes exceeds the {len(data.train)} training images."
         )
@@ -464,7 +464,7 @@ def _checked_inputs(model_args: ModelArguments, data_args: DataArguments, args: 
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             own = ", ".join(SinkViTConfig.__annotations__)
-            raise TrainingError(
+            raise InputError(
                 f"model_overrides: {name!r} is no SinkViTConfig field;{hint} allowed: {own} "
                 "(or a PreTrainedConfig field)."
             )
@@ -543,7 +543,7 @@ def _image_run(model_args: ModelArguments, data_args: DataArguments, args: Train
 def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accelerator) -> ImageData:
     """The training and held-out splits streamed, this process's shards of each."""
     if not args.max_steps:
-        raise TrainingError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
+        raise InputError("max_steps: a streamed dataset has no length, so it needs max_steps > 0 (not num_epochs).")
     columns = (data_args.image_column, data_args.label_column)
     node = (accelerator.process_index, accelerator.num_processes)
     train = StreamedRows(data_args.dataset, data_args.train_split, columns, node, args.seed, data_args.shuffle_buffer)
@@ -557,7 +557,7 @@ def _streamed(data_args: DataArguments, args: TrainArguments, accelerator: Accel
             "with a multiple of the process count each process would read only its own shards."
         )
     if held_out.labels != train.labels:  # streamed rows keep their split's class numbers: they must mean the same
-        raise TrainingError(
+        raise InputError(
             f"label_column: {data_args.dataset!r} split {data_args.eval_split!r} names its classes "
             f"{held_out.labels[:10]}, the training split {train.labels[:10]}; allowed: splits with one ClassLabel."
         )
@@ -568,7 +568,7 @@ def _check_canvas(image_size, options: str) -> None:
     """The model must see the canvas unscaled: a resized canvas would blur the digit into its neighbours."""
     size = Canvas(**parse_options(options)).size
     if as_pair(image_size) != (size, size):
-        raise TrainingError(
+        raise InputError(
             f"model_overrides: image_size is {image_size}, the canvas {size} (dataset_options.size); "
             f"the model must see the canvas unscaled: set image_size to {size}."
         )
@@ -613,7 +613,7 @@ def _streamed_batches(task, loader, step: int, steps_per_epoch, args: TrainArgum
                 continue
             yield {name: value.to(accelerator.device) for name, value in batch.items()}
         if not produced:
-            raise TrainingError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
+            raise InputError("dataset: this process's stream is empty; allowed: a split with rows in every shard.")
         epoch += 1
 
 

@@ -290,7 +290,7 @@ def imagefolder(root: Path) -> Path:
     [
         ("missing", "model: '{tmp}/nowhere' is not a folder; allowed: a model folder or a Hub id"),
         ("pickled", "has only pytorch_model.bin (a pickle, never loaded here); allowed: weights in safetensors files"),
-        ("decoy", "could not be loaded: ValueError: the weights file lacks"),
+        ("decoy", "could not be loaded: the weights file lacks"),
         (
             "float layers",
             "model: '{tmp}/float layers' has config.json num_hidden_layers 2.5; allowed: a positive integer",

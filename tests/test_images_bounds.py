@@ -21,7 +21,8 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from sink_models.inspection import InspectError, collect_images, main
+from sink_models.errors import InputError
+from sink_models.inspection import collect_images, main
 from sink_models.inspection.images import MAX_PIXELS, processed_pixels
 
 dino = test_inspect.dino  # the tiny DINOv2 folder with a DINOv2-style processor, once for this module
@@ -54,7 +55,7 @@ def test_the_predicted_pixels_are_those_the_processor_makes(name, size):
 
 
 def test_a_processor_that_sizes_in_its_own_way_or_bad_settings_are_refused():
-    with pytest.raises(InspectError) as own:
+    with pytest.raises(InputError) as own:
         processed_pixels(ConvNextImageProcessorPil(), 10, 10)
     assert str(own.value) == (
         "images: the image processor ConvNextImageProcessorPil sizes images in its own way, which cannot be bounded "
@@ -63,7 +64,7 @@ def test_a_processor_that_sizes_in_its_own_way_or_bad_settings_are_refused():
     processor = ViTImageProcessorPil(size={"height": 20, "width": 20})
     for value in (-5, 2.5):
         processor.size.height = value
-        with pytest.raises(InspectError) as bad:
+        with pytest.raises(InputError) as bad:
             processed_pixels(processor, 10, 10)
         assert str(bad.value) == f"images: the image processor's height is {value!r}; allowed: a positive integer."
 
@@ -116,7 +117,7 @@ def test_the_command_refuses_a_long_image_the_stock_processor_would_blow_up(dino
 )
 def test_an_image_over_the_pixels_is_refused_from_its_header(size, message, tmp_path):
     (tmp_path / "big.png").write_bytes(_png_header(*size))  # no pixels to decode: a decode would fail, not refuse
-    with pytest.raises(InspectError) as refused:
+    with pytest.raises(InputError) as refused:
         collect_images(tmp_path)
     assert str(refused.value) == message
     assert MAX_PIXELS == 64_000_000

@@ -36,10 +36,10 @@ from transformers import (
 from sink_models import SinkViTForImageClassification
 from sink_models.checkpoint import save_checkpoint
 from sink_models.diagnostics import SinkReport, diagnose
+from sink_models.errors import InputError
 from sink_models.inspection import (
     DESCRIPTION,
     ImageSet,
-    InspectError,
     builtin_images,
     cli,
     inspect_model,
@@ -265,7 +265,7 @@ def test_dataset_imagefolder(dino, tmp_path):
     assert "'train' split of the dataset" in result.images_from
     expected = by_hand(dino, [Image.open(data / name) for name in result.images], batch_size=8)
     assert_same_report(result.report, expected)
-    with pytest.raises(InspectError, match="no split|could not be loaded"):
+    with pytest.raises(InputError, match="no split|could not be loaded"):
         inspect_model(str(dino), dataset=str(tmp_path / "data"), split="validation", progress=False)
 
 

@@ -223,9 +223,9 @@ def test_the_attention_maps_of_any_image_are_those_diagnose_keeps_for_it(hub, in
     assert path.name == "image002-layer001.png" and Image.open(path).size[0] > 400
     assert inspector.attention(entry.key, 2, 1) == path  # drawn once
     for image, layer, message in ((4, 0, "image 4; allowed: 0-3"), (0, 2, "layer 2; allowed: 0-1")):
-        with pytest.raises(runner.InspectError, match=message):
+        with pytest.raises(runner.InputError, match=message):
             inspector.attention(entry.key, image, layer)
-    with pytest.raises(runner.InspectError, match="no report yet"):
+    with pytest.raises(runner.InputError, match="no report yet"):
         inspector.attention("nothing", 0, 0)
 
 
@@ -247,7 +247,7 @@ REFUSED = {
 def test_refused_before_any_weight_is_fetched(case, hub, inspector):
     model_id, revision, message = REFUSED[case]
     hub.server.requests.clear()
-    with pytest.raises(runner.InspectError, match=re.escape(message)) as refused:
+    with pytest.raises(runner.InputError, match=re.escape(message)) as refused:
         inspector.run(model_id, revision, inspector.images(None, 1))
     assert "\n" not in str(refused.value)
     assert not [r for r in hub.server.requests if r.path.endswith((".safetensors", ".bin", ".py"))]
@@ -264,7 +264,7 @@ def test_a_processor_asking_for_its_own_code_is_refused_when_loading_too(hub, in
     checkpoint = runner.Checkpoint(f"{ORG}/processor", None, info.sha, files, 0, folder, sizes, endpoint=hub.url)
     checkpoint.download()
     monkeypatch.setattr(runner, "fetch", lambda *args, **kwargs: checkpoint)
-    with pytest.raises(runner.InspectError, match=f"model: '{ORG}/processor' has no usable image processor") as no:
+    with pytest.raises(runner.InputError, match=f"model: '{ORG}/processor' has no usable image processor") as no:
         inspector.run(f"{ORG}/processor", None, inspector.images(None, 1))
     assert "contains custom code" in str(no.value) and str(inspector.weights) not in str(no.value)
     assert not hub.marker.exists()
@@ -274,7 +274,7 @@ def test_a_processor_asking_for_its_own_code_is_refused_when_loading_too(hub, in
 def test_the_limits_are_stated_and_enforced(hub, tmp_path):
     def refused(message: str, images: int = 1, **limits) -> None:
         inspector = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(**limits))
-        with pytest.raises(runner.InspectError, match=message):
+        with pytest.raises(runner.InputError, match=message):
             inspector.run(DINO, None, inspector.images(None, images))
 
     count = sum(p.numel() for p in hub.models[DINO].parameters())
@@ -300,7 +300,7 @@ def test_the_limits_are_stated_and_enforced(hub, tmp_path):
     timed = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(seconds=0))
     tight = runner.Inspector(tmp_path, endpoint=hub.url, limits=runner.Limits(pixels=300))
     for count in (0, 17):
-        with pytest.raises(runner.InspectError, match="max images: got .*; allowed: 1 to 16"):
+        with pytest.raises(runner.InputError, match="max images: got .*; allowed: 1 to 16"):
             timed.images(None, count)
     files = []
     for i, size in enumerate([(10, 10), (40, 40)]):
@@ -312,11 +312,11 @@ def test_the_limits_are_stated_and_enforced(hub, tmp_path):
     found = tight.images([files[0], str(tmp_path / "notes.txt"), str(tmp_path / "eps.png")], 5)
     assert found.names == ["0.png"] and found.skipped == ["notes.txt", "eps.png"]
     assert found.source == "3 uploaded images"
-    with pytest.raises(runner.InspectError, match="images: 1.png is 40 x 40 pixels, over 0.0003 megapixels; allowed"):
+    with pytest.raises(runner.InputError, match="images: 1.png is 40 x 40 pixels, over 0.0003 megapixels; allowed"):
         tight.images(files, 5)
-    with pytest.raises(runner.InspectError, match="none of the 1 uploaded files is an image"):
+    with pytest.raises(runner.InputError, match="none of the 1 uploaded files is an image"):
         tight.images([str(tmp_path / "notes.txt")], 5)
-    with pytest.raises(runner.InspectError, match="images: 17 uploaded; allowed: at most 16"):
+    with pytest.raises(runner.InputError, match="images: 17 uploaded; allowed: at most 16"):
         tight.images(files * 8 + files[:1], 5)
     assert "100 M parameters" in runner.Limits().text() and "16 images" in runner.Limits().text()
 
@@ -324,13 +324,13 @@ def test_the_limits_are_stated_and_enforced(hub, tmp_path):
 def test_a_results_row_is_published_only_with_a_token(hub, inspector, tmp_path):
     entry = inspector.run(DINO, None, inspector.images(None, 2))
     for token in (None, " "):
-        with pytest.raises(runner.InspectError, match="token: publishing needs a Hub write token"):
+        with pytest.raises(runner.InputError, match="token: publishing needs a Hub write token"):
             inspector.publish(entry.key, f"{ORG}/inspections", token)
     hub.server.fail_next(status=403, route_contains="repos/create")  # a read-only token: the Hub refuses
-    with pytest.raises(runner.InspectError, match="publish: 'testorg/inspections' could not be written: .*403") as no:
+    with pytest.raises(runner.InputError, match="publish: 'testorg/inspections' could not be written: .*403") as no:
         inspector.publish(entry.key, f"{ORG}/inspections", TOKEN)
     assert TOKEN not in str(no.value)
-    with pytest.raises(runner.InspectError, match="is not a Hub dataset id"):
+    with pytest.raises(runner.InputError, match="is not a Hub dataset id"):
         inspector.publish(entry.key, "not a dataset!", TOKEN)
     path = inspector.publish(entry.key, f"{ORG}/inspections", TOKEN)
     row = json.loads(

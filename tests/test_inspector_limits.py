@@ -55,7 +55,7 @@ def _one():
 def _refused(inspector, hub, repo_id: str, found=None) -> str:
     """The one line `repo_id` is refused with, after checking that no weight was fetched for it."""
     hub.server.requests.clear()
-    with pytest.raises(runner.InspectError) as refused:
+    with pytest.raises(runner.InputError) as refused:
         inspector.run(repo_id, None, found or _one())
     assert "\n" not in str(refused.value)
     assert not [r for r in hub.server.requests if r.path.endswith((".safetensors", ".bin"))]
@@ -96,7 +96,7 @@ def test_a_long_upload_with_the_stock_dinov2_processor_is_refused_before_it_is_r
 def test_an_upload_is_refused_from_its_header_before_it_is_decoded(inspector, tmp_path):
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(20_000, 1_000))  # no pixel data at all: decoding it would fail, not refuse it
-    with pytest.raises(runner.InspectError) as refused:
+    with pytest.raises(runner.InputError) as refused:
         inspector.images([str(bomb)], 1)
     assert (
         str(refused.value) == "images: bomb.png is 20,000 x 1,000 pixels, over 16 megapixels; allowed: smaller images."
@@ -181,7 +181,7 @@ def test_a_slow_hub_is_abandoned_at_the_time_limit(hub, tmp_path):
     def request() -> None:
         try:
             inspector.run(DINO, None, _one())
-        except runner.InspectError as error:
+        except runner.InputError as error:
             outcome.append(str(error))
 
     hub.server.trickle(".safetensors", 0.05)
@@ -200,7 +200,7 @@ def test_a_slow_hub_is_abandoned_at_the_time_limit(hub, tmp_path):
 def test_the_time_limit_holds_between_batches(tmp_path):
     checkpoint = runner.Checkpoint(DINO, None, "0" * 40, (), 0, tmp_path)
     watch = runner._watched(2, 0.0, runner.Limits(seconds=5), checkpoint, lambda *_: None)  # a deadline long past
-    with pytest.raises(runner.InspectError) as late:
+    with pytest.raises(runner.InputError) as late:
         next(watch(iter([{"pixel_values": torch.zeros(1, 3, 4, 4)}])))
     assert str(late.value) == f"time: over this Space's 5 s per request after 0 of 2 images. {COMMAND} {DINO}"
 
@@ -212,7 +212,7 @@ def test_the_stores_keep_the_most_recent_within_their_bounds(hub, tmp_path):
     second = inspector.run(SINKVIT, None, _one())
     assert [path.name for path in inspector.cache.iterdir()] == [second.key]
     assert [path.name for path in inspector.weights.iterdir()] == [second.checkpoint.folder.name]
-    with pytest.raises(runner.InspectError, match="attention: no report yet"):
+    with pytest.raises(runner.InputError, match="attention: no report yet"):
         inspector.attention(first.key, 0, 0)
     counted = runner.Inspector(tmp_path / "counted", endpoint=hub.url, limits=runner.Limits(stored=2))
     keys = [counted.run(DINO, None, runner.collect_images(max_images=n)).key for n in (1, 2, 3)]
@@ -226,7 +226,7 @@ def test_no_line_shows_a_local_path(inspector):
     )
     upload = OSError(f"cannot identify image file '/tmp/gradio/0a1b/cat.png' at {inspector.cache}/x")
     assert inspector.message(upload) == "error: OSError: cannot identify image file 'cat.png' at <report cache>/x"
-    assert inspector.message(runner.InspectError("model: see http://127.0.0.1:8000/api/models/a/b")) == (
+    assert inspector.message(runner.InputError("model: see http://127.0.0.1:8000/api/models/a/b")) == (
         "model: see http://127.0.0.1:8000/api/models/a/b"
     )
     assert re.fullmatch(r"error: ValueError: x", inspector.message(ValueError("x")))

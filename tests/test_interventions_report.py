@@ -13,7 +13,8 @@ from transformers import AutoImageProcessor, AutoModel, BitImageProcessorPil, Di
 
 from sink_models import SinkViTForImageClassification
 from sink_models.diagnostics import diagnose
-from sink_models.inspection import InspectError, inspect_model, main
+from sink_models.errors import InputError
+from sink_models.inspection import inspect_model, main
 from sink_models.interventions import DEFAULT_EDITS, EDITS, InterventionReport, intervene, select_heads
 from sink_models.interventions.plots import CLASS_COLOURS
 
@@ -158,7 +159,7 @@ def test_heads_and_edits_given(models):
     assert {row["edit"] for row in causal.rows} == {"zero_sink_value"} and len(causal.rows) == 4
     assert causal.skipped["edits_not_applicable"] == ["gate_closed on 0:2: the model has no attention gate"]
     assert result.report.summary["inputs"]["interventions"]["heads_from"] == "given"
-    with pytest.raises(InspectError, match="apply with interventions=True"):
+    with pytest.raises(InputError, match="apply with interventions=True"):
         inspect_model(str(models / "planted"), images=models / "images", heads="0:0")
 
 

@@ -11,7 +11,8 @@ import yaml
 from test_training import SMALL, arguments
 
 from sink_models.configuration_sink_vit import SinkViTConfig
-from sink_models.training import TrainingError, train
+from sink_models.errors import InputError
+from sink_models.training import train
 
 ROOT = Path(__file__).parents[1]
 CANVAS = str(ROOT / "train" / "recipes" / "canvas-plain.yaml")
@@ -102,7 +103,7 @@ def test_library_validation_errors_become_training_errors(tmp_path):
     # A config's own ValueError (raised in configuration_sink_vit) reaches the caller as bad input.
     model_args, data_args, args = arguments(tmp_path, max_steps=1)
     model_args.model_overrides = '{"attention_gate": "x"}'
-    with pytest.raises(TrainingError, match=r"^attention_gate: got 'x'; allowed: one of \('none'"):
+    with pytest.raises(InputError, match=r"^attention_gate: got 'x'; allowed: one of \('none'"):
         train(model_args, data_args, args)
     assert not (tmp_path / "metrics.jsonl").exists()
 

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 from test_training import SMALL, arguments
 
+from sink_models.errors import InputError
 from sink_models.resume import CheckpointError, write_manifest
-from sink_models.training import TrainingError, train
+from sink_models.training import train
 
 ROOT = Path(__file__).parents[1]
 FIELDS = {"max_steps": 6, "save_steps": 3}
@@ -189,7 +190,7 @@ def test_when_no_checkpoint_verifies_auto_refuses_instead_of_starting_over(run, 
     for step in (3, 6):
         (run / "checkpoints" / f"step_{step}" / "manifest.json").unlink()
     log = (run / "metrics.jsonl").read_text()
-    with pytest.raises(TrainingError) as error, caplog.at_level(logging.WARNING, logger="sink_models.resume"):
+    with pytest.raises(InputError) as error, caplog.at_level(logging.WARNING, logger="sink_models.resume"):
         resume(run)
     assert str(error.value) == (
         f"resume_from_checkpoint: none of the 2 checkpoints in {run / 'checkpoints'} verifies (each reason above); "
@@ -206,7 +207,7 @@ def test_a_cut_off_last_log_line_is_dropped_and_a_damaged_one_inside_is_refused(
     assert resume(run)["steps"] == 6
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [2, 4, 6]
     log.write_text(f"{lines[0]}\nnot json\n{lines[2]}\n")
-    with pytest.raises(TrainingError) as error:
+    with pytest.raises(InputError) as error:
         resume(run)
     assert str(error.value) == f"{log}: line 2 is no metrics record; allowed: one JSON object a line."
 

@@ -12,34 +12,35 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from sink_models.errors import InputError
 from sink_models.processes import exit_launched
-from sink_models.training import DataArguments, ModelArguments, TrainArguments, TrainingError, train
+from sink_models.training import DataArguments, ModelArguments, TrainArguments, train
 
 GROUPS = (ModelArguments, DataArguments, TrainArguments)
 
 
 def read_recipe(config: str) -> dict:
-    """The recipe at `config` as a dict of known keys; a TrainingError (one line) for anything else."""
+    """The recipe at `config` as a dict of known keys; a InputError (one line) for anything else."""
     path = Path(config)
     if not path.is_file():
         recipes = sorted(p.name for p in Path(__file__).with_name("recipes").glob("*.yaml"))
-        raise TrainingError(f"--config: no file {config!r}; recipes here: {', '.join(recipes)}")
+        raise InputError(f"--config: no file {config!r}; recipes here: {', '.join(recipes)}")
     try:
         recipe = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, ValueError) as error:  # ValueError: not UTF-8 text
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).strip().splitlines()[0]
-        raise TrainingError(
+        raise InputError(
             f"--config: {config} is not YAML ({problem}{where}); allowed: lines of 'key: value'."
         ) from None
     recipe = recipe or {}
     if not isinstance(recipe, dict):
-        raise TrainingError(f"--config: {config} holds a {type(recipe).__name__}; allowed: lines of 'key: value'.")
+        raise InputError(f"--config: {config} holds a {type(recipe).__name__}; allowed: lines of 'key: value'.")
     known = {f for group in GROUPS for f in group.__dataclass_fields__}
     unknown = sorted(set(recipe) - known, key=str)
     if unknown:
-        raise TrainingError(f"{config}: unknown recipe keys {unknown}; allowed: {', '.join(sorted(known))}")
+        raise InputError(f"{config}: unknown recipe keys {unknown}; allowed: {', '.join(sorted(known))}")
     return recipe
 
 
@@ -56,7 +57,7 @@ def parse(argv: list[str]) -> tuple:
     *groups, rest = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     leftover = [arg for arg in rest if arg not in ("--config", config)]
     if leftover:
-        raise TrainingError(f"unknown options {leftover}; see --help")
+        raise InputError(f"unknown options {leftover}; see --help")
     return tuple(groups[:3])
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str]) -> int:
     """Train; bad input (arguments, recipe, data, checkpoint) is one line on stderr and exit code 2, as in eval."""
     try:
         summary = train(*parse(argv))
-    except TrainingError as error:
+    except InputError as error:
         if os.environ.get("RANK", "0") == "0":  # every process meets the same bad input; one of them says so
             print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
+from sink_models.errors import InputError
 from sink_models.hub import (
     COLLECTION,
     INSPECTOR,
@@ -30,7 +31,6 @@ from sink_models.hub import (
     SPACE,
     ZOO_VERSION,
     Change,
-    PushError,
     add_to_collection,
     append_push_log,
     collection_plan,
@@ -80,10 +80,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if not SYNTHETIC.exists():  # checked before anything is written
-        raise PushError(f"missing {SYNTHETIC}; run eval/run.py first.")
+        raise InputError(f"missing {SYNTHETIC}; run eval/run.py first.")
     token = get_token()  # HF_TOKEN, else the `hf auth login` store
     if token is None and not args.dry_run:
-        raise PushError("no token: set HF_TOKEN or run `hf auth login` (a write token for the org).")
+        raise InputError("no token: set HF_TOKEN or run `hf auth login` (a write token for the org).")
     api = HfApi(endpoint=args.endpoint, token=token)
     retry = {"wait": args.retry_wait}
     log = Path(args.log)
@@ -102,7 +102,7 @@ def main(argv: list[str]) -> int:
                 records[name] = leaderboard_record(result, repo_id, "(new)" if change.dirty else change.head)
                 continue
             if stuck:  # checked before anything is written
-                raise PushError(
+                raise InputError(
                     f"{repo_id}: {', '.join(change.changed + change.removed)} changed, but tag {ZOO_VERSION} is "
                     "already published; a version never moves: raise sink_models.hub.ZOO_VERSION."
                 )
@@ -183,7 +183,7 @@ def _dataset_card(org: str) -> str:
 def cli(argv: list[str]) -> int:
     try:
         return main(argv)
-    except (PushError, OSError) as error:
+    except (InputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

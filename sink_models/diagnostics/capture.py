@@ -20,6 +20,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ..errors import InputError
 from .families import FAMILIES, Family, blocks_of, count, family_of, gamma_of, vision_config
 
 PREFIX = "sink_capture:"
@@ -65,7 +66,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     family = None if config is None else family_of(config)
     if family is None:
         kind = type(model).__name__ if config is None else f"{type(model).__name__} (model_type {config.model_type!r})"
-        raise ValueError(
+        raise InputError(
             f"model: {kind} is not supported by the diagnostics, which need a vision encoder whose attention runs "
             f"through transformers' attention-function registry; supported families (model_type): {supported_names()}."
         )
@@ -123,7 +124,7 @@ def _capture_forward(backend: str, module: nn.Module, query, key, value, attenti
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     original = ALL_ATTENTION_FUNCTIONS.get_interface(backend, eager)
     if original is None:
-        raise ValueError(f"model: {type(module).__module__} has no eager_attention_forward to run eager attention.")
+        raise InputError(f"model: {type(module).__module__} has no eager_attention_forward to run eager attention.")
     output, weights = original(module, query, key, value, attention_mask, **kwargs)
     handler = _ACTIVE.get(id(module))
     if handler is not None:
@@ -216,7 +217,7 @@ class LayerCapture:
         def hook(module, args, output):
             captured, self.captured = self.captured, {}
             if "kernel" not in captured:
-                raise ValueError(
+                raise InputError(
                     f"model: layer {index}'s attention ({type(module).__name__}) did not call the attention-function "
                     "registry, so its kernel cannot be seen; this model is not supported by the diagnostics."
                 )

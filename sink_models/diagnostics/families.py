@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Family:
@@ -74,7 +76,7 @@ def blocks_of(encoder: nn.Module, family: Family) -> nn.ModuleList:
     for module in encoder.modules():
         if isinstance(module, nn.ModuleList) and len(module) and all(hasattr(b, family.attention) for b in module):
             return module
-    raise ValueError(f"model: no blocks with a '{family.attention}' module found in {type(encoder).__name__}.")
+    raise InputError(f"model: no blocks with a '{family.attention}' module found in {type(encoder).__name__}.")
 
 
 def gamma_of(block: nn.Module, family: Family) -> torch.Tensor | None:

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..errors import InputError
 from .capture import Adapter, LayerCapture, adapter_for
 from .metrics import HeadProjection, Thresholds, gate_metrics, layer_metrics, token_norm_metrics
 from .report import Accumulator, SinkReport
@@ -42,7 +43,7 @@ def diagnose(
     if not isinstance(thresholds, Thresholds):
         raise TypeError(f"thresholds: got {type(thresholds).__name__}; allowed: None or a Thresholds.")
     if max_images is not None and (type(max_images) is not int or max_images < 1):
-        raise ValueError(f"max_images: got {max_images!r}; allowed: None (all images) or a positive int.")
+        raise InputError(f"max_images: got {max_images!r}; allowed: None (all images) or a positive int.")
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     adapter = adapter_for(model)
@@ -60,7 +61,7 @@ def diagnose(
     if accelerator is not None and accelerator.num_processes > 1:
         total = int(accelerator.reduce(torch.tensor([acc.images], device=accelerator.device), "sum").item())
     if total == 0:
-        raise ValueError("batches: yielded no images; nothing to diagnose.")
+        raise InputError("batches: yielded no images; nothing to diagnose.")
     acc.reduce(accelerator)
     attention = None
     if "inflow" in kept:
@@ -147,7 +148,7 @@ def model_inputs(batch, adapter: Adapter) -> dict[str, torch.Tensor]:
         missing = [name for name in names if name not in batch]
         if missing:
             needed = " and ".join(map(repr, missing))
-            raise ValueError(f"batches: a dict batch needs {needed}; got keys {sorted(batch)}.")
+            raise InputError(f"batches: a dict batch needs {needed}; got keys {sorted(batch)}.")
         inputs = {name: batch[name] for name in names}
     elif adapter.family.padded:
         raise TypeError(f"batches: {adapter.family.name} needs dicts with {', '.join(names)} (its processor's output).")
@@ -160,9 +161,9 @@ def model_inputs(batch, adapter: Adapter) -> dict[str, torch.Tensor]:
         return inputs
     pixels, patch, channels = inputs["pixel_values"], adapter.patch_size, adapter.num_channels
     if pixels.ndim != 4 or pixels.shape[1] != channels:
-        raise ValueError(f"pixel_values: expected (batch, {channels}, height, width), got shape {tuple(pixels.shape)}.")
+        raise InputError(f"pixel_values: expected (batch, {channels}, height, width), got shape {tuple(pixels.shape)}.")
     if pixels.shape[2] % patch[0] or pixels.shape[3] % patch[1]:
-        raise ValueError(
+        raise InputError(
             f"pixel_values: image size {pixels.shape[2]}x{pixels.shape[3]} is not a multiple of the patch size "
             f"{patch[0]}x{patch[1]}."
         )
@@ -214,7 +215,7 @@ def dense_mask(mask) -> torch.Tensor | None:
     if mask is None or isinstance(mask, torch.Tensor):
         return mask
     # No supported family builds a flex BlockMask in transformers 5.24 (those with masks do not support flex).
-    raise ValueError(
+    raise InputError(
         f"model: its attention got a {type(mask).__name__} mask, which the diagnostics cannot rebuild; load the model "
         "with attn_implementation='sdpa' or 'eager'."
     )

@@ -4,8 +4,8 @@ One module per stage: images (what to diagnose), loading (model and image proces
 interventions, when asked for), tables (the tables and the printed text), report (the report folder, report.md);
 command ties them together and parses options."""
 
+from ..errors import InputError
 from .command import InspectResult, cli, diagnose_images, inspect_model, main
-from .errors import InspectError
 from .images import DESCRIPTION, ImageSet, builtin_images, collect_images
 from .loading import load_model
 from .report import render_markdown, write_report
@@ -14,7 +14,7 @@ from .tables import summary_text
 __all__ = [
     "DESCRIPTION",
     "ImageSet",
-    "InspectError",
+    "InputError",
     "InspectResult",
     "builtin_images",
     "cli",

@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 
 from ..diagnostics import SinkReport
 from ..diagnostics.capture import adapter_for
+from ..errors import InputError
 from ..interventions import DEFAULT_EDITS, EDITS, InterventionReport, intervene, select_heads
-from .errors import InspectError
 from .images import ImageSet, _process
 from .tables import LABELS, text_table
 
@@ -22,7 +22,7 @@ def parse_edits(edits: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [name.strip() for name in edits.split(",")] if isinstance(edits, str) else list(edits)
     unknown = [name for name in names if name not in EDITS]
     if unknown or not names:
-        raise InspectError(f"edits: got {', '.join(map(str, names)) or 'none'}; allowed: {', '.join(EDITS)}.")
+        raise InputError(f"edits: got {', '.join(map(str, names)) or 'none'}; allowed: {', '.join(EDITS)}.")
     return tuple(dict.fromkeys(names))
 
 
@@ -33,11 +33,11 @@ def parse_heads(heads: str | Sequence[tuple[int, int]] | None) -> list[tuple[int
     if isinstance(heads, str):
         pairs = [part.strip().split(":") for part in heads.split(",")]
         if not all(len(p) == 2 and p[0].isdigit() and p[1].isdigit() for p in pairs):
-            raise InspectError(f"heads: got {heads!r}; allowed: layer:head pairs separated by commas, e.g. 3:0,5:2.")
+            raise InputError(f"heads: got {heads!r}; allowed: layer:head pairs separated by commas, e.g. 3:0,5:2.")
         return [(int(layer), int(head)) for layer, head in pairs]
     pairs = [tuple(pair) for pair in heads]
     if not pairs or not all(len(p) == 2 and all(type(x) is int and x >= 0 for x in p) for p in pairs):
-        raise InspectError(f"heads: got {heads!r}; allowed: a non-empty list of (layer, head) pairs of ints >= 0.")
+        raise InputError(f"heads: got {heads!r}; allowed: a non-empty list of (layer, head) pairs of ints >= 0.")
     return pairs
 
 
@@ -49,7 +49,7 @@ def check_heads(model, heads: list[tuple[int, int]] | None) -> None:
     layers, count = len(adapter.layers), adapter.num_heads
     for layer, head in heads:
         if layer >= layers or head >= count:
-            raise InspectError(
+            raise InputError(
                 f"heads: {layer}:{head} is outside the model's {layers} layers x {count} heads "
                 f"(layer 0-{layers - 1}, head 0-{count - 1})."
             )

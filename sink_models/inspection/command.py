@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from ..diagnostics import SinkReport, diagnose
+from ..errors import InputError
 from ..interventions import DEFAULT_EDITS, InterventionReport
 from .causal import causal_text, check_heads, parse_edits, parse_heads, run_interventions
-from .errors import InspectError
 from .images import DESCRIPTION, ImageSet, _batches, collect_images
 from .loading import load_model
 from .report import check_out, write_report
@@ -57,13 +57,13 @@ def inspect_model(
     edit `heads` ((layer, head) pairs or "L:H,L:H"; default: those the diagnostics select) once per edit of `edits`
     (default: `DEFAULT_EDITS`) on the same images (`sink_models.interventions.intervene`).
 
-    Every problem with the inputs raises an `InspectError` before anything is written; `out` is replaced only
+    Every problem with the inputs raises an `InputError` before anything is written; `out` is replaced only
     once the new report is complete, and only if it is empty or an earlier report folder."""
     for name, value in (("max_images", max_images), ("batch_size", batch_size)):
         if type(value) is not int or value < 1:
-            raise InspectError(f"{name}: got {value!r}; allowed: a positive integer.")
+            raise InputError(f"{name}: got {value!r}; allowed: a positive integer.")
     if not interventions and (edits is not None or heads is not None):
-        raise InspectError("edits, heads: apply with interventions=True (--interventions) only.")
+        raise InputError("edits, heads: apply with interventions=True (--interventions) only.")
     edits, heads = parse_edits(edits), parse_heads(heads)
     if out is not None:
         check_out(Path(out))
@@ -80,7 +80,7 @@ def inspect_model(
         try:
             check_heads(model, heads)  # a head outside the model: fail before the work
         except (ValueError, TypeError) as error:  # an unsupported architecture: names the supported ones
-            raise InspectError(_line(error)) from None
+            raise InputError(_line(error)) from None
     report = diagnose_images(model, processor, found, mode, batch_size, progress=progress)
     report.summary["inputs"] = {
         "model": model_id_or_path,
@@ -109,7 +109,7 @@ def diagnose_images(
     """`diagnose` on the images of `found` through the model's image processor; `watch` wraps the batches (progress,
     a deadline). Converts `found.images` to PIL `mode` in place and records in `found` the images the processor
     cannot take (skipped). An unsupported architecture, or a processor that takes none of them, raises an
-    `InspectError` (its first line)."""
+    `InputError` (its first line)."""
     if mode != "RGB":
         found.images = [image.convert(mode) for image in found.images]
     batches = _batches(processor, found, batch_size, progress)
@@ -117,7 +117,7 @@ def diagnose_images(
         # No max_images here: the set is already that small, and diagnose then reads every batch to the end.
         return diagnose(model, batches if watch is None else watch(batches))
     except (ValueError, TypeError) as error:  # an unsupported architecture (names the supported ones), a bad processor
-        raise InspectError(_line(error)) from None
+        raise InputError(_line(error)) from None
 
 
 def _line(error: BaseException) -> str:
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             edits=args.edits,
             heads=args.heads,
         )
-    except InspectError as error:
+    except InputError as error:
         print(f"sink-models inspect: {error}", file=sys.stderr)
         return 2
     finally:

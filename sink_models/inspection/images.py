@@ -13,8 +13,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..errors import first_line
-from .errors import InspectError
+from ..errors import InputError, first_line
 
 # The built-in set, made offline from scikit-learn's two bundled photos. (view, crop box as fractions of width and
 # height: left, top, right, bottom, mirrored): whole photos, crops at different places and scales, mirrored crops;
@@ -71,7 +70,7 @@ def collect_images(
     """At most `max_images` images in PIL `mode` from a folder, a list of PIL images, a `datasets` id or local
     imagefolder path, or (neither given) the built-in set."""
     if images is not None and dataset is not None:
-        raise InspectError("images, dataset: give one of them, not both.")
+        raise InputError("images, dataset: give one of them, not both.")
     if dataset is not None:
         return _dataset_images(dataset, split, max_images, mode)
     if isinstance(images, str | os.PathLike):
@@ -79,7 +78,7 @@ def collect_images(
     if images is not None:
         images = list(images)[:max_images]
         if not images:
-            raise InspectError("images: got an empty list; allowed: a folder, PIL images, or None (built-in set).")
+            raise InputError("images: got an empty list; allowed: a folder, PIL images, or None (built-in set).")
         names = [f"image {i}" for i in range(len(images))]
         return ImageSet(f"{len(images)} images given by the caller", names, [image.convert(mode) for image in images])
     samples = builtin_images()
@@ -106,17 +105,17 @@ def builtin_images() -> list[tuple[str, Image.Image]]:
 
 def _folder_images(folder: Path, max_images: int, mode: str) -> ImageSet:
     if not folder.is_dir():
-        raise InspectError(f"images: {str(folder)!r} is not a folder.")
+        raise InputError(f"images: {str(folder)!r} is not a folder.")
     files = sorted(path for path in folder.iterdir() if path.is_file())
     if not files:
-        raise InspectError(f"images: the folder {str(folder)!r} has no files.")
+        raise InputError(f"images: the folder {str(folder)!r} has no files.")
     found = ImageSet("")
     for path in files:
         if len(found.images) == max_images:
             break
         _add(found, path.name, path, mode)
     if not found.images:
-        raise InspectError(f"images: none of the {len(files)} files in {str(folder)!r} is an image PIL can read.")
+        raise InputError(f"images: none of the {len(files)} files in {str(folder)!r} is an image PIL can read.")
     found.source = f"{len(found.images)} image files from the folder {folder}"
     return found
 
@@ -128,11 +127,11 @@ def _dataset_images(dataset: str, split: str, max_images: int, mode: str) -> Ima
         # Streaming: only the rows used are read, not a whole Hub dataset.
         rows = datasets.load_dataset(dataset, split=split, streaming=True)
     except Exception as error:  # datasets raises many kinds; all mean "no such dataset or split here"
-        raise InspectError(f"dataset: {dataset!r} (split {split!r}) could not be loaded: {first_line(error)}") from None
+        raise InputError(f"dataset: {dataset!r} (split {split!r}) could not be loaded: {first_line(error)}") from None
     features = rows.features or {}
     column = next((name for name, kind in features.items() if isinstance(kind, datasets.Image)), None)
     if column is None:
-        raise InspectError(f"dataset: {dataset!r} has no column of Image type; its columns: {list(features)}.")
+        raise InputError(f"dataset: {dataset!r} has no column of Image type; its columns: {list(features)}.")
     rows = rows.select_columns([column]).cast_column(column, datasets.Image(decode=False))
     found = ImageSet("")
     for index, row in enumerate(rows):
@@ -142,7 +141,7 @@ def _dataset_images(dataset: str, split: str, max_images: int, mode: str) -> Ima
         name = Path(value["path"]).name if value.get("path") else f"row {index}"
         _add(found, name, io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path"), mode)
     if not found.images:
-        raise InspectError(f"dataset: {dataset!r} (split {split!r}) has no image PIL can read.")
+        raise InputError(f"dataset: {dataset!r} (split {split!r}) has no image PIL can read.")
     found.source = f"{len(found.images)} images from the {split!r} split of the dataset {dataset}, column {column!r}"
     return found
 
@@ -152,7 +151,7 @@ def _add(found: ImageSet, name: str, source, mode: str) -> None:
         image = Image.open(source)
     except Image.DecompressionBombError:  # PIL's own refusal, far above MAX_PIXELS
         message = f"images: {name} is over {MAX_PIXELS / 1e6:g} megapixels; allowed: smaller images."
-        raise InspectError(message) from None
+        raise InputError(message) from None
     except (OSError, ValueError, SyntaxError, TypeError, AttributeError):
         found.skipped.append(name)
         return
@@ -169,7 +168,7 @@ def _add(found: ImageSet, name: str, source, mode: str) -> None:
 def check_pixels(name: str, width: int, height: int, most: int) -> None:
     """Refuses an image of more than `most` pixels (read from its header, before it is decoded)."""
     if width * height > most:
-        raise InspectError(
+        raise InputError(
             f"images: {name} is {width:,} x {height:,} pixels, over {most / 1e6:g} megapixels; allowed: smaller images."
         )
 
@@ -178,7 +177,7 @@ def processed_pixels(processor, width: int, height: int) -> tuple[int, int]:
     """(the pixels of the largest image `processor` holds while it processes a `width` x `height` image, the pixels
     it hands the model), from the processor's settings alone, before it runs: transformers' own arithmetic on sizes.
 
-    Raises an `InspectError` for a processor whose sizes its settings do not give (its own resize, or settings that
+    Raises an `InputError` for a processor whose sizes its settings do not give (its own resize, or settings that
     are not positive integers)."""
     from transformers.image_transforms import get_resize_output_image_size, get_size_with_aspect_ratio
     from transformers.image_utils import ChannelDimension, get_image_size_for_max_height_width
@@ -186,7 +185,7 @@ def processed_pixels(processor, width: int, height: int) -> tuple[int, int]:
     kind = type(processor)
     unknown = [name for name, known in PREDICTED.items() if getattr(kind, name).__qualname__ not in known]
     if not kind.__module__.startswith("transformers.") or unknown:
-        raise InspectError(
+        raise InputError(
             f"images: the image processor {kind.__name__} sizes images in its own way, which cannot be bounded before "
             "it runs; allowed: transformers' processors that resize by their settings (ViT, BiT, CLIP, SigLIP...)."
         )
@@ -224,7 +223,7 @@ def _positive(settings, name: str, required: bool = False) -> int | None:
     """A size setting of the processor: a positive integer (None where it is absent and not `required`)."""
     value = getattr(settings, name, None)
     if (value is None and required) or (value is not None and (type(value) is not int or value < 1)):
-        raise InspectError(f"images: the image processor's {name} is {value!r}; allowed: a positive integer.")
+        raise InputError(f"images: the image processor's {name} is {value!r}; allowed: a positive integer.")
     return value
 
 
@@ -238,7 +237,7 @@ def _batches(processor, found: ImageSet, batch_size: int, progress: bool) -> Ite
         for name, image in zip(found.names, found.images, strict=True):
             largest = processed_pixels(processor, image.width, image.height)[0]
             if largest > MAX_PIXELS:
-                raise InspectError(
+                raise InputError(
                     f"images: the image processor makes {largest / 1e6:.1f} megapixels of {name}, over "
                     f"{MAX_PIXELS / 1e6:g}; allowed: a processor that resizes to a smaller size."
                 )

@@ -8,8 +8,7 @@ import torch
 import transformers
 from huggingface_hub.errors import StrictDataclassError
 
-from ..errors import first_line
-from .errors import InspectError
+from ..errors import InputError, first_line
 
 # What reading a config.json can raise: a malformed file, a field of the wrong type (transformers' strict
 # dataclasses), a nesting deep enough to exhaust the JSON parser's recursion.
@@ -27,7 +26,7 @@ def load_model(
 
     from ..modeling_sink_vit import SinkViTModel
 
-    where = source_where(source, revision, InspectError)
+    where = source_where(source, revision, InputError)
     # float32 metrics, whatever dtype the weights were saved in; the attention function is ours to choose
     kwargs = {
         "revision": revision,
@@ -38,20 +37,20 @@ def load_model(
         # The raw config.json: AutoConfig would refuse SinkViT's config without trust_remote_code.
         raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
     except CONFIG_ERRORS as error:
-        raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
-    check_structure(raw, where, InspectError)
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
+    check_structure(raw, where, InputError)
     if raw.get("model_type") == "sink_vit":
         model_class, channels = SinkViTModel, raw.get("num_channels", 3)
     else:
         config = _auto_config(source, revision, trust_remote_code, where)
         model_class, channels = AutoModel, vision_channels(config, where)
         kwargs |= {"config": config, "trust_remote_code": trust_remote_code}
-    check_weight_files(source, revision, raw, where, InspectError)
+    check_weight_files(source, revision, raw, where, InputError)
     processor = _image_processor(source, revision, trust_remote_code, where)
     try:
         model = from_pretrained(model_class, source, **kwargs)
     except (OSError, ValueError) as error:
-        raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
     return model.eval(), processor, "L" if channels == 1 else "RGB"
 
 
@@ -80,13 +79,13 @@ def check_loaded_weights(model: torch.nn.Module, info: dict) -> None:
     loaded as a backbone, or BEiT pre-training's `layernorm.*`, an `nn.Identity` in `BeitModel`."""
     missing = sorted(key for key in info["missing_keys"] if not key.startswith("pooler."))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"the weights file lacks {len(missing)} of the model's weights ({', '.join(missing[:3])}, ...): it is not "
             "this model's checkpoint; allowed: a checkpoint holding every weight its config.json describes."
         )
     unexpected = sorted(key for key in info["unexpected_keys"] if _inside_weighted_module(model, key))
     if unexpected:
-        raise ValueError(
+        raise InputError(
             f"the weights file holds {len(unexpected)} weights the model does not have ({', '.join(unexpected[:3])}): "
             "config.json and the weights disagree; allowed: the weights of the model its config.json describes."
         )
@@ -265,18 +264,18 @@ def _auto_config(source: str, revision: str | None, trust_remote_code: bool, whe
         return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except CONFIG_ERRORS as error:
         if isinstance(error, ValueError) and "trust_remote_code" in str(error):
-            raise InspectError(
+            raise InputError(
                 f"model: {where} runs its own code (config.json's auto_map); pass --trust-remote-code "
                 "(trust_remote_code=True) if you trust it."
             ) from None
-        raise InspectError(f"model: {where} could not be loaded: {first_line(error)}") from None
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
 
 
 def vision_channels(config, where: str) -> int:
     """The image channels of a config with a vision part (itself, or `vision_config` for dual encoders)."""
     vision = getattr(config, "vision_config", None) or config
     if not any(hasattr(vision, name) for name in ("image_size", "num_channels")):
-        raise InspectError(
+        raise InputError(
             f"model: {where} is a {config.model_type} model without a vision encoder (text or audio); "
             "the sink diagnostics need a vision transformer."
         )
@@ -289,6 +288,6 @@ def _image_processor(source: str, revision: str | None, trust_remote_code: bool,
     try:
         return AutoImageProcessor.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise InspectError(
+        raise InputError(
             f"model: {where} has no usable image processor (preprocessor_config.json): {first_line(error, 160)}"
         ) from None

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..diagnostics import SinkReport
+from ..errors import InputError
 from ..files import atomic_folder
 from ..interventions import InterventionReport
 from .causal import FIGURE, causal_markdown
-from .errors import InspectError
 from .tables import (
     CLASSES,
     HEAD_HEADER,
@@ -41,21 +41,21 @@ def check_out(folder: Path) -> None:
     or one above it, or a non-empty folder other than an earlier report whose marker lists every file in it."""
     where = str(folder)
     if folder.exists() and not folder.is_dir():
-        raise InspectError(f"out: {where!r} is a file; allowed: a new folder or an earlier report folder.")
+        raise InputError(f"out: {where!r} is a file; allowed: a new folder or an earlier report folder.")
     resolved, here = folder.resolve(), Path.cwd().resolve()
     if resolved == here or resolved in here.parents:
-        raise InspectError(f"out: {where!r} is the working folder or holds it; allowed: a new folder, e.g. 'report'.")
+        raise InputError(f"out: {where!r} is the working folder or holds it; allowed: a new folder, e.g. 'report'.")
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     written = _written_files(folder)
     if written is None:
-        raise InspectError(
+        raise InputError(
             f"out: {where!r} exists and is not a report folder of sink-models inspect (no {MARKER}); it would be "
             "replaced: choose a new folder."
         )
     others = sorted(path.name for path in folder.iterdir() if path.name not in written | {MARKER})
     if others:
-        raise InspectError(
+        raise InputError(
             f"out: {where!r} holds files this tool did not write ({', '.join(others[:5])}); they would be deleted: "
             "choose a new folder or move them out."
         )

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 # The paper's order (Figure 6): the four value replacements, removing the attention, and the control.
 HEAD_EDITS = (
     "zero_sink_value",
@@ -70,7 +72,7 @@ def apply_edit(
         edited[images, sink] = 0
     elif name == "mean_sink_value":
         if chosen.mean is None:
-            raise ValueError("mean_sink_value: the head has no held-out sink event to take a mean value from.")
+            raise InputError("mean_sink_value: the head has no held-out sink event to take a mean value from.")
         edited[images, sink] = chosen.mean.to(values.dtype)
     elif name == "donor_sink_value":
         edited[images, sink] = values[chosen.donor, chosen.donor_sink]
@@ -84,7 +86,7 @@ def apply_edit(
         attention[images, :, sink] = 0
         attention = attention / attention.sum(-1, keepdim=True).clamp_min(1e-12)
     elif name != "none":
-        raise ValueError(f"edits: no head edit {name!r}; allowed: {', '.join(HEAD_EDITS)}.")
+        raise InputError(f"edits: no head edit {name!r}; allowed: {', '.join(HEAD_EDITS)}.")
     return attention, edited, patched
 
 

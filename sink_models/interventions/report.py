@@ -7,6 +7,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
 from ..files import atomic_write
 
 METRICS = ("final_patch_relrms", "common_energy", "donor_cosine", "kl", "top1_agree", "top1_change")
@@ -51,7 +52,7 @@ class InterventionReport:
         """Per (class, edit): the mean over heads of each head's mean `metric` over its events of that class, the
         sample sd over heads, and the heads (a head enters a class with at least `min_events` such events)."""
         if metric not in METRICS:
-            raise ValueError(f"metric: got {metric!r}; allowed: {', '.join(METRICS)}.")
+            raise InputError(f"metric: got {metric!r}; allowed: {', '.join(METRICS)}.")
         groups: dict = {}
         for row in self.rows:
             if row[metric] is not None:

@@ -10,6 +10,7 @@ from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
 from ..diagnostics.report import CLASSES, TOKEN_TYPES, finite_or_none
 from ..diagnostics.stream import model_inputs, valid_tokens
+from ..errors import InputError
 from .edits import (
     DEFAULT_EDITS,
     EDITS,
@@ -78,7 +79,7 @@ def _checked_edits(edits: Iterable[str]) -> tuple[str, ...]:
     edits = tuple(edits)
     unknown = [edit for edit in edits if edit not in EDITS]
     if unknown or not edits:
-        raise ValueError(f"edits: got {list(edits)}; allowed: a non-empty list from {', '.join(EDITS)}.")
+        raise InputError(f"edits: got {list(edits)}; allowed: a non-empty list from {', '.join(EDITS)}.")
     return edits
 
 
@@ -87,9 +88,9 @@ def _checked_heads(heads, adapter: Adapter) -> list[tuple[int, int]]:
     checked = []
     for pair in heads:
         if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(type(x) is int for x in pair)):
-            raise ValueError(f"heads: got {pair!r}; allowed: (layer, head) pairs of ints.")
+            raise InputError(f"heads: got {pair!r}; allowed: (layer, head) pairs of ints.")
         if not (0 <= pair[0] < layers and 0 <= pair[1] < count):
-            raise ValueError(f"heads: ({pair[0]}, {pair[1]}) is outside the model's {layers} layers x {count} heads.")
+            raise InputError(f"heads: ({pair[0]}, {pair[1]}) is outside the model's {layers} layers x {count} heads.")
         checked.append(tuple(pair))
     return sorted(set(checked))
 

@@ -37,9 +37,9 @@ from sink_models import SinkViTConfig, SinkViTModel
 from sink_models.diagnostics import SinkReport
 from sink_models.diagnostics.capture import adapter_for
 from sink_models.diagnostics.plots import plot_attention
-from sink_models.errors import first_line
+from sink_models.errors import InputError, first_line
 from sink_models.files import atomic_folder
-from sink_models.inspection import ImageSet, InspectError, collect_images, diagnose_images, load_model, write_report
+from sink_models.inspection import ImageSet, collect_images, diagnose_images, load_model, write_report
 from sink_models.inspection.images import check_pixels, processed_pixels
 from sink_models.inspection.loading import named_class, vision_channels
 from sink_models.inspection.report import MARKER
@@ -122,19 +122,19 @@ class Checkpoint:
                         _left(deadline, late)
                         received += len(chunk)
                         if received > expected:
-                            raise InspectError(
+                            raise InputError(
                                 f"model: {self.repo_id!r}'s {name} is longer than the {expected:,} bytes the Hub lists."
                             )
                         out.write(chunk)
             if received != expected:
-                raise InspectError(f"model: {self.repo_id!r}'s {name} came with {received:,} of {expected:,} bytes.")
+                raise InputError(f"model: {self.repo_id!r}'s {name} came with {received:,} of {expected:,} bytes.")
             os.replace(staging, target)
-        except InspectError:
+        except InputError:
             raise
         except Exception as error:  # noqa: BLE001 -- a refused, broken or timed-out download is one line
             if time.monotonic() >= deadline:
                 _left(deadline, late)
-            raise InspectError(f"model: {self.repo_id!r}'s {name} could not be fetched: {first_line(error)}") from None
+            raise InputError(f"model: {self.repo_id!r}'s {name} could not be fetched: {first_line(error)}") from None
         finally:
             Path(staging).unlink(missing_ok=True)
         return target
@@ -144,7 +144,7 @@ def _left(deadline: float, late: str) -> float:
     """Seconds left before `deadline`; past it, `late` is raised (what runs then is abandoned)."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise InspectError(late)
+        raise InputError(late)
     return left
 
 
@@ -170,7 +170,7 @@ def _in_time(deadline: float, late: str, call: Callable):
     worker.start()
     worker.join(min(max(deadline - time.monotonic(), 0), threading.TIMEOUT_MAX))
     if worker.is_alive():
-        raise InspectError(late)
+        raise InputError(late)
     if "error" in done:
         raise done["error"]
     return done["value"]
@@ -221,23 +221,23 @@ def fetch(
     try:
         validate_repo_id(repo_id)
     except HFValidationError:
-        raise InspectError(
+        raise InputError(
             f"model id: {repo_id!r} is not a Hub model id; allowed: org/name (letters, digits, '-', '_', '.')."
         ) from None
     revision = (revision or "").strip() or None
     if revision is not None and (len(revision) > 100 or any(c.isspace() for c in revision)):
-        raise InspectError(f"revision: {revision!r}; allowed: a branch, tag or commit (no spaces, 100 characters).")
+        raise InputError(f"revision: {revision!r}; allowed: a branch, tag or commit (no spaces, 100 characters).")
     try:
         read_info = partial(HfApi(endpoint=endpoint).model_info, repo_id, revision=revision, files_metadata=True)
         info = _in_time(deadline, _late(repo_id, revision, "reading the model's files from the Hub"), read_info)
-    except InspectError:
+    except InputError:
         raise
     except RevisionNotFoundError:
-        raise InspectError(f"revision: {revision!r} is not a branch, tag or commit of {repo_id!r}.") from None
+        raise InputError(f"revision: {revision!r} is not a branch, tag or commit of {repo_id!r}.") from None
     except RepositoryNotFoundError:
-        raise InspectError(f"model: {repo_id!r} is not on the Hub (or is private or gated): check the id.") from None
+        raise InputError(f"model: {repo_id!r} is not on the Hub (or is private or gated): check the id.") from None
     except Exception as error:  # noqa: BLE001 -- any failure to reach the Hub is one line
-        raise InspectError(f"model: {repo_id!r} could not be read from the Hub: {first_line(error)}") from None
+        raise InputError(f"model: {repo_id!r} could not be read from the Hub: {first_line(error)}") from None
     sizes = {s.rfilename: s.size or 0 for s in info.siblings or [] if SAFE_NAME.fullmatch(s.rfilename)}
     files = _data_files(repo_id, revision, sizes, limits)
     folder = store / f"{repo_id.replace('/', '--')}--{info.sha}"
@@ -245,12 +245,12 @@ def fetch(
 
     def read(name: str):
         if sizes[name] > limits.config_bytes:
-            raise InspectError(f"model: {repo_id!r} has a {name} of {sizes[name]:,} bytes; allowed: a small JSON file.")
+            raise InputError(f"model: {repo_id!r} has a {name} of {sizes[name]:,} bytes; allowed: a small JSON file.")
         return _json(checkpoint.fetch_file(name, deadline), repo_id, name)
 
     config = _config(read("config.json"), checkpoint.folder, repo_id, revision)
     if "preprocessor_config.json" in files and "auto_map" in _keys(read("preprocessor_config.json")):
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r} has an image processor that asks for its own code (preprocessor_config.json's "
             "auto_map), and this Space never runs a checkpoint's code. On your machine, if you trust it: "
             f"{local_command(repo_id, revision)} --trust-remote-code"
@@ -265,16 +265,16 @@ def fetch(
 def _data_files(repo_id: str, revision: str | None, sizes: dict[str, int], limits: Limits) -> tuple[str, ...]:
     """The root-level data files to fetch; refuses a repo without config or safetensors, or too large weights."""
     if "config.json" not in sizes:
-        raise InspectError(f"model: {repo_id!r} has no config.json; allowed: a transformers or SinkViT checkpoint.")
+        raise InputError(f"model: {repo_id!r} has no config.json; allowed: a transformers or SinkViT checkpoint.")
     weights = sorted(name for name in sizes if name.endswith(".safetensors"))
     if not weights:
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r} has no safetensors weights; the inspector loads safetensors only, never pickled "
             f"(.bin) weights. On your machine: {local_command(repo_id, revision)}"
         )
     total = sum(sizes[name] for name in weights)
     if total > 4 * limits.parameters + limits.config_bytes:  # float32, with room for the header
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r} has {total / 1e9:.2f} GB of safetensors weights, more than {limits.parameters:,} "
             f"float32 parameters take. On your machine: {local_command(repo_id, revision)}"
         )
@@ -288,9 +288,9 @@ def _json(path: Path, repo_id: str, name: str) -> dict:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         why = "nested too deeply" if isinstance(error, RecursionError) else first_line(error)
-        raise InspectError(f"model: {repo_id!r} has a {name} that is not JSON this Space reads: {why}.") from None
+        raise InputError(f"model: {repo_id!r} has a {name} that is not JSON this Space reads: {why}.") from None
     if not isinstance(raw, dict):
-        raise InspectError(f"model: {repo_id!r} has a {name} that is not a JSON object.")
+        raise InputError(f"model: {repo_id!r} has a {name} that is not a JSON object.")
     return raw
 
 
@@ -312,11 +312,11 @@ def _check_index(index: dict, repo_id: str, files: tuple[str, ...]) -> None:
     (transformers would follow a path, and open a shard it cannot read as safetensors with torch.load)."""
     weights = index.get("weight_map")
     if not isinstance(weights, dict) or not all(isinstance(name, str) for name in weights.values()):
-        raise InspectError(f"model: {repo_id!r} has a shard index that is not a weight_map of file names.")
+        raise InputError(f"model: {repo_id!r} has a shard index that is not a weight_map of file names.")
     shards = {name for name in files if name.endswith(".safetensors")}
     outside = sorted(set(weights.values()) - shards)
     if outside:
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r}'s shard index names files that are not its own shards: {outside[:3]}; allowed: its "
             "root-level .safetensors files."
         )
@@ -327,9 +327,9 @@ def _config(raw: dict, folder: Path, repo_id: str, revision: str | None):
     from transformers import AutoConfig
 
     if raw.get("model_type") == "sink_vit" and "auto_map" in _keys({k: v for k, v in raw.items() if k != "auto_map"}):
-        raise InspectError(f"model: {repo_id!r} has a config.json with an auto_map inside; allowed: at its top only.")
+        raise InputError(f"model: {repo_id!r} has a config.json with an auto_map inside; allowed: at its top only.")
     if raw.get("model_type") != "sink_vit" and "auto_map" in _keys(raw):
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r} asks for its own code (config.json's auto_map), and this Space never runs a "
             "checkpoint's code: it takes transformers' own families and SinkViT checkpoints. On your machine, if "
             f"you trust it: {local_command(repo_id, revision)} --trust-remote-code"
@@ -342,7 +342,7 @@ def _config(raw: dict, folder: Path, repo_id: str, revision: str | None):
             else AutoConfig.from_pretrained(folder, trust_remote_code=False)
         )
     except Exception as error:  # noqa: BLE001 -- transformers' field validation raises several kinds
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r} has a config this transformers cannot read: {first_line(error)}"
         ) from None
     config._attn_implementation = None  # transformers' default for the skeleton: a config's choice may be a Hub kernel
@@ -361,16 +361,16 @@ def _check_structure(raw: dict, repo_id: str, revision: str | None) -> None:
             values = value if name in SIZES and isinstance(value, list | tuple) and len(value) == 2 else [value]
             if not all(type(one) is int and one > 0 for one in values):
                 allowed = "a positive integer" + (" or a pair of them" if name in SIZES else "")
-                raise InspectError(f"model: {repo_id!r} has {name} = {value!r}; allowed: {allowed}.")
+                raise InputError(f"model: {repo_id!r} has {name} = {value!r}; allowed: {allowed}.")
             most = STRUCTURE.get(name)
             if most is not None and value > most:
-                raise InspectError(
+                raise InputError(
                     f"model: {repo_id!r} has {name} = {value:,}, over the {most:,} this Space builds. On your "
                     f"machine: {local_command(repo_id, revision)}"
                 )
         hidden, heads = part.get("hidden_size"), part.get("num_attention_heads")
         if hidden is not None and heads is not None and hidden % heads:
-            raise InspectError(
+            raise InputError(
                 f"model: {repo_id!r} has hidden_size = {hidden:,}, not a multiple of num_attention_heads = {heads:,}."
             )
 
@@ -385,18 +385,18 @@ def _parameters(config, repo_id: str, revision: str | None, limits: Limits) -> t
     with torch.device("meta"):
         try:
             model = _skeleton(config, repo_id)
-        except InspectError:
+        except InputError:
             raise
         except Exception as error:  # noqa: BLE001 -- a config transformers cannot build is one line
             message = f"model: {repo_id!r} has a config this Space cannot build: {first_line(error)}"
-            raise InspectError(message) from None
+            raise InputError(message) from None
     try:
         adapter_for(model)
     except (ValueError, AttributeError) as error:
-        raise InspectError(str(error).strip().splitlines()[0]) from None
+        raise InputError(str(error).strip().splitlines()[0]) from None
     parameters = sum(parameter.numel() for parameter in model.parameters())
     if parameters > limits.parameters:
-        raise InspectError(
+        raise InputError(
             f"model: {repo_id!r} has {parameters:,} parameters, over this Space's limit of {limits.parameters:,} "
             f"(it runs on a shared CPU). On your machine: {local_command(repo_id, revision)}"
         )
@@ -412,7 +412,7 @@ def _skeleton(config, repo_id: str) -> torch.nn.Module:
     except ValueError as error:  # a class the auto mapping lacks: the one its config names, transformers' own
         known = named_class(config)
         if known is None:
-            raise InspectError(f"model: {repo_id!r}: {first_line(error)}") from None
+            raise InputError(f"model: {repo_id!r}: {first_line(error)}") from None
         return known(config)
 
 
@@ -420,7 +420,7 @@ def uploaded_images(paths: Sequence[str], max_images: int, limits: Limits) -> Im
     """The uploaded files as an ImageSet (the first `max_images`): too many or too large is refused, a file PIL
     cannot read is skipped and listed."""
     if len(paths) > limits.images:
-        raise InspectError(f"images: {len(paths)} uploaded; allowed: at most {limits.images} per request.")
+        raise InputError(f"images: {len(paths)} uploaded; allowed: at most {limits.images} per request.")
     found = ImageSet(f"{min(len(paths), max_images)} uploaded images")
     for path in paths[:max_images]:
         name = Path(path).name
@@ -428,7 +428,7 @@ def uploaded_images(paths: Sequence[str], max_images: int, limits: Limits) -> Im
             image = Image.open(path, formats=FORMATS)  # decoded as a picture only, never as PostScript
         except Image.DecompressionBombError:  # PIL's own refusal, far above the limit
             message = f"images: {name} is over {limits.pixels / 1e6:g} megapixels; allowed: smaller images."
-            raise InspectError(message) from None
+            raise InputError(message) from None
         except Exception:  # noqa: BLE001 -- any file PIL cannot read is skipped and listed, as the command does
             found.skipped.append(name)
             continue
@@ -442,7 +442,7 @@ def uploaded_images(paths: Sequence[str], max_images: int, limits: Limits) -> Im
         found.images.append(picture)
         found.names.append(name)
     if not found.images:
-        raise InspectError(f"images: none of the {len(paths[:max_images])} uploaded files is an image PIL can read.")
+        raise InputError(f"images: none of the {len(paths[:max_images])} uploaded files is an image PIL can read.")
     return found
 
 
@@ -472,7 +472,7 @@ class Inspector:
     def images(self, paths: Sequence[str] | None, max_images: int) -> ImageSet:
         """The uploaded files, or the built-in set; `max_images` within the limit."""
         if type(max_images) is not int or not 1 <= max_images <= self.limits.images:
-            raise InspectError(f"max images: got {max_images!r}; allowed: 1 to {self.limits.images}.")
+            raise InputError(f"max images: got {max_images!r}; allowed: 1 to {self.limits.images}.")
         return uploaded_images(paths, max_images, self.limits) if paths else collect_images(max_images=max_images)
 
     def run(self, model_id: str, revision: str | None, found: ImageSet, progress: Progress = lambda *_: None) -> Entry:
@@ -520,15 +520,15 @@ class Inspector:
             os.utime(folder)  # used now: the last to be evicted
             try:
                 loaded = load_model(folder, attn_implementation=ATTENTION)
-            except InspectError as error:  # named by its Hub id, not by the Space's cache folder
-                raise InspectError(str(error).replace(folder, checkpoint.repo_id)) from None
+            except InputError as error:  # named by its Hub id, not by the Space's cache folder
+                raise InputError(str(error).replace(folder, checkpoint.repo_id)) from None
             self._loaded = ((checkpoint.repo_id, checkpoint.commit), loaded)
         return self._loaded[1]
 
     def message(self, error: BaseException) -> str:
         """The one line the page shows for `error`: ours as they are, anything else as its type and first line; never
         a path of this machine (the stores are named as such, any other absolute path by its last part)."""
-        text = str(error) if isinstance(error, InspectError) else f"error: {first_line(error)}"
+        text = str(error) if isinstance(error, InputError) else f"error: {first_line(error)}"
         for root, name in ((self.weights, "<weights store>"), (self.cache, "<report cache>")):
             for form in {str(root.resolve()), str(root)}:
                 text = text.replace(form, name)
@@ -550,7 +550,7 @@ class Inspector:
         entry = self._entry(key, "attention")
         report = entry.report()
         if not 0 <= layer < report.model["layers"]:
-            raise InspectError(f"attention: layer {layer}; allowed: 0-{report.model['layers'] - 1}.")
+            raise InputError(f"attention: layer {layer}; allowed: 0-{report.model['layers'] - 1}.")
         path = entry.folder / "attention" / f"image{image:03d}-layer{layer:03d}.png"
         if not path.is_file():
             path.parent.mkdir(exist_ok=True)
@@ -570,7 +570,7 @@ class Inspector:
         report = entry.report()
         names = report.summary["inputs"]["images"]
         if not 0 <= image < len(names):
-            raise InspectError(f"attention: image {image}; allowed: 0-{len(names) - 1}.")
+            raise InputError(f"attention: image {image}; allowed: 0-{len(names) - 1}.")
         if image == report.attention["image"]:
             return report
         with self._lock:
@@ -583,7 +583,7 @@ class Inspector:
 
     def _entry(self, key: str | None, what: str) -> Entry:
         if key not in self.entries:
-            raise InspectError(f"{what}: no report yet; run an inspection first.")
+            raise InputError(f"{what}: no report yet; run an inspection first.")
         return self.entries[key]
 
     def publish(self, key: str, dataset_id: str, token: str | None) -> str:
@@ -594,9 +594,9 @@ class Inspector:
         try:
             validate_repo_id(dataset_id)
         except HFValidationError:
-            raise InspectError(f"dataset: {dataset_id!r} is not a Hub dataset id; allowed: org/name.") from None
+            raise InputError(f"dataset: {dataset_id!r} is not a Hub dataset id; allowed: org/name.") from None
         if not (token or "").strip():
-            raise InspectError("token: publishing needs a Hub write token for the dataset's owner.")
+            raise InputError("token: publishing needs a Hub write token for the dataset's owner.")
         row, path = results_row(entry), f"inspections/{entry.key}.json"
         api = HfApi(endpoint=self.endpoint, token=token.strip())
         try:
@@ -609,7 +609,7 @@ class Inspector:
                 commit_message=f"sink inspector: {entry.checkpoint.repo_id} at {entry.checkpoint.commit[:12]}",
             )
         except Exception as error:  # noqa: BLE001 -- a refused token or an unreachable Hub is one line
-            raise InspectError(f"publish: {dataset_id!r} could not be written: {first_line(error)}") from None
+            raise InputError(f"publish: {dataset_id!r} could not be written: {first_line(error)}") from None
         return path
 
 
@@ -624,17 +624,17 @@ def _check_images(checkpoint: Checkpoint, found: ImageSet, limits: Limits) -> No
     except Exception as error:  # noqa: BLE001 -- a processor transformers cannot make is one line
         why = first_line(error).replace(str(checkpoint.folder), repr(checkpoint.repo_id))
         message = f"model: {checkpoint.repo_id!r} has no usable image processor (preprocessor_config.json): {why}"
-        raise InspectError(message) from None
+        raise InputError(message) from None
     for name, image in zip(found.names, found.images, strict=True):
         largest, pixels = processed_pixels(processor, image.width, image.height)
         patches = pixels // (checkpoint.patch[0] * checkpoint.patch[1])
         if patches > limits.tokens:
-            raise InspectError(
+            raise InputError(
                 f"images: the model's image processor makes {patches:,} patches of {name}, over this Space's "
                 f"{limits.tokens:,} per image. On your machine: {command}"
             )
         if largest > limits.pixels:
-            raise InspectError(
+            raise InputError(
                 f"images: the model's image processor resizes {name} to {largest / 1e6:.1f} megapixels, over this "
                 f"Space's {limits.pixels / 1e6:g}. On your machine: {command}"
             )
@@ -670,7 +670,7 @@ def _watched(total: int, deadline: float, limits: Limits, checkpoint: Checkpoint
         for batch in batches:
             pixels = batch["pixel_values"]
             if time.monotonic() > deadline:
-                raise InspectError(
+                raise InputError(
                     f"time: over this Space's {limits.seconds:g} s per request after {done} of {total} images. On "
                     f"your machine: {command}"
                 )
