@@ -3,7 +3,7 @@
     python bench/probe.py                     # the canvas zoo's probe: 1,438 x 64 patches, 64 channels, 11 classes
     python bench/probe.py --patches 20000 --rounds 3
 
-One evaluation of the loss and its gradient, as L-BFGS makes a few hundred per fit: sink_models.probes'
+One evaluation of the loss and its gradient, as L-BFGS makes a few hundred per fit: sink_models.probes.linear'
 `_cross_entropy` (classes x patches, log-sum-exp along contiguous memory) against `F.cross_entropy` on the
 patches x classes logits of the same linear head. Each round times both (best of three calls) in a rotating order;
 the ratio is taken within a round and the median over rounds printed. Loss and gradients are checked equal first.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sink_models.probes import _cross_entropy
+from sink_models.probes.linear import _cross_entropy
 
 
 def evaluations(patches: int, channels: int, classes: int, seed: int = 0) -> dict:

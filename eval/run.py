@@ -20,21 +20,21 @@ from accelerate import Accelerator  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import HfArgumentParser  # noqa: E402
 
-from sink_models.cards import render_card, write_card  # noqa: E402
-from sink_models.comparison import DATASET as CANVAS  # noqa: E402
-from sink_models.comparison import write_images  # noqa: E402
 from sink_models.errors import InputError
-from sink_models.evaluation import (  # noqa: E402
+from sink_models.evaluation.cards import render_card, write_card  # noqa: E402
+from sink_models.evaluation.evaluate import (  # noqa: E402
     EvalArguments,
     checkpoint_name,
     evaluate_checkpoint,
     load_checkpoint,
 )
 from sink_models.files import finite, write_json  # noqa: E402
-from sink_models.interventions.zoo import causal_runs, write_interventions  # noqa: E402
-from sink_models.leaderboard import leaderboard_record, markdown, table  # noqa: E402
+from sink_models.hub.leaderboard import leaderboard_record, markdown, table  # noqa: E402
+from sink_models.paper.comparison import DATASET as CANVAS  # noqa: E402
+from sink_models.paper.comparison import write_images  # noqa: E402
+from sink_models.paper.interventions import causal_runs, write_interventions  # noqa: E402
+from sink_models.paper.synthetic import synthetic_rows, write_synthetic  # noqa: E402
 from sink_models.processes import exit_launched  # noqa: E402
-from sink_models.synthetic import synthetic_rows, write_synthetic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = Path(__file__).with_name("suites")

@@ -1,4 +1,4 @@
-"""Model cards and `.eval_results` files from a small handmade results JSON (sink_models.cards)."""
+"""Model cards and `.eval_results` files from a small handmade results JSON (sink_models.evaluation.cards)."""
 
 import copy
 import json
@@ -9,9 +9,8 @@ import pytest
 import yaml
 from huggingface_hub import EvalResultEntry, ModelCard, parse_eval_result_entries
 
-from sink_models.cards import eval_results_file, render_card
 from sink_models.diagnostics import SinkReport
-from sink_models.hub import ZOO_VERSION
+from sink_models.evaluation.cards import ZOO_VERSION, eval_results_file, render_card
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "model_cards" / "template.md"

@@ -3,8 +3,8 @@ import statistics
 
 import pytest
 
-from sink_models import comparison
-from sink_models.comparison import arm, canvas_results, figures, plot, spread, tables, write_images
+from sink_models.paper import comparison
+from sink_models.paper.comparison import arm, canvas_results, figures, plot, spread, tables, write_images
 
 
 def result(variant, seed, *, top1, nop, broadcast, penalty=0.0, dataset="canvas-digits", heads=(6, 3, 1, 0)):

@@ -26,11 +26,10 @@ from transformers import (
 )
 
 from sink_models import SinkViTForImageClassification
-from sink_models.cards import merge_sections
 from sink_models.checkpoint import save_checkpoint
 from sink_models.data import _decode, digits
 from sink_models.diagnostics import diagnose
-from sink_models.hub import ZOO_VERSION
+from sink_models.evaluation.cards import ZOO_VERSION, merge_sections
 from sink_models.training import DataArguments, ModelArguments, TrainArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -486,7 +485,7 @@ def test_loader_workers_and_bf16_autocast(checkpoint, tmp_path, capsys):
 
 def test_dense_probe_on_a_canvas_model(tmp_path, capsys):
     from sink_models.data import Canvas, canvas_dense, patch_labels
-    from sink_models.probes import linear_probe, patch_features
+    from sink_models.probes.linear import linear_probe, patch_features
 
     model_dir = ROOT / "zoo" / "vit-plain"
     argv = ["--model", model_dir, "--max_images", 24, "--dense_probe", "--dense_probe_train_images", 48]

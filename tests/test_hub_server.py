@@ -411,7 +411,7 @@ def upload(content: bytes):
     ],
 )
 def test_malformed_answers_and_what_the_client_raises(api, hub, method, route, body, call, raised):
-    """The exceptions huggingface_hub raises on 200 answers it cannot read (sink_models.hub.UNREADABLE)."""
+    """The exceptions huggingface_hub raises on 200 answers it cannot read (sink_models.hub.publish.UNREADABLE)."""
     api.create_repo(REPO)
     hub.fail_always(status=200, route_contains=route, method=method, body=body)
     with pytest.raises(raised):

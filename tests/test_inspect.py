@@ -517,7 +517,7 @@ def test_a_beit_pretraining_checkpoint_loads_as_its_backbone(tmp_path):
     weights the backbone does not use, not a disagreement between config and weights."""
     from transformers import BeitConfig, BeitForMaskedImageModeling, BeitModel
 
-    from sink_models.inspection.loading import check_loaded_weights
+    from sink_models.loading import check_loaded_weights
 
     config = BeitConfig(**STOCK_SIZES, intermediate_size=64, use_mean_pooling=True)
     BeitForMaskedImageModeling(config).save_pretrained(tmp_path / "beit")

@@ -1,4 +1,4 @@
-"""The sink inspector Space (upload/inspector/) against the local Hub-compatible server: its runner (checkpoints
+"""The sink inspector Space (spaces/inspector/) against the local Hub-compatible server: its runner (checkpoints
 fetched without their code, the limits, the cache, the attention maps of any image, the opt-in results row) and the
 app in headless Chromium."""
 
@@ -45,7 +45,7 @@ from sink_models.diagnostics import diagnose
 from sink_models.inspection import builtin_images
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "upload" / "inspector"))
+sys.path.insert(0, str(ROOT / "spaces" / "inspector"))
 import runner  # noqa: E402
 
 ORG = "testorg"
@@ -342,7 +342,7 @@ def test_a_results_row_is_published_only_with_a_token(hub, inspector, tmp_path):
 
 
 def _load_app():
-    spec = importlib.util.spec_from_file_location("inspector_app", ROOT / "upload" / "inspector" / "app.py")
+    spec = importlib.util.spec_from_file_location("inspector_app", ROOT / "spaces" / "inspector" / "app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -468,9 +468,9 @@ def _a_zoo_model_and_uploads(page, hub, tmp_path: Path, shots: Path, monkeypatch
 
 
 def test_the_staged_space_runs_on_its_own_copy_of_the_library(tmp_path):
-    from sink_models.hub import stage_inspector
+    from sink_models.hub.publish import stage_inspector
 
-    folder = stage_inspector(ROOT / "upload" / "inspector", [DINO, SINKVIT], tmp_path / "space")
+    folder = stage_inspector(ROOT / "spaces" / "inspector", [DINO, SINKVIT], tmp_path / "space")
     code = (
         "import json, app, runner, sink_models; "
         "print(json.dumps([app.zoo_models(), sink_models.__file__, runner.__file__, app.build.__module__]))"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_push import ORG, push
 
-from sink_models.leaderboard import (
+from sink_models.hub.leaderboard import (
     COLUMNS,
     by_recipe,
     by_task_model,
@@ -281,7 +281,7 @@ def test_markdown_of_both_tables():
 
 def test_the_printer_prints_both_tables_and_groups_seeds(tmp_path):
     folder = results_folder(tmp_path / "results")
-    command = [sys.executable, str(ROOT / "upload" / "leaderboard.py"), "--results", str(folder)]
+    command = [sys.executable, str(ROOT / "push" / "leaderboard.py"), "--results", str(folder)]
     plain = subprocess.run(command, capture_output=True, text=True, timeout=300)
     grouped = subprocess.run([*command, "--group-seeds"], capture_output=True, text=True, timeout=300)
     assert plain.returncode == grouped.returncode == 0, plain.stderr[-2000:] + grouped.stderr[-2000:]
@@ -298,7 +298,7 @@ def test_the_printer_prints_both_tables_and_groups_seeds(tmp_path):
 def test_the_printer_reads_the_pushed_dataset(hub, tmp_path):
     assert push(hub, tmp_path, names=NAMES[:2]).returncode == 0
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
-    command = [sys.executable, str(ROOT / "upload" / "leaderboard.py"), "--org", ORG, "--endpoint", hub.url]
+    command = [sys.executable, str(ROOT / "push" / "leaderboard.py"), "--org", ORG, "--endpoint", hub.url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     images = done.stdout.strip().split("\n\n")[0].splitlines()  # the task table follows if the dataset has one
@@ -331,7 +331,7 @@ def rows_when(page, table: str, ready, timeout: float = 30) -> list[list[str]]:
 def test_the_app_shows_both_tables_groups_seeds_and_sorts(tmp_path):
     from playwright.sync_api import sync_playwright
 
-    sys.path.insert(0, str(ROOT / "upload" / "space"))
+    sys.path.insert(0, str(ROOT / "spaces" / "leaderboard"))
     try:
         import app as space
     finally:
@@ -446,7 +446,7 @@ def test_the_dense_probe_miou_is_a_percent_column_and_seed_groups_average_it():
     assert grouped[0]["top-1"] == "97.0 ± 1.0"
 
 
-@pytest.mark.parametrize("app", ["upload/space/app.py", "upload/inspector/app.py"])
+@pytest.mark.parametrize("app", ["spaces/leaderboard/app.py", "spaces/inspector/app.py"])
 @pytest.mark.parametrize("missing", ["gradio", "pandas"])
 def test_an_app_without_its_extra_says_what_to_install(app, missing):
     # None in sys.modules makes the import fail exactly as an absent package does (ModuleNotFoundError).

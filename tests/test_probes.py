@@ -12,7 +12,7 @@ from PIL import Image
 
 from sink_models.data import INK, Canvas, canvas_dense, canvas_digits, patch_labels
 from sink_models.modeling_sink_vit import SinkViTForImageClassification, SinkViTModel
-from sink_models.probes import ProbeSettings, confusion, layer_features, linear_probe, patch_features, scores
+from sink_models.probes.linear import ProbeSettings, confusion, layer_features, linear_probe, patch_features, scores
 
 
 @pytest.mark.parametrize("options", [{}, {"distractors": 3, "noise": 0.3}])
@@ -259,7 +259,7 @@ def test_features_at_another_resolution_interpolate_the_position_embeddings():
 
 
 def test_the_lbfgs_loss_is_torchs_cross_entropy_with_its_gradient():
-    from sink_models.probes import _cross_entropy
+    from sink_models.probes.linear import _cross_entropy
 
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(300, 8, generator=generator, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""upload/push.py against the local Hub-compatible server: the real huggingface_hub client, in a fresh process (in
+"""push/run.py against the local Hub-compatible server: the real huggingface_hub client, in a fresh process (in
 this one for the quick error-path cases)."""
 
 import hashlib
@@ -19,7 +19,8 @@ from packaging.requirements import Requirement
 from test_hub_server import TOKEN, lfs_uploads, subprocess_env
 
 from sink_models import SinkViTForImageClassification
-from sink_models.hub import ZOO_VERSION, retried
+from sink_models.evaluation.cards import ZOO_VERSION
+from sink_models.hub.publish import retried
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME, ORG = "vit-gated-reg", "testorg"
@@ -29,7 +30,7 @@ LFS = {"model.safetensors", *(p.name for p in (ROOT / "model_cards" / NAME).glob
 
 
 def push(hub, tmp_path, *options, names=(NAME,)):
-    command = [sys.executable, str(ROOT / "upload" / "push.py"), "--org", ORG, "--retry-wait", "0.01"]
+    command = [sys.executable, str(ROOT / "push" / "run.py"), "--org", ORG, "--retry-wait", "0.01"]
     command += ["--log", str(tmp_path / "push_log.jsonl"), *options]
     env = subprocess_env(hub, tmp_path)
     return subprocess.run([*command, *names], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
@@ -166,7 +167,7 @@ def test_changed_content_under_a_published_tag_is_refused_before_any_write(hub, 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: {REPO}: README.md changed, but tag {ZOO_VERSION} is already published; a version never moves: raise "
-        "sink_models.hub.ZOO_VERSION."
+        "sink_models.evaluation.cards.ZOO_VERSION."
     )
     assert hub.commits(REPO) == heads
     dry = push(hub, tmp_path, "--dry-run")
@@ -223,7 +224,7 @@ def test_a_stale_file_is_listed_for_deletion_and_refused_under_a_published_tag(h
     assert (code, err.splitlines()[-1]) == (
         1,
         f"error: {REPO}: notes.txt changed, but tag {ZOO_VERSION} is already published; a version never moves: "
-        "raise sink_models.hub.ZOO_VERSION.",
+        "raise sink_models.evaluation.cards.ZOO_VERSION.",
     )
     assert hub.commits(REPO) == heads
 
@@ -317,7 +318,7 @@ def test_the_space_and_the_collection(hub, pushed, tmp_path):
 def test_the_inspector_space_carries_the_app_a_copy_of_the_library_and_the_pushed_models(hub, pushed):
     space = hub.files(f"{ORG}/sink-zoo-inspector", "space")
     for name in ("app.py", "runner.py", "README.md"):  # as they are in the repo now
-        assert space[name] == (ROOT / "upload" / "inspector" / name).read_bytes()
+        assert space[name] == (ROOT / "spaces" / "inspector" / name).read_bytes()
     assert b"sdk: gradio" in space["README.md"]
     # torch's CPU wheels, then the library's runtime requirements of pyproject.toml, without the extras (gradio
     # comes with the Space's sdk).
@@ -350,8 +351,8 @@ def test_a_malformed_answer_ends_a_run_with_one_line(hub, tmp_path):
 
 @pytest.fixture
 def push_script(monkeypatch):
-    """upload/push.py as a module, its parity reload stubbed out."""
-    spec = importlib.util.spec_from_file_location("push_script", ROOT / "upload" / "push.py")
+    """push/run.py as a module, its parity reload stubbed out."""
+    spec = importlib.util.spec_from_file_location("push_script", ROOT / "push" / "run.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     monkeypatch.setattr(script, "parity_check", lambda staged, local: 0.0)
@@ -360,7 +361,7 @@ def push_script(monkeypatch):
 
 @pytest.fixture
 def run_push(hub, push_script, tmp_path, monkeypatch, capsys):
-    """upload/push.py's cli in this process, without the seconds of a fresh interpreter and of the parity reload
+    """push/run.py's cli in this process, without the seconds of a fresh interpreter and of the parity reload
     (which every subprocess push above runs): returns (exit code, stdout, stderr)."""
     script = push_script
     monkeypatch.setenv("HF_TOKEN", TOKEN)

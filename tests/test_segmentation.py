@@ -12,8 +12,8 @@ from PIL import Image
 from transformers import BitImageProcessorPil, CLIPImageProcessor
 
 from sink_models.modeling_sink_vit import SinkViTModel
-from sink_models.probes import ProbeSettings, linear_probe, patch_features
-from sink_models.segmentation import DenseOptions, dense_probe, majority_labels, reduce_labels
+from sink_models.probes.dense import DenseOptions, dense_probe, majority_labels, reduce_labels
+from sink_models.probes.linear import ProbeSettings, linear_probe, patch_features
 
 COLOURS = np.array([[0, 0, 0], [230, 20, 20], [20, 230, 20], [20, 20, 230]], np.uint8)  # raw mask 0..3
 

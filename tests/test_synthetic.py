@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from reference import reference_tokens
 from test_eval import run
 
-from sink_models.synthetic import (
+from sink_models.paper.synthetic import (
     COLUMNS,
     EVAL_BATCH_SIZE,
     EVAL_BATCHES,

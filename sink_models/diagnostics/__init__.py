@@ -1,8 +1,8 @@
 """Sink diagnostics: tell adaptive-NOP sinks from broadcast sinks, per layer and head (SCIENCE.md sections 2-3)."""
 
+from .diagnose import diagnose
 from .families import SUPPORTED, family_of
 from .metrics import Thresholds
 from .report import SinkReport
-from .stream import diagnose
 
 __all__ = ["SUPPORTED", "SinkReport", "Thresholds", "diagnose", "family_of"]

@@ -5,9 +5,9 @@ interventions, when asked for), tables (the tables and the printed text), report
 command ties them together and parses options."""
 
 from ..errors import InputError
+from ..loading import load_model
 from .command import InspectResult, cli, diagnose_images, inspect_model, main
 from .images import DESCRIPTION, ImageSet, builtin_images, collect_images
-from .loading import load_model
 from .report import render_markdown, write_report
 from .tables import summary_text
 

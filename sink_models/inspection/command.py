@@ -14,9 +14,9 @@ from PIL import Image
 from ..diagnostics import SinkReport, diagnose
 from ..errors import InputError
 from ..interventions import DEFAULT_EDITS, InterventionReport
+from ..loading import load_model
 from .causal import causal_text, check_heads, parse_edits, parse_heads, run_interventions
 from .images import DESCRIPTION, ImageSet, _batches, collect_images
-from .loading import load_model
 from .report import check_out, write_report
 from .tables import summary_text
 

@@ -2,8 +2,8 @@
 (SCIENCE.md sections 6 and 8; the paper's vit_causal), on every family the diagnostics support."""
 
 from .edits import DEFAULT_EDITS, EDITS
+from .intervene import intervene
 from .report import InterventionReport
-from .run import intervene
 from .select import select_heads
 
 __all__ = ["DEFAULT_EDITS", "EDITS", "InterventionReport", "intervene", "select_heads"]

@@ -4,8 +4,8 @@ diagnostics' per-image quantities for it."""
 import torch
 
 from ..diagnostics.capture import Adapter, Kernel
+from ..diagnostics.diagnose import dense_mask
 from ..diagnostics.metrics import HeadProjection, layer_metrics
-from ..diagnostics.stream import dense_mask
 
 
 def head_view(kernel: Kernel, head: int) -> tuple[torch.Tensor, ...]:

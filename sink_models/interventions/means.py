@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ..diagnostics.capture import Kernel, kernel_handlers
-from ..diagnostics.stream import forward_options, valid_tokens
+from ..diagnostics.diagnose import forward_options, valid_tokens
 from .heads import head_metrics, head_view
 
 

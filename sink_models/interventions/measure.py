@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diagnostics.stream import forward_options
+from ..diagnostics.diagnose import forward_options
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""Publish the zoo: `python upload/push.py --org ORG [--endpoint URL] [--private] [--dry-run] [NAMES ...]`.
+"""Publish the zoo: `python push/run.py --org ORG [--endpoint URL] [--private] [--dry-run] [NAMES ...]`.
 
 One model repo per zoo checkpoint (ORG/<name>: weights, config, remote code, image processor, card with its
 figures, `.eval_results`, results, recipe) tagged with the zoo's version, then the results dataset
 ORG/sink-zoo-results (one record per model, and results/synthetic.json as it is), the leaderboard Space
-ORG/sink-zoo-leaderboard (upload/space/), the sink inspector Space ORG/sink-zoo-inspector (upload/inspector/ with a
-copy of sink_models and the ids of the models pushed) and the collection "Attention-sink ViT zoo" of them all. A
+ORG/sink-zoo-leaderboard (spaces/leaderboard/), the sink inspector Space ORG/sink-zoo-inspector (spaces/inspector/
+with a copy of sink_models and the ids of the models pushed) and the collection "Attention-sink ViT zoo" of them all. A
 model repo's new version drops the files of the old one that it lacks; the old version stays under its tag.
 The token comes from HF_TOKEN or the `hf auth login` store and is never printed. `--dry-run` only reads.
 A repo whose files all match is left alone (no parity check, no commit). Commits made are logged to
@@ -24,12 +24,13 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 
 from sink_models.errors import InputError
-from sink_models.hub import (
+from sink_models.evaluation.cards import ZOO_VERSION
+from sink_models.hub.leaderboard import leaderboard_record
+from sink_models.hub.publish import (
     COLLECTION,
     INSPECTOR,
     RESULTS_DATASET,
     SPACE,
-    ZOO_VERSION,
     Change,
     add_to_collection,
     append_push_log,
@@ -43,7 +44,6 @@ from sink_models.hub import (
     stage_space,
     tag_commit,
 )
-from sink_models.leaderboard import leaderboard_record
 
 ROOT = Path(__file__).resolve().parents[1]
 # The zoo's image classifiers: the folders with their own remote code (the synthetic-task models have none).
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
             if stuck:  # checked before anything is written
                 raise InputError(
                     f"{repo_id}: {', '.join(change.changed + change.removed)} changed, but tag {ZOO_VERSION} is "
-                    "already published; a version never moves: raise sink_models.hub.ZOO_VERSION."
+                    "already published; a version never moves: raise sink_models.evaluation.cards.ZOO_VERSION."
                 )
             parity = ""
             if change.dirty:  # the fresh-process reload takes seconds: worth it only before a commit
@@ -123,10 +123,10 @@ def main(argv: list[str]) -> int:
         shutil.copyfile(SYNTHETIC, folder / SYNTHETIC.name)  # the leaderboard's task rows, as eval/run.py wrote them
         (folder / "README.md").write_text(_dataset_card(args.org))
         space_id = f"{args.org}/{SPACE}"
-        space = stage_space(ROOT / "upload" / "space", dataset_id, staging / SPACE)
+        space = stage_space(ROOT / "spaces" / "leaderboard", dataset_id, staging / SPACE)
         inspector_id = f"{args.org}/{INSPECTOR}"
         zoo = [f"{args.org}/{name}" for name in args.names]
-        inspector = stage_inspector(ROOT / "upload" / "inspector", zoo, staging / INSPECTOR)
+        inspector = stage_inspector(ROOT / "spaces" / "inspector", zoo, staging / INSPECTOR)
         for repo_id, kind, source, message in (
             (dataset_id, "dataset", folder, "sink-models zoo results"),
             (space_id, "space", space, "sink-models leaderboard"),

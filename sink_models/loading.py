@@ -8,7 +8,7 @@ import torch
 import transformers
 from huggingface_hub.errors import StrictDataclassError
 
-from ..errors import InputError, first_line
+from .errors import InputError, first_line
 
 # What reading a config.json can raise: a malformed file, a field of the wrong type (transformers' strict
 # dataclasses), a nesting deep enough to exhaust the JSON parser's recursion.
@@ -24,7 +24,7 @@ def load_model(
     safetensors only and must be the model's, all of them (`from_pretrained`)."""
     from transformers import AutoModel, PreTrainedConfig
 
-    from ..modeling_sink_vit import SinkViTModel
+    from .modeling_sink_vit import SinkViTModel
 
     where = source_where(source, revision, InputError)
     # float32 metrics, whatever dtype the weights were saved in; the attention function is ours to choose

@@ -1,5 +1,5 @@
-"""Print the leaderboard as Markdown: `python upload/leaderboard.py --org ORG [--endpoint URL] [--group-seeds]` (the
-org's results dataset) or `--results FOLDER` (a local folder of result records, as upload/push.py writes them): the
+"""Print the leaderboard as Markdown: `python push/leaderboard.py --org ORG [--endpoint URL] [--group-seeds]` (the
+org's results dataset) or `--results FOLDER` (a local folder of result records, as push/run.py writes them): the
 image-model table, then the task-model table when the results hold synthetic.json."""
 
 import argparse
@@ -8,8 +8,7 @@ import sys
 from huggingface_hub import constants
 
 from sink_models.errors import first_line
-from sink_models.hub import RESULTS_DATASET
-from sink_models.leaderboard import (
+from sink_models.hub.leaderboard import (
     SPREAD_NOTE,
     TASK_NOTE,
     by_recipe,
@@ -21,6 +20,7 @@ from sink_models.leaderboard import (
     table,
     task_table,
 )
+from sink_models.hub.publish import RESULTS_DATASET
 
 
 def main(argv: list[str]) -> int:

@@ -41,8 +41,8 @@ from sink_models.errors import InputError, first_line
 from sink_models.files import atomic_folder
 from sink_models.inspection import ImageSet, collect_images, diagnose_images, load_model, write_report
 from sink_models.inspection.images import check_pixels, processed_pixels
-from sink_models.inspection.loading import named_class, vision_channels
 from sink_models.inspection.report import MARKER
+from sink_models.loading import named_class, vision_channels
 
 DATA_FILES = ("config.json", "preprocessor_config.json")  # with the root-level safetensors files and their index
 SAFE_NAME = re.compile(r"[\w.-]+")  # a root-level file name, no glob characters: fetched by its exact name

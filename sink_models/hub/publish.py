@@ -27,16 +27,15 @@ from typing import TypeVar
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
 
-from .cards import eval_results_file, merge_sections, usage_section
+from ..evaluation.cards import ZOO_VERSION, eval_results_file, merge_sections, usage_section
 
 try:  # the HTTP library under huggingface_hub 2.x; its connection errors are not OSErrors
     from httpx2 import TransportError as _TransportError
 except ImportError:  # pragma: no cover -- other huggingface_hub versions
     _TransportError = ConnectionError
-from .errors import InputError, first_line
-from .files import atomic_write
+from ..errors import InputError, first_line
+from ..files import atomic_write
 
-ZOO_VERSION = "v2"  # the tag every model repo gets, and that the model cards' usage snippets pin
 RESULTS_DATASET = "sink-zoo-results"
 SPACE = "sink-zoo-leaderboard"
 INSPECTOR = "sink-zoo-inspector"
@@ -115,8 +114,8 @@ def stage_model(name: str, repo_id: str, root: Path, staging: Path) -> Path:
 
 
 def stage_space(app: Path, results_repo: str, folder: Path) -> Path:
-    """The leaderboard Space: upload/space/ (app, README with the Space config, requirements), a copy of
-    sink_models/leaderboard.py (the Space runs without this package) and the name of the results dataset."""
+    """The leaderboard Space: spaces/leaderboard/ (app, README with the Space config, requirements), a copy of
+    sink_models/hub/leaderboard.py (the Space runs without this package) and the name of the results dataset."""
     folder.mkdir(parents=True)
     for name in SPACE_FILES:
         shutil.copy2(app / name, folder / name)
@@ -126,7 +125,7 @@ def stage_space(app: Path, results_repo: str, folder: Path) -> Path:
 
 
 def stage_inspector(app: Path, zoo: list[str], folder: Path) -> Path:
-    """The inspector Space: upload/inspector/ (app, runner, README with the Space config), a copy of this
+    """The inspector Space: spaces/inspector/ (app, runner, README with the Space config), a copy of this
     sink_models package (it loads SinkViT checkpoints, never a repo's own code), the package's runtime requirements
     (gradio comes with the Space's sdk) and the zoo's repo ids."""
     folder.mkdir(parents=True)
@@ -177,7 +176,7 @@ def parity_check(staged: Path, local: Path) -> float:
     env = {**os.environ, "HF_HOME": str(staged.parent / ".parity-hf-home"), "HF_HUB_OFFLINE": "1"}
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "sink_models.parity", str(staged), str(local)],
+            [sys.executable, "-m", "sink_models.hub.parity", str(staged), str(local)],
             capture_output=True,
             text=True,
             env=env,
@@ -324,7 +323,7 @@ def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str, *, repo_type: st
         if current[tag] != commit:
             raise InputError(
                 f"{repo_id}: tag {tag} already marks commit {current[tag][:12]}, not the new head {commit[:12]}; "
-                "a published version never moves: raise sink_models.hub.ZOO_VERSION."
+                "a published version never moves: raise sink_models.evaluation.cards.ZOO_VERSION."
             )
         return False
     retried(lambda: api.create_tag(repo_id, tag=tag, revision=commit, repo_type=repo_type), f"{repo_id}: tag", **retry)

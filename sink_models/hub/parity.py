@@ -1,7 +1,7 @@
-"""`python -m sink_models.parity STAGED LOCAL`: load STAGED through trust_remote_code (its own code files, as a Hub
+"""`python -m sink_models.hub.parity STAGED LOCAL`: load STAGED through trust_remote_code (its own code files, as a Hub
 user would) and LOCAL with this library, and print {"max_abs_diff": ...} of their logits on fixed random images.
 
-Run in a fresh process by `sink_models.hub.parity_check`, so that no class already imported can stand in for the
+Run in a fresh process by `sink_models.hub.publish.parity_check`, so that no class already imported can stand in for the
 staged code.
 """
 
@@ -11,8 +11,8 @@ import sys
 import torch
 from transformers import AutoModelForImageClassification
 
-from .configuration_sink_vit import as_pair
-from .modeling_sink_vit import SinkViTForImageClassification
+from ..configuration_sink_vit import as_pair
+from ..modeling_sink_vit import SinkViTForImageClassification
 
 
 def max_logit_difference(staged: str, local: str) -> float:

@@ -17,9 +17,10 @@ from typing import NamedTuple
 import yaml
 from huggingface_hub import EvalResult, EvalResultEntry, ModelCard, ModelCardData, eval_result_entries_to_yaml
 
-from .diagnostics import SinkReport
-from .files import atomic_write
+from ..diagnostics import SinkReport
+from ..files import atomic_write
 
+ZOO_VERSION = "v2"  # the tag every model repo gets, and that the model cards' usage snippets pin
 SECTION = re.compile(r"<!-- sink-models:begin (\w+) -->.*?<!-- sink-models:end \1 -->", re.DOTALL)
 # model-index entries of the sink metrics: (metric type, display name, value from the results' sink summary)
 SINK_METRICS = (

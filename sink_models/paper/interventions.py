@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..cards import markdown_table, merge_sections
 from ..diagnostics import Thresholds
-from ..evaluation import (
+from ..evaluation.cards import markdown_table, merge_sections
+from ..evaluation.evaluate import (
     EvalArguments,
     checkpoint_name,
     data_choice,
@@ -22,9 +22,9 @@ from ..evaluation import (
     load_choice,
 )
 from ..files import atomic_write, write_json
-from ..synthetic import _loss, load_task_model
-from .report import InterventionReport
-from .run import intervene
+from ..interventions.intervene import intervene
+from ..interventions.report import InterventionReport
+from .synthetic import _loss, load_task_model
 
 TASK_BATCHES, TASK_BATCH_SIZE = 2, 256  # sequences edited; as many more give the mean sink value
 # The NOP task routes only its NOP queries (about half) to the null token, so the 90%-of-queries rule never fires
@@ -226,7 +226,7 @@ def _paper() -> list[dict]:
 def _header(runs: list[dict], images: int) -> str:
     checks = {name: max(run["report"].checks[name] for run in runs) for name in ("local_identity_max", "noop_max")}
     return (
-        "Measured by `python eval/run.py --suite interventions` (`sink_models.interventions.zoo`): one head edited "
+        "Measured by `python eval/run.py --suite interventions` (`sink_models.paper.interventions`): one head edited "
         "at a time with its attention held fixed, the rest of the network run unchanged (SCIENCE.md section 8). Cells: "
         "final_patch_relrms, the relative RMS change of the final patch tokens (the sink's own token left out), the "
         "mean over heads of each head's mean over its events; heads are units, pooled over the seeds; a head enters "

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .diagnostics.capture import Adapter, adapter_for
-from .diagnostics.stream import all_patches_kept, model_inputs
-from .errors import InputError
-from .interventions.measure import run_forward
+from ..diagnostics.capture import Adapter, adapter_for
+from ..diagnostics.diagnose import all_patches_kept, model_inputs
+from ..errors import InputError
+from ..interventions.measure import run_forward
 
 
 def patch_features(model: nn.Module, batches: Iterable, layer: int | None = None) -> torch.Tensor:

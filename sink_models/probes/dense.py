@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import CANVAS, Canvas, canvas_dense, load_folder_or_hub, parse_options, patch_labels
-from .diagnostics.capture import adapter_for
-from .errors import InputError
-from .probes import ProbeSettings, layer_features, linear_probe
+from ..data import CANVAS, Canvas, canvas_dense, load_folder_or_hub, parse_options, patch_labels
+from ..diagnostics.capture import adapter_for
+from ..errors import InputError
+from .linear import ProbeSettings, layer_features, linear_probe
 
 BATCH = 64
 

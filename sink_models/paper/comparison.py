@@ -6,8 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
-from .cards import markdown_table, merge_sections
-from .files import atomic_write, save_figure
+from ..evaluation.cards import markdown_table, merge_sections
+from ..files import atomic_write, save_figure
 
 DATASET = "canvas-digits"
 ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")

@@ -2,8 +2,8 @@
 id in, its sinks out (summary, per-layer table, layer x head map of events by class, diagnostic plane, per-head
 attention maps of any image and layer, the report folder to download).
 
-Locally: `python upload/inspector/app.py [--endpoint URL] [--cache FOLDER] [--port N]`. On the Hub the Space lists
-the zoo models named in its zoo_models.txt, which upload/push.py writes.
+Locally: `python spaces/inspector/app.py [--endpoint URL] [--cache FOLDER] [--port N]`. On the Hub the Space lists
+the zoo models named in its zoo_models.txt, which push/run.py writes.
 """
 
 import argparse
@@ -166,7 +166,7 @@ def _failed(message: str) -> list:
 
 
 def zoo_models() -> list[str]:
-    """The zoo's Hub ids, from zoo_models.txt, which upload/push.py writes into the Space."""
+    """The zoo's Hub ids, from zoo_models.txt, which push/run.py writes into the Space."""
     named = Path(__file__).with_name("zoo_models.txt")
     return named.read_text().split() if named.is_file() else []
 

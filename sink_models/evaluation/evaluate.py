@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedConfig,
 )
 
-from .data import (
+from ..data import (
     CANVAS,
     IGNORED,
     Collate,
@@ -35,17 +35,17 @@ from .data import (
     loader_options,
     parse_options,
 )
-from .diagnostics import SinkReport, diagnose
-from .diagnostics.capture import adapter_for
-from .diagnostics.families import SUPPORTED, family_of, vision_config
-from .diagnostics.stream import model_inputs
-from .errors import InputError, first_line
-from .hub import ZOO_VERSION
-from .inspection.loading import CONFIG_ERRORS, check_structure, check_weight_files, from_pretrained, source_where
-from .interventions import InterventionReport, intervene
-from .interventions.report import METRICS
-from .probes import ProbeSettings
-from .segmentation import DenseOptions, dense_probe
+from ..diagnostics import SinkReport, diagnose
+from ..diagnostics.capture import adapter_for
+from ..diagnostics.diagnose import model_inputs
+from ..diagnostics.families import SUPPORTED, family_of, vision_config
+from ..errors import InputError, first_line
+from ..interventions import InterventionReport, intervene
+from ..interventions.report import METRICS
+from ..loading import CONFIG_ERRORS, check_structure, check_weight_files, from_pretrained, source_where
+from ..probes.dense import DenseOptions, dense_probe
+from ..probes.linear import ProbeSettings
+from .cards import ZOO_VERSION
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
+from ..diagnostics.diagnose import model_inputs, valid_tokens
 from ..diagnostics.report import CLASSES, TOKEN_TYPES, finite_or_none
-from ..diagnostics.stream import model_inputs, valid_tokens
 from ..errors import InputError
 from .edits import (
     DEFAULT_EDITS,

@@ -1,7 +1,7 @@
 """The leaderboard's tables, from the results dataset (ORG/sink-zoo-results) or a local folder of its records (or of
 eval/run.py's results): image models (one record per checkpoint) and the synthetic-task models (synthetic.json).
 
-Self-contained (stdlib and huggingface_hub only): `upload/push.py` ships a copy beside the leaderboard Space's app,
+Self-contained (stdlib and huggingface_hub only): `push/run.py` ships a copy beside the leaderboard Space's app,
 which runs on the Hub without this package.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .errors import InputError
+from ..errors import InputError
 
 FIGURES = ("events_by_head.png", "sink_types_by_layer.png", "diagnostic_plane.png")
 TASK_ROWS = "synthetic.json"

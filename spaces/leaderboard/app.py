@@ -1,6 +1,6 @@
 """The attention-sink ViT zoo leaderboard (a Gradio app; the Hub's leaderboard Space runs this file).
 
-Locally: `python upload/space/app.py --results PATH_OR_REPO [--endpoint URL] [--cards FOLDER] [--port N]`, where
+Locally: `python spaces/leaderboard/app.py --results PATH_OR_REPO [--endpoint URL] [--cards FOLDER] [--port N]`, where
 PATH_OR_REPO is a results dataset (`org/sink-zoo-results`) or a folder of its JSON records (or of eval/run.py's
 results), with its synthetic.json if it has one. On the Hub the Space reads the dataset named in its results_repo.txt
 (or its RESULTS variable).
@@ -20,8 +20,8 @@ except ModuleNotFoundError as missing:  # the Space's packages are an extra of t
 from huggingface_hub import constants, hf_hub_download  # noqa: E402
 
 try:
-    from sink_models import leaderboard
-except ImportError:  # in the Space: upload/push.py ships a copy of sink_models/leaderboard.py beside this file
+    from sink_models.hub import leaderboard
+except ImportError:  # in the Space: push/run.py ships a copy of sink_models/hub/leaderboard.py beside this file
     import leaderboard
 
 INTRO = """# Attention-sink ViT zoo
@@ -105,7 +105,7 @@ def build(records: list[dict], pictures, link: str | None = None, task_rows: lis
 
 
 def default_results() -> str | None:
-    """The RESULTS variable, else the dataset named in results_repo.txt, which upload/push.py writes into the Space."""
+    """The RESULTS variable, else the dataset named in results_repo.txt, which push/run.py writes into the Space."""
     named = Path(__file__).with_name("results_repo.txt")
     return os.environ.get("RESULTS") or (named.read_text().strip() if named.is_file() else None)
 

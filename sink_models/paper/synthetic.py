@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .cards import markdown_table, merge_sections
-from .configuration_sink_vit import SinkViTConfig
-from .diagnostics import Thresholds, diagnose
-from .diagnostics.report import median
-from .errors import InputError, first_line
-from .evaluation import checkpoint_name
-from .files import atomic_write, save_figure, write_json
-from .tasks import SinkTask, TokenRegressor
+from ..configuration_sink_vit import SinkViTConfig
+from ..diagnostics import Thresholds, diagnose
+from ..diagnostics.report import median
+from ..errors import InputError, first_line
+from ..evaluation.cards import markdown_table, merge_sections
+from ..evaluation.evaluate import checkpoint_name
+from ..files import atomic_write, save_figure, write_json
+from ..tasks import SinkTask, TokenRegressor
 
 EVAL_BATCHES, EVAL_BATCH_SIZE = 4, 256
 # The columns of the table, in order: (key, heading).
@@ -336,7 +336,7 @@ def arms_table(rows: list[dict]) -> str:
 
 def retrain(folder: str | Path, steps: int, seed: int, output_dir: str | Path) -> Path:
     """Train the model of a synthetic checkpoint afresh from its recorded recipe: `steps` steps, seed `seed`."""
-    from .training import DataArguments, ModelArguments, TrainArguments, train
+    from ..training import DataArguments, ModelArguments, TrainArguments, train
 
     args = json.loads((Path(folder) / "training_args.json").read_text())
     train_args = replace(
