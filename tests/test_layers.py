@@ -83,3 +83,8 @@ def test_the_remote_code_files_import_nothing_else_of_the_package():
     for name in shipped:
         targets = imported(PACKAGE / f"{name.split('.')[1]}.py")
         assert all(target.startswith(shipped) for target in targets), targets
+
+
+def test_the_leaderboard_module_stands_alone():
+    """The leaderboard Space runs a copy of hub/leaderboard.py without the package: it imports nothing of it."""
+    assert imported(PACKAGE / "hub" / "leaderboard.py") == set()

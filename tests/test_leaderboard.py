@@ -455,3 +455,11 @@ def test_an_app_without_its_extra_says_what_to_install(app, missing):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == f"{app}: needs {missing}; install the hub extra: pip install -e '.[hub]'\n"
+
+
+def test_the_space_shows_the_figures_the_report_makes():
+    """hub/leaderboard.py cannot import diagnostics.plots (it runs alone in the Space): its names must be these."""
+    from sink_models.diagnostics.plots import FIGURES as made
+    from sink_models.hub.leaderboard import FIGURES as shown
+
+    assert shown == tuple(made)

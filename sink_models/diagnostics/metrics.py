@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..vocabulary import SinkClass, TokenType
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -91,12 +93,14 @@ def layer_metrics(
     stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
     rank1_energy = torch.where(defined, top / energy.clamp_min(1e-300), torch.nan)
 
-    klass = torch.full_like(sink, 2)  # other
+    klass = torch.full_like(sink, SinkClass.OTHER)
     broadcast = (ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)
-    klass = torch.where(broadcast, 1, klass)
-    klass = torch.where(ratio_out <= thresholds.nop_ratio, 0, klass)
+    klass = torch.where(broadcast, SinkClass.BROADCAST, klass)
+    klass = torch.where(ratio_out <= thresholds.nop_ratio, SinkClass.NOP, klass)
     num_cls, num_prefix = layout
-    token_type = torch.where(sink < num_cls, 0, torch.where(sink < num_prefix, 1, 2))
+    token_type = torch.where(
+        sink < num_cls, TokenType.CLS, torch.where(sink < num_prefix, TokenType.REGISTER, TokenType.PATCH)
+    )
     return {
         "sink": sink,
         "max_inflow": inflow.gather(-1, sink[..., None]).squeeze(-1).double(),
@@ -108,8 +112,8 @@ def layer_metrics(
         "stable_rank": stable_rank,
         "rank1_energy": rank1_energy,
         "common_mode": common_mode,
-        "class": klass,  # 0 NOP, 1 broadcast, 2 other
-        "token_type": token_type,  # 0 CLS, 1 register, 2 patch
+        "class": klass,  # a SinkClass
+        "token_type": token_type,  # a TokenType
         "inflow": inflow,
     }
 

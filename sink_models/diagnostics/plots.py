@@ -12,15 +12,18 @@ from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 CLASS_COLOURS = {"nop": "tab:blue", "broadcast": "tab:red", "other": "tab:gray"}
 TYPE_COLOURS = {"cls": "tab:orange", "register": "tab:green", "patch": "tab:purple"}
+# The report's figures and their captions, for the cards, the inspect report and the Spaces alike.
+FIGURES = {
+    "events_by_head.png": "Sink events per layer and head, by mechanism",
+    "sink_types_by_layer.png": "Where the sinks sit, per layer (CLS / register / patch)",
+    "diagnostic_plane.png": "The diagnostic plane: ratio_out vs stable rank, one dot per sink event",
+}
 
 
 def plot_report(report, folder: Path, layer: int | None = None) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [
-        _save(_events_by_head(report), folder / "events_by_head.png"),
-        _save(_types_by_layer(report), folder / "sink_types_by_layer.png"),
-        _save(_diagnostic_plane(report), folder / "diagnostic_plane.png"),
-    ]
+    figures = (_events_by_head(report), _types_by_layer(report), _diagnostic_plane(report))
+    paths = [_save(figure, folder / name) for figure, name in zip(figures, FIGURES, strict=True)]
     if report.attention is not None:
         layer = busiest_layer(report) if layer is None else layer
         paths.append(plot_attention(report, folder / f"attention_layer{layer}.png", layer))

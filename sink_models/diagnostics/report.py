@@ -11,10 +11,9 @@ from pathlib import Path
 import torch
 
 from ..files import atomic_write, finite
+from ..vocabulary import CLASSES, TOKEN_TYPES
 from .metrics import Thresholds
 
-CLASSES = ("nop", "broadcast", "other")
-TOKEN_TYPES = ("cls", "register", "patch")
 # Per-(layer, head) sums over images, divided by the image count in the report.
 HEAD_SUMS = ("max_inflow", "cls_inflow", "cls_sink", "common_mode", "gate_mean", "gate_closed")
 EVENT_FIELDS = (

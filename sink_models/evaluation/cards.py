@@ -18,7 +18,9 @@ import yaml
 from huggingface_hub import EvalResult, EvalResultEntry, ModelCard, ModelCardData, eval_result_entries_to_yaml
 
 from ..diagnostics import SinkReport
+from ..diagnostics.plots import FIGURES
 from ..files import atomic_write
+from ..vocabulary import CLASSES
 
 ZOO_VERSION = "v2"  # the tag every model repo gets, and that the model cards' usage snippets pin
 SECTION = re.compile(r"<!-- sink-models:begin (\w+) -->.*?<!-- sink-models:end \1 -->", re.DOTALL)
@@ -45,11 +47,6 @@ TASK_NAMES = {
 }
 SINK_COLUMNS = ["images", "sinks / image", "NOP / image", "broadcast / image", "other / image"]
 SINK_COLUMNS += ["CLS", "register", "patch", "CLS sink rate"]
-FIGURES = {
-    "events_by_head.png": "Sink events per layer and head, by mechanism",
-    "sink_types_by_layer.png": "Where the sinks sit, per layer (CLS / register / patch)",
-    "diagnostic_plane.png": "The diagnostic plane: ratio_out vs stable rank, one dot per sink event",
-}
 
 
 def hub_usage(result: dict, hub_org: str, hub_revision: str) -> tuple[str, str | None, bool]:
@@ -245,7 +242,7 @@ def merge_sections(old: str, new: str) -> str:
 
 def _sink_row(summary: dict) -> list:
     share = summary["sink_share"]
-    per_image = [summary[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast", "other")]
+    per_image = [summary[f"{k}_per_image"] for k in ("sinks", *CLASSES)]
     return [*per_image, share["cls"], share["register"], share["patch"], summary["cls_sink_rate"]]
 
 
@@ -363,7 +360,7 @@ def _interventions(block: dict) -> str:
     """The compact causal table: final_patch_relrms per edit (rows) and sink class (columns), `mean (heads /
     events)`, and the checks."""
     cells = {(e["edit"], e["class"]): e for e in block["by_class"]["final_patch_relrms"]}
-    classes = [c for c in ("nop", "broadcast", "other") if any(k[1] == c for k in cells)]
+    classes = [c for c in CLASSES if any(k[1] == c for k in cells)]
     edits = [e for e in block["settings"]["edits"] if any(k[0] == e for k in cells)]
     rows = [[edit, *(_causal_cell(cells.get((edit, c))) for c in classes)] for edit in edits]
     settings, checks = block["settings"], block["checks"]

@@ -15,9 +15,8 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from ..errors import InputError
-
-FIGURES = ("events_by_head.png", "sink_types_by_layer.png", "diagnostic_plane.png")
+FIGURES = ("events_by_head.png", "sink_types_by_layer.png", "diagnostic_plane.png")  # diagnostics.plots.FIGURES' names:
+# this module runs alone in the leaderboard Space, so it cannot import them (tests/test_leaderboard.py holds them equal)
 TASK_ROWS = "synthetic.json"
 # The dense probe's headline numbers that a record keeps (fractions; pixel_miou may be None).
 DENSE_PROBE = ("miou", "foreground_miou", "accuracy", "pixel_miou")
@@ -88,7 +87,7 @@ def load_records(source: str, endpoint: str | None = None, token: str | None = N
     # (synthetic.json, interventions.json) describe no one model.
     records = [r if "config" in r else leaderboard_record(r, r["name"], None) for r in records if _is_model(r)]
     if not records:
-        raise InputError(f"results: no JSON records in {source!r}; allowed: a results dataset or a folder of them.")
+        raise ValueError(f"results: no JSON records in {source!r}; allowed: a results dataset or a folder of them.")
     return records
 
 

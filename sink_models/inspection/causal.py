@@ -8,10 +8,11 @@ from ..diagnostics import SinkReport
 from ..diagnostics.capture import adapter_for
 from ..errors import InputError
 from ..interventions import DEFAULT_EDITS, EDITS, InterventionReport, intervene, select_heads
+from ..vocabulary import ALL, CLASSES
 from .images import ImageSet, _process
 from .tables import LABELS, text_table
 
-CLASS_ORDER = ("nop", "broadcast", "other", "all")
+CLASS_ORDER = (*CLASSES, ALL)
 FIGURE = "interventions.png"
 
 

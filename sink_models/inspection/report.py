@@ -8,16 +8,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..diagnostics import SinkReport
+from ..diagnostics.plots import FIGURES
 from ..errors import InputError
 from ..files import atomic_folder
 from ..interventions import InterventionReport
+from ..vocabulary import CLASSES, TOKEN_TYPES
 from .causal import FIGURE, causal_markdown
 from .tables import (
-    CLASSES,
     HEAD_HEADER,
     LABELS,
     LAYER_HEADER,
-    TOKEN_TYPES,
     layer_rows,
     markdown_table,
     model_line,
@@ -25,11 +25,6 @@ from .tables import (
     sink_head_rows,
 )
 
-FIGURES = {
-    "events_by_head.png": "Sink events per layer and head, by class",
-    "sink_types_by_layer.png": "Sink events per layer, by the sink's token type",
-    "diagnostic_plane.png": "The diagnostic plane: ratio_out against stable rank, one point per sink event",
-}
 MAX_HEAD_ROWS = 50  # report.md lists at most this many sink heads; heads.csv has them all
 
 

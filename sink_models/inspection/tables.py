@@ -4,7 +4,7 @@ model and the summary in words, and the text the command prints."""
 from collections.abc import Sequence
 
 from ..diagnostics import SinkReport
-from ..diagnostics.report import CLASSES, TOKEN_TYPES
+from ..vocabulary import CLASSES, TOKEN_TYPES
 
 LABELS = {"nop": "NOP", "cls": "CLS"}  # how the report writes a class or token type; others as they are
 LAYER_HEADER = ("layer", "sinks", "NOP", "broadcast", "other", "CLS", "register", "patch", "norm max", "max/median")

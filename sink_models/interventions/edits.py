@@ -2,26 +2,27 @@
 (batch, N, d_h) with A held fixed: what each edit puts in place of the sink's value or attention, and the float64
 check that a value edit changes the head's update by exactly A_{:,p} (u'_p - u_p) at the patched token p."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import InputError
 
-# The paper's order (Figure 6): the four value replacements, removing the attention, and the control.
-HEAD_EDITS = (
-    "zero_sink_value",
-    "mean_sink_value",
-    "donor_sink_value",
-    "donor_nonsink_value",
-    "redirect_sink_attention",
-    "zero_random_nonsink_value",
-)
-VALUE_EDITS = tuple(edit for edit in HEAD_EDITS if edit != "redirect_sink_attention")
-GATE_EDITS = ("gate_closed", "gate_open")  # gated models: force the head's gate shut or fully open
-LAYER_EDITS = ("register_mean",)  # registers of a layer's input replaced by their held-out mean
-EDITS = (*HEAD_EDITS, *GATE_EDITS, *LAYER_EDITS)
-DEFAULT_EDITS = HEAD_EDITS
+Edited = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (attention', values', patched token per image)
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One edit: its kind (`value` / `attention`: one head's values or attention, by `apply`; `gate`: the head's gate
+    forced to `level` before the sigmoid; `layer`: a whole layer's tokens), its figure label, and whether it needs
+    held-out means measured first."""
+
+    kind: str
+    label: str
+    apply: Callable[[torch.Tensor, torch.Tensor, "Choices"], Edited] | None = None
+    needs_mean: bool = False
+    level: float | None = None
 
 
 @dataclass
@@ -61,33 +62,68 @@ def random_patch_not(avoid: torch.Tensor, first: int, counts: torch.Tensor, gene
     return first + torch.where(first + offset == avoid, shifted, offset)
 
 
-def apply_edit(
-    name: str, attention: torch.Tensor, values: torch.Tensor, chosen: Choices
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(attention', values', patched token per image) of edit `name` on one head."""
-    images = torch.arange(len(values), device=values.device)
-    sink, patched = chosen.sink, chosen.sink
+def _with_values(attention: torch.Tensor, values: torch.Tensor, at: torch.Tensor, new: torch.Tensor) -> Edited:
+    """The head with token `at`'s value of each image replaced by `new` (0 for zero)."""
     edited = values.clone()
-    if name == "zero_sink_value":
-        edited[images, sink] = 0
-    elif name == "mean_sink_value":
-        if chosen.mean is None:
-            raise InputError("mean_sink_value: the head has no held-out sink event to take a mean value from.")
-        edited[images, sink] = chosen.mean.to(values.dtype)
-    elif name == "donor_sink_value":
-        edited[images, sink] = values[chosen.donor, chosen.donor_sink]
-    elif name == "donor_nonsink_value":
-        edited[images, sink] = values[chosen.donor, chosen.donor_patch]
-    elif name == "zero_random_nonsink_value":
-        edited[images, chosen.own_patch] = 0
-        patched = chosen.own_patch
-    elif name == "redirect_sink_attention":
-        attention = attention.clone()
-        attention[images, :, sink] = 0
-        attention = attention / attention.sum(-1, keepdim=True).clamp_min(1e-12)
-    elif name != "none":
+    edited[torch.arange(len(values), device=values.device), at] = new
+    return attention, edited, at
+
+
+def _mean_sink_value(attention: torch.Tensor, values: torch.Tensor, chosen: Choices) -> Edited:
+    if chosen.mean is None:
+        raise InputError("mean_sink_value: the head has no held-out sink event to take a mean value from.")
+    return _with_values(attention, values, chosen.sink, chosen.mean.to(values.dtype))
+
+
+def _redirect_sink_attention(attention: torch.Tensor, values: torch.Tensor, chosen: Choices) -> Edited:
+    attention = attention.clone()
+    attention[torch.arange(len(values), device=values.device), :, chosen.sink] = 0
+    return attention / attention.sum(-1, keepdim=True).clamp_min(1e-12), values, chosen.sink
+
+
+def _donor(values: torch.Tensor, chosen: Choices, token: torch.Tensor) -> torch.Tensor:
+    return values[chosen.donor, token]
+
+
+# The registry, in the paper's order (Figure 6): the four value replacements, removing the attention, the control;
+# then the model-level edits. Gate levels are sigmoid inputs that give exactly 0 or 1 in float32.
+EDITS_BY_NAME = {
+    "zero_sink_value": Edit("value", "zero sink value", lambda a, v, c: _with_values(a, v, c.sink, 0)),
+    "mean_sink_value": Edit("value", "head's mean sink value", _mean_sink_value, needs_mean=True),
+    "donor_sink_value": Edit(
+        "value", "donor's sink value", lambda a, v, c: _with_values(a, v, c.sink, _donor(v, c, c.donor_sink))
+    ),
+    "donor_nonsink_value": Edit(
+        "value", "ordinary value at sink", lambda a, v, c: _with_values(a, v, c.sink, _donor(v, c, c.donor_patch))
+    ),
+    "redirect_sink_attention": Edit("attention", "remove attention to sink", _redirect_sink_attention),
+    "zero_random_nonsink_value": Edit(
+        "value", "zero a non-sink value (control)", lambda a, v, c: _with_values(a, v, c.own_patch, 0)
+    ),
+    "gate_closed": Edit("gate", "gate closed", level=-1e4),
+    "gate_open": Edit("gate", "gate open", level=1e4),
+    "register_mean": Edit("layer", "register mean", needs_mean=True),
+}
+EDITS = tuple(EDITS_BY_NAME)
+
+
+def of_kind(*kinds: str) -> tuple[str, ...]:
+    """The names of the edits of these kinds, in the registry's order."""
+    return tuple(name for name, edit in EDITS_BY_NAME.items() if edit.kind in kinds)
+
+
+HEAD_EDITS = of_kind("value", "attention")
+DEFAULT_EDITS = HEAD_EDITS
+
+
+def apply_edit(name: str, attention: torch.Tensor, values: torch.Tensor, chosen: Choices) -> Edited:
+    """(attention', values', patched token per image) of head edit `name` (or `none`) on one head."""
+    if name == "none":
+        return attention, values.clone(), chosen.sink
+    edit = EDITS_BY_NAME.get(name)
+    if edit is None or edit.apply is None:
         raise InputError(f"edits: no head edit {name!r}; allowed: {', '.join(HEAD_EDITS)}.")
-    return attention, edited, patched
+    return edit.apply(attention, values, chosen)
 
 
 def local_identity_error(

@@ -9,14 +9,13 @@ from torch import nn
 from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
 from ..diagnostics.diagnose import model_inputs, valid_tokens
-from ..diagnostics.report import CLASSES, TOKEN_TYPES, finite_or_none
+from ..diagnostics.report import finite_or_none
 from ..errors import InputError
+from ..vocabulary import CLASSES, TOKEN_TYPES
 from .edits import (
     DEFAULT_EDITS,
     EDITS,
-    GATE_EDITS,
-    LAYER_EDITS,
-    VALUE_EDITS,
+    EDITS_BY_NAME,
     apply_edit,
     choices,
     local_identity_error,
@@ -57,9 +56,9 @@ def intervene(
         report = diagnose(model, [inputs for inputs, _ in data], thresholds=thresholds, accelerator=accelerator)
         heads = select_heads(report, per_class=per_class)
     heads = _checked_heads(heads, adapter)
-    needs_means = any(edit in ("mean_sink_value", "register_mean") for edit in edits)
     source = data if held_out is None else [_split(batch, adapter) for batch in held_out]
     sinks, registers = "mean_sink_value" in edits, "register_mean" in edits
+    needs_means = any(EDITS_BY_NAME[edit].needs_mean for edit in edits)
     means = (
         held_out_means(model, adapter, source, heads, thresholds, accelerator, sinks, registers) if needs_means else {}
     )
@@ -157,7 +156,7 @@ class _Run:
         if (layer, head) not in self.checked:
             self._checks(inputs, baseline, layer, head, attention, value[:, 0], chosen, projection)
         for edit in self.edits:
-            if edit in LAYER_EDITS:
+            if EDITS_BY_NAME[edit].kind == "layer":
                 continue
             outputs = self._edited(inputs, layer, head, edit, attention, value[:, 0].float(), chosen)
             if outputs is None:
@@ -173,7 +172,8 @@ class _Run:
         noop = effects(baseline, outputs, self.adapter, chosen)["final_patch_relrms"].max()
         self.checks["noop_max"] = max(self.checks["noop_max"], float(noop))
         for edit in self.edits:
-            if edit in VALUE_EDITS and not (edit == "mean_sink_value" and chosen.mean is None):
+            spec = EDITS_BY_NAME[edit]
+            if spec.kind == "value" and not (spec.needs_mean and chosen.mean is None):
                 _, edited, patched = apply_edit(edit, attention, value, chosen)
                 error = local_identity_error(attention, value, edited, patched, projection)
                 self.checks["local_identity_max"] = max(self.checks["local_identity_max"], error)
@@ -183,9 +183,10 @@ class _Run:
 
     def _edited(self, inputs, layer, head, edit, attention, value, chosen):
         """The model's outputs with `edit` applied to one head (None where it does not apply)."""
-        if edit in GATE_EDITS:
+        spec = EDITS_BY_NAME.get(edit)  # None: the no-op edit
+        if spec is not None and spec.kind == "gate":
             return self._gated(inputs, layer, head, edit)
-        if edit == "mean_sink_value" and chosen.mean is None:
+        if spec is not None and spec.needs_mean and chosen.mean is None:
             self._not_applicable(layer, head, edit, "no held-out sink event")
             return None
         edited_attention, edited_value, _ = apply_edit(edit, attention, value, chosen)
@@ -205,7 +206,7 @@ class _Run:
             self._not_applicable(layer, head, edit, "the model has no attention gate")
             return None
         width = gate.out_features // self.adapter.num_heads  # 1 for a headwise gate
-        level = -1e4 if edit == "gate_closed" else 1e4  # sigmoid: exactly 0 or 1 in float32
+        level = EDITS_BY_NAME[edit].level
 
         def hook(module, args, output):
             output = output.clone()

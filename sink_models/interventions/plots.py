@@ -12,21 +12,12 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from ..files import save_figure  # noqa: E402
+from ..vocabulary import CLASSES  # noqa: E402
+from .edits import EDITS_BY_NAME  # noqa: E402
 
 CLASS_COLOURS = {"nop": "tab:blue", "broadcast": "tab:red", "other": "tab:gray", "all": "tab:green"}
 CLASS_NAMES = {"nop": "NOP", "broadcast": "broadcast", "other": "other", "all": "all\n(layer edit;\ndots: layers)"}
-# The paper's order and wording; the control last among the head edits, then the model-level edits.
-EDIT_LABELS = {
-    "zero_sink_value": "zero sink value",
-    "mean_sink_value": "head's mean sink value",
-    "donor_sink_value": "donor's sink value",
-    "donor_nonsink_value": "ordinary value at sink",
-    "redirect_sink_attention": "remove attention to sink",
-    "zero_random_nonsink_value": "zero a non-sink value (control)",
-    "gate_closed": "gate closed",
-    "gate_open": "gate open",
-    "register_mean": "register mean",
-}
+EDIT_LABELS = {name: edit.label for name, edit in EDITS_BY_NAME.items()}
 METRIC_LABELS = {
     "final_patch_relrms": "relative RMS change of the final patch tokens",
     "common_energy": "share of the change common to all patches",
@@ -104,6 +95,6 @@ def _bars(axis, table: list[dict], edits: list[str], log: bool, rng) -> list[str
 def _title(report) -> str:
     """The model's name, and the heads with sink events, their events and the images."""
     name = str(report.model.get("name_or_path") or report.model.get("class", "model")).rstrip("/").split("/")[-1]
-    events = [sum(head[c] for c in ("nop", "broadcast", "other")) for head in report.heads]
+    events = [sum(head[c] for c in CLASSES) for head in report.heads]
     counts = f"{sum(e > 0 for e in events)} heads, {sum(events)} sink events, {report.settings['images']} images"
     return f"{name}: causal edits, one head at a time ({counts})"

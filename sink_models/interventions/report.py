@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..files import atomic_write
+from ..vocabulary import ALL, CLASSES
 
 METRICS = ("final_patch_relrms", "common_energy", "donor_cosine", "kl", "top1_agree", "top1_change")
 
@@ -83,7 +84,7 @@ class InterventionReport:
     def table(self, metric: str = "final_patch_relrms", min_events: int = 1) -> str:
         """The per-class table in markdown: one row per edit, one column per class, `mean (heads / events)`."""
         cells = {(e["edit"], e["class"]): e for e in self.by_class(metric, min_events)}
-        classes = [c for c in ("nop", "broadcast", "other", "all") if any(k[1] == c for k in cells)]
+        classes = [c for c in (*CLASSES, ALL) if any(k[1] == c for k in cells)]
         edits = list(dict.fromkeys(e for e, _ in sorted(cells, key=lambda k: _order(k[1], k[0]))))
         lines = [f"| edit ({metric}) | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
         for edit in edits:
@@ -109,7 +110,7 @@ class InterventionReport:
 def _order(klass: str, edit: str) -> tuple:
     from .edits import EDITS
 
-    classes = ("nop", "broadcast", "other", "all")
+    classes = (*CLASSES, ALL)
     return (classes.index(klass) if klass in classes else 9, EDITS.index(edit) if edit in EDITS else 99)
 
 
@@ -130,7 +131,7 @@ def _summed(parts: list[dict]) -> dict:
 
 
 def _events(head: dict) -> int:
-    return sum(head[klass] for klass in ("nop", "broadcast", "other"))
+    return sum(head[klass] for klass in CLASSES)
 
 
 def by_position(name: str) -> tuple[int, int]:

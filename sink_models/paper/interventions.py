@@ -24,6 +24,7 @@ from ..evaluation.evaluate import (
 from ..files import atomic_write, write_json
 from ..interventions.intervene import intervene
 from ..interventions.report import InterventionReport
+from ..vocabulary import CLASSES
 from .synthetic import _loss, load_task_model
 
 TASK_BATCHES, TASK_BATCH_SIZE = 2, 256  # sequences edited; as many more give the mean sink value
@@ -123,7 +124,7 @@ def class_table(groups: dict[str, InterventionReport], logits: bool) -> str:
     lines = []
     for name, report in groups.items():
         tables = {m: _cells(report, m) for m in ("final_patch_relrms", "donor_cosine", "kl", "top1_change")}
-        for klass in ("nop", "broadcast", "other"):
+        for klass in CLASSES:
             first = tables["final_patch_relrms"].get((klass, "zero_sink_value"))
             if first is None:
                 continue
@@ -157,7 +158,7 @@ def layer_table(runs: list[dict]) -> str:
         for layer in range(len(group[0]["mse"])):
             every = pooled(group, label, lambda row, layer=layer: row["layer"] == layer, klass="all")
             relrms, cosine = _cells(every, "final_patch_relrms"), _cells(every, "donor_cosine")
-            counts = [sum(h[k] for h in every.heads) for k in ("nop", "broadcast", "other")]
+            counts = [sum(h[k] for h in every.heads) for k in CLASSES]
             mse = [sum(r["mse"][layer][i] for r in group) / len(group) for i in (0, 1)]
             line = [task, label, f"L{layer + 1}", " / ".join(map(str, counts))]
             line += [_mean(relrms, "all", e) for e in EDITS] + [_mean(cosine, "all", "donor_sink_value"), *mse]

@@ -22,6 +22,7 @@ from ..evaluation.cards import markdown_table, merge_sections
 from ..evaluation.evaluate import checkpoint_name
 from ..files import atomic_write, save_figure, write_json
 from ..tasks import SinkTask, TokenRegressor
+from ..vocabulary import CLASSES, TOKEN_TYPES
 
 EVAL_BATCHES, EVAL_BATCH_SIZE = 4, 256
 # The columns of the table, in order: (key, heading).
@@ -153,12 +154,12 @@ def analyse(
             row["attention_registers"] = float(queries[..., 1:prefix].sum(-1).mean())
             every_register = torch.arange(1, prefix).expand(len(tokens), -1)
             row["loss_registers_zeroed"] = _loss(model, batches, zero=(layer, every_register))
-        for kind in ("cls", "register", "patch"):
+        for kind in TOKEN_TYPES:
             row[f"sink_{kind}"] = sum(r["token_type"] == kind for r in records) / len(records)
         for key in ("ratio_out", "stable_rank", "common_mode"):
             row[key] = median([r[key] for r in records])
         layer_events = [e for e in events if e["layer"] == layer and e["head"] == 0]
-        for kind in ("nop", "broadcast", "other"):
+        for kind in CLASSES:
             row[f"events_{kind}"] = sum(e["class"] == kind for e in layer_events) / len(records)
         row["gate_nop"] = row["gate_active"] = None
         if config.attention_gate != "none":

@@ -20,14 +20,12 @@ except ModuleNotFoundError as missing:  # the Space's packages are an extra of t
     raise SystemExit(f"{__file__}: needs {missing.name}; install the hub extra: pip install -e '.[hub]'") from None
 from runner import Entry, Inspector  # noqa: E402
 
-from sink_models.diagnostics.plots import busiest_layer  # noqa: E402
+from sink_models.diagnostics.plots import (
+    FIGURES,  # noqa: E402
+    busiest_layer,  # noqa: E402
+)
 from sink_models.inspection import tables  # noqa: E402
 
-FIGURES = {
-    "events_by_head.png": "Sink events per layer and head, by class (NOP, broadcast, other)",
-    "diagnostic_plane.png": "The diagnostic plane: ratio_out against stable rank, one point per sink event",
-    "sink_types_by_layer.png": "Sink events per layer, by the sink's token type (CLS, register, patch)",
-}
 NAMES = list(FIGURES)
 INTRO = """# Attention-sink inspector
 
