@@ -1,4 +1,5 @@
-"""The model, its config and its image processor for `sink-models inspect`, from a folder or a Hub id."""
+"""The one way to load a model, its config and its image processor from a folder or a Hub id: a checked config,
+checked weights (safetensors only, all of the model's) and the remote-code rule. Used by evaluation and inspect."""
 
 import difflib
 import json
@@ -22,30 +23,25 @@ def load_model(
     """(model in eval mode, its image processor, the PIL mode its images need). SinkViT checkpoints load with the
     installed classes, never the checkpoint's python files; other code runs only with `trust_remote_code`. Weights are
     safetensors only and must be the model's, all of them (`from_pretrained`)."""
-    from transformers import AutoModel, PreTrainedConfig
+    from transformers import AutoModel
 
     from .modeling_sink_vit import SinkViTModel
 
-    where = source_where(source, revision, InputError)
+    where = source_where(source, revision)
     # float32 metrics, whatever dtype the weights were saved in; the attention function is ours to choose
     kwargs = {
         "revision": revision,
         "dtype": torch.float32,
         "attn_implementation": attn_implementation or DEFAULT_ATTENTION,
     }
-    try:
-        # The raw config.json: AutoConfig would refuse SinkViT's config without trust_remote_code.
-        raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
-    except CONFIG_ERRORS as error:
-        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
-    check_structure(raw, where, InputError)
+    raw = read_config(source, revision, where)
     if raw.get("model_type") == "sink_vit":
         model_class, channels = SinkViTModel, raw.get("num_channels", 3)
     else:
-        config = _auto_config(source, revision, trust_remote_code, where)
+        config = auto_config(source, revision, trust_remote_code, where)
         model_class, channels = AutoModel, vision_channels(config, where)
         kwargs |= {"config": config, "trust_remote_code": trust_remote_code}
-    check_weight_files(source, revision, raw, where, InputError)
+    check_weight_files(source, revision, raw, where)
     processor = _image_processor(source, revision, trust_remote_code, where)
     try:
         model = from_pretrained(model_class, source, **kwargs)
@@ -109,8 +105,8 @@ def named_class(config) -> type | None:
     return known if isinstance(known, type) and issubclass(known, transformers.PreTrainedModel) else None
 
 
-def source_where(source: str, revision: str | None, error: type[ValueError]) -> str:
-    """How messages name `source` (and `revision`); raises `error` at once for a source that is neither a folder
+def source_where(source: str, revision: str | None) -> str:
+    """How messages name `source` (and `revision`); raises an InputError at once for a source that is neither a folder
     nor a Hub id: a file, a path (./, /, ~, two slashes, or under a folder that exists here: a mistyped local folder
     must not wait on the Hub's retries), or a name the Hub would refuse."""
     from huggingface_hub.errors import HFValidationError
@@ -118,22 +114,22 @@ def source_where(source: str, revision: str | None, error: type[ValueError]) -> 
 
     local = os.path.isdir(source)
     if local and revision is not None:
-        raise error(f"revision: {revision!r} given for the local folder {source!r}; it applies to Hub ids only.")
+        raise InputError(f"revision: {revision!r} given for the local folder {source!r}; it applies to Hub ids only.")
     if local:
         return repr(source)
     allowed = "allowed: a model folder or a Hub id (org/name)"
     if os.path.exists(source):
-        raise error(f"model: {source!r} is a file; {allowed}.")
+        raise InputError(f"model: {source!r} is a file; {allowed}.")
     parent = os.path.dirname(source)
     path_like = source.startswith((".", "/", "~")) or source.count("/") > 1
     if path_like or (parent and os.path.isdir(parent) and not _on_hub(source, revision)):
         close = difflib.get_close_matches(os.path.basename(source), _folders(parent), n=3) if parent else []
         hint = f" (in {parent!r}: did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise error(f"model: {source!r} is not a folder{hint}; {allowed}.")
+        raise InputError(f"model: {source!r} is not a folder{hint}; {allowed}.")
     try:
         validate_repo_id(source)
     except HFValidationError:
-        raise error(f"model: {source!r} is neither a folder nor a valid Hub id; {allowed}.") from None
+        raise InputError(f"model: {source!r} is neither a folder nor a valid Hub id; {allowed}.") from None
     where = repr(source) + ("" if revision is None else f" at revision {revision!r}")
     return f"{where} (no local folder of that name; as a Hub id)"
 
@@ -165,7 +161,7 @@ def _folders(parent: str) -> list[str]:
 STRUCTURE_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "patch_size")
 
 
-def check_structure(values: dict, where: str, error: type[ValueError]) -> None:
+def check_structure(values: dict, where: str) -> None:
     """Refuse a raw config.json (or its `vision_config`) whose structure fields are not positive ints."""
     vision = values.get("vision_config")
     for part, fields in (("", values), ("vision_config.", vision if isinstance(vision, dict) else {})):
@@ -174,58 +170,58 @@ def check_structure(values: dict, where: str, error: type[ValueError]) -> None:
             if value is None or (name == "patch_size" and _positive_pair(value)):
                 continue
             if type(value) is not int or value < 1:
-                raise error(f"model: {where} has config.json {part}{name} {value!r}; allowed: a positive integer.")
+                raise InputError(f"model: {where} has config.json {part}{name} {value!r}; allowed: a positive integer.")
 
 
 def _positive_pair(value) -> bool:
     return isinstance(value, list | tuple) and len(value) == 2 and all(type(v) is int and v > 0 for v in value)
 
 
-def check_weight_files(source: str, revision: str | None, raw: dict, where: str, error: type[ValueError]) -> None:
+def check_weight_files(source: str, revision: str | None, raw: dict, where: str) -> None:
     """Before the model is built: refuse weights that are not all safetensors (a pickle-only folder, or a shard index
     naming anything else: it is never loaded), and a config.json asking for more layers than the weights could hold
     (a 100,000-layer config would take minutes to build before failing). A folder's files are read here; a Hub
     repo's safetensors headers are fetched alone (nothing to check offline, where only the cache is read)."""
     if os.path.isdir(source):
-        tensors = _local_tensors(source, where, error)
+        tensors = _local_tensors(source, where)
     else:
-        tensors = _hub_tensors(source, revision, where, error)
+        tensors = _hub_tensors(source, revision, where)
     vision = raw.get("vision_config") if isinstance(raw.get("vision_config"), dict) else raw
     layers = vision.get("num_hidden_layers")
     if tensors is not None and type(layers) is int and layers > tensors:  # every block holds several tensors
-        raise error(
+        raise InputError(
             f"model: {where} has config.json num_hidden_layers {layers}, but its safetensors files hold only {tensors} "
             "tensors; allowed: a config.json that matches its weights."
         )
 
 
-def _local_tensors(folder: str, where: str, error: type[ValueError]) -> int:
+def _local_tensors(folder: str, where: str) -> int:
     names = os.listdir(folder)
     weights = sorted(name for name in names if name.endswith(".safetensors"))
     if not weights:
         pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
         found = f"only {', '.join(pickles)} (a pickle, never loaded here)" if pickles else "no weights file"
-        raise error(f"model: {where} has {found}; allowed: weights in safetensors files (model.safetensors).")
+        raise InputError(f"model: {where} has {found}; allowed: weights in safetensors files (model.safetensors).")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):  # transformers loads the shards it names, whatever their kind
         try:
             with open(index) as file:
                 shards = set(json.load(file)["weight_map"].values())
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            raise error(
+            raise InputError(
                 f"model: {where} has an unreadable model.safetensors.index.json; allowed: its weight_map."
             ) from None
         wrong = sorted(str(shard) for shard in shards if shard not in weights)
         if wrong:
-            raise error(
+            raise InputError(
                 f"model: {where} has a shard index naming {wrong[0]!r}, not one of its safetensors files; allowed: "
                 "the folder's own .safetensors files."
             )
         weights = sorted(shards)
-    return sum(_tensor_count(os.path.join(folder, name), where, error) for name in weights)
+    return sum(_tensor_count(os.path.join(folder, name), where) for name in weights)
 
 
-def _hub_tensors(repo: str, revision: str | None, where: str, error: type[ValueError]) -> int | None:
+def _hub_tensors(repo: str, revision: str | None, where: str) -> int | None:
     from huggingface_hub import constants, get_safetensors_metadata
     from huggingface_hub.errors import NotASafetensorsRepoError, SafetensorsParsingError
 
@@ -234,30 +230,44 @@ def _hub_tensors(repo: str, revision: str | None, where: str, error: type[ValueE
     try:
         metadata = get_safetensors_metadata(repo, revision=revision)
     except NotASafetensorsRepoError:
-        raise error(f"model: {where} has no safetensors weights (a pickle is never loaded here).") from None
+        raise InputError(f"model: {where} has no safetensors weights (a pickle is never loaded here).") from None
     except SafetensorsParsingError as cause:  # a shard index naming a file that is not safetensors, say
-        raise error(f"model: {where} has weights that are not safetensors ({first_line(cause, 160)}).") from None
+        raise InputError(f"model: {where} has weights that are not safetensors ({first_line(cause, 160)}).") from None
     except Exception:  # noqa: BLE001 -- unreachable, missing, refused: from_pretrained then says which
         return None
     return len(metadata.weight_map)
 
 
-def _tensor_count(path: str, where: str, error: type[ValueError]) -> int:
+def _tensor_count(path: str, where: str) -> int:
     """The number of tensors a safetensors file holds, read from its header alone; a file without a readable header
-    (empty, truncated, not safetensors) is `error`."""
+    (empty, truncated, not safetensors) is an InputError."""
     from safetensors import safe_open
 
     try:
         with safe_open(path, framework="pt") as file:
             return len(file.keys())
     except Exception as cause:  # noqa: BLE001 -- safetensors' own error type, OSError, ValueError: all mean unreadable
-        raise error(
+        raise InputError(
             f"model: {where} has {os.path.basename(path)}, which is not a readable safetensors file "
             f"({first_line(cause, 120)}); allowed: a complete safetensors file."
         ) from None
 
 
-def _auto_config(source: str, revision: str | None, trust_remote_code: bool, where: str):
+def read_config(source: str, revision: str | None, where: str) -> dict:
+    """The raw config.json, its structure fields checked; read as a dict, since AutoConfig would refuse a remote-code
+    config (SinkViT's) without trust_remote_code."""
+    from transformers import PreTrainedConfig
+
+    try:
+        raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
+    except CONFIG_ERRORS as error:
+        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
+    check_structure(raw, where)
+    return raw
+
+
+def auto_config(source: str, revision: str | None, trust_remote_code: bool, where: str):
+    """AutoConfig's config, with the remote-code rule: a config that needs its own code loads only if trusted."""
     from transformers import AutoConfig
 
     try:
@@ -265,7 +275,7 @@ def _auto_config(source: str, revision: str | None, trust_remote_code: bool, whe
     except CONFIG_ERRORS as error:
         if isinstance(error, ValueError) and "trust_remote_code" in str(error):
             raise InputError(
-                f"model: {where} runs its own code (config.json's auto_map); pass --trust-remote-code "
+                f"model: {where} runs its own code (config.json's auto_map or model_type); pass --trust-remote-code "
                 "(trust_remote_code=True) if you trust it."
             ) from None
         raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None

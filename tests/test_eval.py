@@ -297,7 +297,7 @@ def imagefolder(root: Path) -> Path:
         ("hub", "model: 'noorg/nomodel' (no local folder of that name; as a Hub id) could not be loaded"),
         ("unsupported", "is a Data2VecVisionModel checkpoint (model_type 'data2vec-vision'); the diagnostics support"),
         ("columns", "label_column: '{tmp}/images' has no column 'kind'; its columns are ['image', 'label']"),
-        ("remote", "runs its own code (config model_type needs remote code); pass --trust_remote_code"),
+        ("remote", "runs its own code (config.json's auto_map or model_type); pass --trust-remote-code"),
         ("local-revision", "revision: 'v1' given for the local folder"),
         ("suite", "--suite: no suite 'nosuch'; allowed: ['interventions', 'seeds', 'synthetic', 'zoo']"),
     ],

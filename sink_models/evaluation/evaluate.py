@@ -17,11 +17,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
-    PreTrainedConfig,
 )
 
 from ..data import (
@@ -42,7 +40,7 @@ from ..diagnostics.families import SUPPORTED, family_of, vision_config
 from ..errors import InputError, first_line
 from ..interventions import InterventionReport, intervene
 from ..interventions.report import METRICS
-from ..loading import CONFIG_ERRORS, check_structure, check_weight_files, from_pretrained, source_where
+from ..loading import auto_config, check_weight_files, from_pretrained, read_config, source_where
 from ..probes.dense import DenseOptions, dense_probe
 from ..probes.linear import ProbeSettings
 from .cards import ZOO_VERSION
@@ -151,23 +149,11 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Load a checkpoint for evaluation; every way it can fail is an InputError naming the cause."""
     local = os.path.isdir(source)
-    where = source_where(source, revision, InputError)
+    where = source_where(source, revision)
     training_args = _training_args(source, revision) if local else None
     _refuse_task_models(source, training_args)
-    try:
-        raw, _ = PreTrainedConfig.get_config_dict(source, revision=revision)
-    except CONFIG_ERRORS as error:
-        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
-    check_structure(raw, where, InputError)
-    try:
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
-    except CONFIG_ERRORS as error:
-        if isinstance(error, ValueError) and "trust_remote_code" in str(error):
-            raise InputError(
-                f"model: {where} runs its own code (config model_type needs remote code); pass --trust_remote_code "
-                "if you trust it."
-            ) from None
-        raise InputError(f"model: {where} could not be loaded: {first_line(error)}") from None
+    raw = read_config(source, revision, where)
+    config = auto_config(source, revision, trust_remote_code, where)
     architectures = config.architectures or []
     if family_of(config) is None:
         raise InputError(
@@ -175,7 +161,7 @@ def load_checkpoint(
             f"{config.model_type!r}); the diagnostics support these families (model_type; dual encoders through their "
             f"vision tower): {', '.join(SUPPORTED)}."
         )
-    check_weight_files(source, revision, raw, where, InputError)
+    check_weight_files(source, revision, raw, where)
     if not local:
         training_args = _training_args(source, revision)
         _refuse_task_models(source, training_args)
