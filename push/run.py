@@ -85,67 +85,71 @@ def main(argv: list[str]) -> int:
     if token is None and not args.dry_run:
         raise InputError("no token: set HF_TOKEN or run `hf auth login` (a write token for the org).")
     api = HfApi(endpoint=args.endpoint, token=token)
-    retry = {"wait": args.retry_wait}
-    log = Path(args.log)
     with tempfile.TemporaryDirectory(prefix="sink-models-push-") as staging:
-        staging = Path(staging)
-        records = {}
-        for name in args.names:
-            repo_id = f"{args.org}/{name}"
-            folder = stage_model(name, repo_id, ROOT, staging)
-            result = json.loads((folder / "results.json").read_text())
-            read = partial(plan, api, repo_id, folder, tag=ZOO_VERSION, mirror=True)
-            change = retried(read, f"{repo_id}: read", **retry)
-            stuck = change.exists and change.dirty and change.tag is None
-            if args.dry_run:
-                print(change.describe() + (f" (refused: tag {ZOO_VERSION} is published)" if stuck else ""))
-                records[name] = leaderboard_record(result, repo_id, "(new)" if change.dirty else change.head)
-                continue
-            if stuck:  # checked before anything is written
-                raise InputError(
-                    f"{repo_id}: {', '.join(change.changed + change.removed)} changed, but tag {ZOO_VERSION} is "
-                    "already published; a version never moves: raise sink_models.evaluation.cards.ZOO_VERSION."
-                )
-            parity = ""
-            if change.dirty:  # the fresh-process reload takes seconds: worth it only before a commit
-                parity = f" (parity {parity_check(folder, ROOT / 'zoo' / name):.1e})"
-            message = f"sink-models zoo {ZOO_VERSION}: {name}"
-            commit = _push(api, change, folder, message, log, ZOO_VERSION, private=args.private, **retry)
-            state = "created" if tag_commit(api, repo_id, ZOO_VERSION, commit, **retry) else "present"
-            print(f"{repo_id}: {_at(change, commit)}{parity}; tag {ZOO_VERSION} {state}")
-            records[name] = leaderboard_record(result, repo_id, commit)
-
-        dataset_id = f"{args.org}/{RESULTS_DATASET}"
-        folder = staging / RESULTS_DATASET
-        folder.mkdir()
-        for name, record in records.items():
-            (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
-        shutil.copyfile(SYNTHETIC, folder / SYNTHETIC.name)  # the leaderboard's task rows, as eval/run.py wrote them
-        (folder / "README.md").write_text(_dataset_card(args.org))
-        space_id = f"{args.org}/{SPACE}"
-        space = stage_space(ROOT / "spaces" / "leaderboard", dataset_id, staging / SPACE)
-        inspector_id = f"{args.org}/{INSPECTOR}"
-        zoo = [f"{args.org}/{name}" for name in args.names]
-        inspector = stage_inspector(ROOT / "spaces" / "inspector", zoo, staging / INSPECTOR)
-        for repo_id, kind, source, message in (
-            (dataset_id, "dataset", folder, "sink-models zoo results"),
-            (space_id, "space", space, "sink-models leaderboard"),
-            (inspector_id, "space", inspector, "sink-models inspector"),
-        ):
-            change = retried(partial(plan, api, repo_id, source, repo_type=kind), f"{repo_id}: read", **retry)
-            if args.dry_run:
-                print(change.describe())
-                continue
-            commit = _push(api, change, source, message, log, None, private=args.private, **retry)
-            print(f"{kind} {repo_id}: {_at(change, commit)}")
-        items = [(repo_id, "model") for repo_id in zoo]
-        items += [(dataset_id, "dataset"), (space_id, "space"), (inspector_id, "space")]
+        records = {name: _push_model(api, args, name, Path(staging)) for name in args.names}
+        items = [(f"{args.org}/{name}", "model") for name in args.names]
+        items += _push_results_and_spaces(api, args, records, Path(staging))
+        retry = {"wait": args.retry_wait}
         if args.dry_run:
             print(retried(partial(collection_plan, api, args.org, items), f"{args.org}: collection read", **retry))
             return 0
         added = add_to_collection(api, args.org, items, private=args.private, **retry)
         print(f"collection {COLLECTION!r}: {added} item(s) added, {len(items) - added} present")
     return 0
+
+
+def _push_model(api: HfApi, args: argparse.Namespace, name: str, staging: Path) -> dict:
+    """Stage, check and push (or with --dry-run describe) one zoo model's repo; its leaderboard record."""
+    repo_id, retry = f"{args.org}/{name}", {"wait": args.retry_wait}
+    folder = stage_model(name, repo_id, ROOT, staging)
+    result = json.loads((folder / "results.json").read_text())
+    read = partial(plan, api, repo_id, folder, tag=ZOO_VERSION, mirror=True)
+    change = retried(read, f"{repo_id}: read", **retry)
+    stuck = change.exists and change.dirty and change.tag is None
+    if args.dry_run:
+        print(change.describe() + (f" (refused: tag {ZOO_VERSION} is published)" if stuck else ""))
+        return leaderboard_record(result, repo_id, "(new)" if change.dirty else change.head)
+    if stuck:  # checked before anything is written to this repo
+        raise InputError(
+            f"{repo_id}: {', '.join(change.changed + change.removed)} changed, but tag {ZOO_VERSION} is "
+            "already published; a version never moves: raise sink_models.evaluation.cards.ZOO_VERSION."
+        )
+    parity = ""
+    if change.dirty:  # the fresh-process reload takes seconds: worth it only before a commit
+        parity = f" (parity {parity_check(folder, ROOT / 'zoo' / name):.1e})"
+    message = f"sink-models zoo {ZOO_VERSION}: {name}"
+    commit = _push(api, change, folder, message, Path(args.log), ZOO_VERSION, private=args.private, **retry)
+    state = "created" if tag_commit(api, repo_id, ZOO_VERSION, commit, **retry) else "present"
+    print(f"{repo_id}: {_at(change, commit)}{parity}; tag {ZOO_VERSION} {state}")
+    return leaderboard_record(result, repo_id, commit)
+
+
+def _push_results_and_spaces(api: HfApi, args: argparse.Namespace, records: dict, staging: Path) -> list:
+    """Stage and push (or describe) the results dataset and the two Spaces; their collection items."""
+    dataset_id = f"{args.org}/{RESULTS_DATASET}"
+    folder = staging / RESULTS_DATASET
+    folder.mkdir()
+    for name, record in records.items():
+        (folder / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    shutil.copyfile(SYNTHETIC, folder / SYNTHETIC.name)  # the leaderboard's task rows, as eval/run.py wrote them
+    (folder / "README.md").write_text(_dataset_card(args.org))
+    space_id, inspector_id = f"{args.org}/{SPACE}", f"{args.org}/{INSPECTOR}"
+    space = stage_space(ROOT / "spaces" / "leaderboard", dataset_id, staging / SPACE)
+    zoo = [f"{args.org}/{name}" for name in args.names]
+    inspector = stage_inspector(ROOT / "spaces" / "inspector", zoo, staging / INSPECTOR)
+    retry = {"wait": args.retry_wait}
+    for repo_id, kind, source, message in (
+        (dataset_id, "dataset", folder, "sink-models zoo results"),
+        (space_id, "space", space, "sink-models leaderboard"),
+        (inspector_id, "space", inspector, "sink-models inspector"),
+    ):
+        change = retried(partial(plan, api, repo_id, source, repo_type=kind), f"{repo_id}: read", **retry)
+        if args.dry_run:
+            print(change.describe())
+            continue
+        commit = _push(api, change, source, message, Path(args.log), None, private=args.private, **retry)
+        print(f"{kind} {repo_id}: {_at(change, commit)}")
+    return [(dataset_id, "dataset"), (space_id, "space"), (inspector_id, "space")]
 
 
 def _push(api: HfApi, change: Change, folder: Path, message: str, log: Path, tag: str | None, **options) -> str:

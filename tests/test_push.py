@@ -301,7 +301,7 @@ def test_the_space_and_the_collection(hub, pushed, tmp_path):
     space = hub.files(f"{ORG}/sink-zoo-leaderboard", "space")
     assert {"app.py", "leaderboard.py", "requirements.txt", "README.md"} <= set(space)
     assert space["results_repo.txt"].decode().strip() == f"{ORG}/sink-zoo-results"
-    assert space["leaderboard.py"] == (ROOT / "sink_models" / "leaderboard.py").read_bytes()
+    assert space["leaderboard.py"] == (ROOT / "sink_models" / "hub" / "leaderboard.py").read_bytes()
     assert b"sdk: gradio" in space["README.md"]
     collection = hub.collection(ORG, "Attention-sink ViT zoo")
     assert [(item["id"], item["type"]) for item in collection["items"]] == [
@@ -331,7 +331,7 @@ def test_the_inspector_space_carries_the_app_a_copy_of_the_library_and_the_pushe
     assert as_set(lines[1:]) == as_set(declared) and {"torch", "transformers"} <= {name for name, _ in as_set(declared)}
     assert space["zoo_models.txt"] == f"{REPO}\n".encode()  # the models of this push
     # The Space loads SinkViT checkpoints with its copy of the library, never with a repo's own code.
-    for path in ("modeling_sink_vit.py", "inspection/loading.py"):
+    for path in ("modeling_sink_vit.py", "loading.py", "hub/leaderboard.py"):
         assert space[f"sink_models/{path}"] == (ROOT / "sink_models" / path).read_bytes()
     assert not any("__pycache__" in path or path.endswith(".pyc") for path in space)
 

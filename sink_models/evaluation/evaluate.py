@@ -304,53 +304,23 @@ def evaluate_checkpoint(
     mapping, no_accuracy = label_map(model, data.labels)
     loader, indices = _eval_loader(checkpoint, images, args, accelerator)
     progress = tqdm(total=len(indices), desc=checkpoint.name, unit="img", disable=not show_progress)
-    rows: list[tuple[list[int], int]] = []
-    top = min(5, model.config.num_labels) if mapping is not None else 0
-
-    def keep(batch, outputs, count):
-        progress.update(count)
-        if mapping is None:
-            return
-        ranked = outputs.logits[:count].topk(top, dim=-1).indices.cpu().tolist()
-        for ranking, label in zip(ranked, batch["labels"][:count].tolist(), strict=True):
-            rows.append((ranking, mapping[label]))
-
-    unreadable = [0]
-
-    def readable(batches):
-        """Unreadable images (blanks labelled IGNORED by Collate) are counted and left out of everything."""
-        for batch in batches:
-            fine = batch["labels"] != IGNORED
-            unreadable[0] += int((~fine).sum())
-            progress.update(int((~fine).sum()))
-            if fine.any():
-                yield batch if fine.all() else {name: value[fine] for name, value in batch.items()}
-
+    scores = _Scores(mapping, min(5, model.config.num_labels) if mapping is not None else 0, progress)
     with progress, autocast(args.autocast, next(model.parameters()).device):
-        report = diagnose(model, readable(loader), accelerator=accelerator, on_outputs=keep)
-    skipped = unreadable[0]
-    if accelerator is not None and accelerator.num_processes > 1:
-        skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum"))
-    accuracy = None
-    if mapping is not None:
-        if accelerator is not None:
-            rows = accelerator.gather_for_metrics(rows, use_gather_object=True)
-        ks = [1, 5] if top >= 5 else [1]
-        accuracy = metric.compute(predictions=[r for r, _ in rows], references=[y for _, y in rows], k=ks)
-        accuracy["images"] = len(rows)
+        report = diagnose(model, scores.readable(loader), accelerator=accelerator, on_outputs=scores.keep)
+    dataset = {
+        "name": choice.dataset,
+        "options": parse_options(choice.options),
+        "split": choice.split,
+        "images": report.summary["images"],
+        "unreadable_images": scores.unreadable_images(accelerator),
+    }
     return {
         "name": checkpoint.name,
         "model": _model_record(checkpoint, model),
         "cost": measure_cost(model, next(iter(loader)) if len(loader) else None),
-        "dataset": {
-            "name": choice.dataset,
-            "options": parse_options(choice.options),
-            "split": choice.split,
-            "images": report.summary["images"],
-            "unreadable_images": skipped,
-        },
+        "dataset": dataset,
         "processes": 1 if accelerator is None else accelerator.num_processes,
-        "accuracy": accuracy,
+        "accuracy": scores.accuracy(metric, accelerator),
         "accuracy_note": no_accuracy,
         "sinks": report.summary,
         "layers": report.layers,
@@ -361,6 +331,46 @@ def evaluate_checkpoint(
         "versions": package_versions(),
         "date": date.today().isoformat(),
     } | _opt_in(checkpoint, data, choice, args, accelerator, show_progress), report
+
+
+class _Scores:
+    """What the evaluation pass keeps beside the report: each image's top-k ranking against its label mapped to the
+    model's classes (none when `mapping` is None), and the unreadable images (blanks labelled IGNORED by Collate),
+    which are counted and left out of everything."""
+
+    def __init__(self, mapping: list[int] | None, top: int, progress):
+        self.mapping, self.top, self.progress = mapping, top, progress
+        self.rows: list[tuple[list[int], int]] = []
+        self.unreadable = 0
+
+    def readable(self, batches):
+        for batch in batches:
+            fine = batch["labels"] != IGNORED
+            self.unreadable += int((~fine).sum())
+            self.progress.update(int((~fine).sum()))
+            if fine.any():
+                yield batch if fine.all() else {name: value[fine] for name, value in batch.items()}
+
+    def keep(self, batch, outputs, count) -> None:
+        self.progress.update(count)
+        if self.mapping is None:
+            return
+        ranked = outputs.logits[:count].topk(self.top, dim=-1).indices.cpu().tolist()
+        for ranking, label in zip(ranked, batch["labels"][:count].tolist(), strict=True):
+            self.rows.append((ranking, self.mapping[label]))
+
+    def unreadable_images(self, accelerator) -> int:
+        if accelerator is None or accelerator.num_processes == 1:
+            return self.unreadable
+        return int(accelerator.reduce(torch.tensor(self.unreadable, device=accelerator.device), "sum"))
+
+    def accuracy(self, metric, accelerator) -> dict | None:
+        if self.mapping is None:
+            return None
+        rows = self.rows if accelerator is None else accelerator.gather_for_metrics(self.rows, use_gather_object=True)
+        ks = [1, 5] if self.top >= 5 else [1]
+        accuracy = metric.compute(predictions=[r for r, _ in rows], references=[y for _, y in rows], k=ks)
+        return accuracy | {"images": len(rows)}
 
 
 def _eval_loader(checkpoint: Checkpoint, images, args: EvalArguments, accelerator) -> tuple:

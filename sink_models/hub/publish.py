@@ -131,7 +131,7 @@ def stage_inspector(app: Path, zoo: list[str], folder: Path) -> Path:
     folder.mkdir(parents=True)
     for name in INSPECTOR_FILES:
         shutil.copy2(app / name, folder / name)
-    package = Path(__file__).parent
+    package = Path(__file__).parents[1]  # sink_models, this file being sink_models/hub/publish.py
     shutil.copytree(package, folder / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     requires = [r for r in importlib.metadata.requires("sink-models") or [] if "extra ==" not in r]
     # CPU wheels of torch: the Space runs on a CPU, and the default index would fetch the CUDA build (GBs).
