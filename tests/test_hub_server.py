@@ -1,4 +1,4 @@
-"""The local Hub-compatible server (tests/hub_server.py) against the real huggingface_hub, datasets and transformers."""
+"""The local Hub-compatible server (tests/hub_server/) against the real huggingface_hub, datasets and transformers."""
 
 import hashlib
 import json
