@@ -428,17 +428,14 @@ def autocast(precision: str, device: torch.device):
 
 def load_choice(choice: DataChoice) -> ImageData:
     """The images of `choice` (its split serves as both splits); a bad dataset is an InputError."""
-    try:
-        return load_image_data(
-            choice.dataset,
-            image_column=choice.image_column,
-            label_column=choice.label_column,
-            train_split=choice.split,
-            eval_split=choice.split,
-            options=choice.options,
-        )
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    return load_image_data(
+        choice.dataset,
+        image_column=choice.image_column,
+        label_column=choice.label_column,
+        train_split=choice.split,
+        eval_split=choice.split,
+        options=choice.options,
+    )
 
 
 def intervention_report(

@@ -8,14 +8,10 @@ from pathlib import Path
 
 from ..evaluation.cards import markdown_table, merge_sections
 from ..files import atomic_write, save_figure
+from .reference import PAPER_MIOU, PAPER_SINKS
 
 DATASET = "canvas-digits"
 ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")
-# SCIENCE.md section 8: LeJEPA ViT-L, sinks per image (NOP, broadcast); "gating" is the elementwise gate.
-PAPER = {"plain": (0.25, 0.09), "gated": (0.00, 3.80), "gp-penalty": (0.00, 0.04)}
-# SCIENCE.md section 8: mIoU (%) of a linear probe, ADE20K / VOC, mean of 3 seeds; the paper has no global-pathway arm.
-PAPER_MIOU = {"plain": (16.6, 43.8), "gated": (18.6, 48.0), "gated-headwise": (18.5, 47.6), "reg": (18.7, 49.9),
-              "gated-reg": (20.0, 52.2)}  # fmt: skip
 
 
 def arm(result: dict) -> str:
@@ -165,7 +161,7 @@ def _means(numbers: dict[str, dict[int, dict]], columns: dict[str, str], against
     for name, runs in numbers.items():
         cells = [spread([n[key] for n in runs.values()]) for key in columns]
         if against_paper:
-            paper = "{:.2f} / {:.2f}".format(*PAPER[name]) if name in PAPER else ""
+            paper = "{:.2f} / {:.2f}".format(*PAPER_SINKS[name]) if name in PAPER_SINKS else ""
             cells = [len(runs), *cells, paper]
         rows.append([name, *cells])
     headings = [*columns.values()]

@@ -25,7 +25,8 @@ from ..files import atomic_write, write_json
 from ..interventions.intervene import intervene
 from ..interventions.report import InterventionReport
 from ..vocabulary import CLASSES
-from .synthetic import _loss, load_task_model
+from .reference import PAPER_TOY
+from .synthetic import load_task_model, task_loss
 
 TASK_BATCHES, TASK_BATCH_SIZE = 2, 256  # sequences edited; as many more give the mean sink value
 # The NOP task routes only its NOP queries (about half) to the null token, so the 90%-of-queries rule never fires
@@ -40,15 +41,6 @@ SHORT |= {
     "zero_random_nonsink_value": "zero non-sink",
 }
 EDITS = tuple(SHORT)
-# The paper's toy notebooks (KempnerInstitute/attention_sink, toy/notebooks/{noop,broadcast}_causal_intervention.ipynb,
-# stored outputs; d = 64, L = 32, one seed), (task, layer): the RMS of the output change per edit in EDITS' order
-# (absolute: the NOP queries' outputs have RMS ~1, the broadcast task's ~1.4), the donor payload cosine, and the task
-# MSE before / with the sink value zeroed.
-PAPER_TOY = {
-    ("nop", 1): ((0.0078, None, 0.0, 0.979, 0.4995, None), None, (0.0187, 0.0187)),
-    ("broadcast", 1): ((2.07, None, 0.232, 0.441, 0.725, 0.065), 0.162, (0.0481, 4.37)),
-    ("broadcast", 2): ((1.72, None, 1.36, 1.39, 1.46, 0.026), 0.944, (0.0481, 3.07)),
-}
 
 
 def causal_runs(
@@ -78,7 +70,7 @@ def _task_run(folder: str) -> dict:
     report = intervene(model.sink_vit, edited, heads=heads, held_out=held_out, thresholds=EVERY_SEQUENCE)
     # The task loss with head 0's sink value zeroed (A held fixed: a value edit leaves q and k alone).
     data, layers = batches[:TASK_BATCHES], range(config.num_hidden_layers)
-    mse = [[_loss(model, data), _loss(model, data, zero=(layer, _sinks(report, layer)))] for layer in layers]
+    mse = [[task_loss(model, data), task_loss(model, data, zero=(layer, _sinks(report, layer)))] for layer in layers]
     return _run(folder, args, report) | {"task": task.kind, "mse": mse}
 
 

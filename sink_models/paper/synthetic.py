@@ -23,6 +23,7 @@ from ..evaluation.evaluate import checkpoint_name
 from ..files import atomic_write, save_figure, write_json
 from ..tasks import SinkTask, TokenRegressor
 from ..vocabulary import CLASSES, TOKEN_TYPES
+from .reference import PAPER_ARMS
 
 EVAL_BATCHES, EVAL_BATCH_SIZE = 4, 256
 # The columns of the table, in order: (key, heading).
@@ -56,14 +57,6 @@ COLUMNS = (
     ("cosine_via_sink", "cosine via sink"),
     ("cosine_via_g", "cosine via g"),
 )
-# The paper's controlled broadcast arms (SCIENCE.md section 8; KempnerInstitute/attention_sink,
-# toy/global_pathway/README.md, means over 5 seeds at d = 64, L = 32, 30,000 steps): name -> (variant, penalised,
-# numbers in ARM_COLUMNS order, None where the arm has no pathway).
-ARMS = {
-    "attention": ("plain", False, (0.1397, 0.888, 0.906, 2.906, None, 0.962, None)),
-    "+ global": ("gp", False, (0.1402, 0.103, 0.908, 2.875, 0.515, 0.957, 0.203)),
-    "+ global + penalty": ("gp", True, (0.1441, 0.062, 0.057, 0.004, 1.644, -0.035, 0.892)),
-}
 # (layer, row key, heading) of the arms table.
 ARM_COLUMNS = (
     (1, "loss", "task MSE"),
@@ -128,7 +121,7 @@ def analyse(
     every = diagnose(model.sink_vit, pixels, thresholds=Thresholds(event=0.0)).events
     # The paper's rule picks the records whose routed share reaches its threshold; nothing else depends on it.
     events = [r for r in every if r["routed_frac"] >= Thresholds().event]
-    loss = _loss(model, batches)
+    loss = task_loss(model, batches)
 
     rows = []
     for layer in range(config.num_hidden_layers):
@@ -138,22 +131,13 @@ def analyse(
         sinks = torch.tensor([r["sink"] for r in sorted(records, key=lambda r: r["image"])])
         row = {"name": name, "variant": variant, "task": task.kind, "seed": seed, "penalty": penalty}
         row.update(layer=layer + 1, loss=loss)
-        row["loss_sink_zeroed"] = _loss(model, batches, zero=(layer, sinks))
-        if task.kind == "nop":
-            null = queries[..., 0]
-            row["null_attention_nop"] = float(null[~active].mean())
-            row["null_attention_active"] = float(null[active].mean())
-            row["attention_jstar"] = None
-        else:
-            row["null_attention_nop"] = row["null_attention_active"] = None
-            to_jstar = queries.gather(2, (prefix + jstar)[:, None, None].expand(-1, queries.shape[1], 1))
-            row["attention_jstar"] = float(to_jstar.mean())
-        registers = config.num_register_tokens
+        row["loss_sink_zeroed"] = task_loss(model, batches, zero=(layer, sinks))
+        row |= _routing(task.kind, queries, active, jstar, prefix)
         row["attention_registers"] = row["loss_registers_zeroed"] = None
-        if registers:
+        if config.num_register_tokens:
             row["attention_registers"] = float(queries[..., 1:prefix].sum(-1).mean())
             every_register = torch.arange(1, prefix).expand(len(tokens), -1)
-            row["loss_registers_zeroed"] = _loss(model, batches, zero=(layer, every_register))
+            row["loss_registers_zeroed"] = task_loss(model, batches, zero=(layer, every_register))
         for kind in TOKEN_TYPES:
             row[f"sink_{kind}"] = sum(r["token_type"] == kind for r in records) / len(records)
         for key in ("ratio_out", "stable_rank", "common_mode"):
@@ -161,14 +145,7 @@ def analyse(
         layer_events = [e for e in events if e["layer"] == layer and e["head"] == 0]
         for kind in CLASSES:
             row[f"events_{kind}"] = sum(e["class"] == kind for e in layer_events) / len(records)
-        row["gate_nop"] = row["gate_active"] = None
-        if config.attention_gate != "none":
-            gate = torch.cat([out.gate_values[layer] for out in outputs])[:, prefix:]  # sequences, L, heads|C
-            per_query = gate.reshape(*gate.shape[:2], config.num_attention_heads, -1).mean(-1)[..., 0]
-            if task.kind == "nop":
-                row["gate_nop"], row["gate_active"] = float(per_query[~active].mean()), float(per_query[active].mean())
-            else:
-                row["gate_active"] = float(per_query.mean())
+        row |= _gates(config, [out.gate_values for out in outputs], layer, task.kind, active)
         # The paper's max inflow (its Eq. 2): the most attention one key gets, averaged over the task's queries.
         row["inflow"] = float(queries.mean(dim=1).amax(dim=-1).mean())
         row.update(ablations(model, task, batches, layer, loss))
@@ -221,6 +198,33 @@ def ablations(model: TokenRegressor, task: SinkTask, batches: list[dict], layer:
     for key, values in cosines.items():
         result[f"cosine_via_{key}"] = float(torch.cat(values).mean()) if values else None
     return result
+
+
+def _routing(kind: str, queries: torch.Tensor, active: torch.Tensor, jstar: torch.Tensor, prefix: int) -> dict:
+    """Where head 0's task queries send their attention: the NOP task's null token, by NOP and active queries; the
+    broadcast task's key token j*."""
+    if kind == "nop":
+        null = queries[..., 0]
+        return {
+            "null_attention_nop": float(null[~active].mean()),
+            "null_attention_active": float(null[active].mean()),
+            "attention_jstar": None,
+        }
+    to_jstar = queries.gather(2, (prefix + jstar)[:, None, None].expand(-1, queries.shape[1], 1))
+    return {"null_attention_nop": None, "null_attention_active": None, "attention_jstar": float(to_jstar.mean())}
+
+
+def _gates(config, gate_values: list, layer: int, kind: str, active: torch.Tensor) -> dict:
+    """Head 0's mean gate over the task's queries (the NOP task: by NOP and active queries); None without a gate."""
+    row = {"gate_nop": None, "gate_active": None}
+    if config.attention_gate == "none":
+        return row
+    prefix = config.num_prefix_tokens
+    gate = torch.cat([values[layer] for values in gate_values])[:, prefix:]  # sequences, L, heads|C
+    per_query = gate.reshape(*gate.shape[:2], config.num_attention_heads, -1).mean(-1)[..., 0]
+    if kind == "nop":
+        return {"gate_nop": float(per_query[~active].mean()), "gate_active": float(per_query[active].mean())}
+    return row | {"gate_active": float(per_query.mean())}
 
 
 def transfer_cosine(change: torch.Tensor, jstar: torch.Tensor, desired: torch.Tensor) -> torch.Tensor:
@@ -280,7 +284,7 @@ def _zero_first(module, args, output):
     return (torch.zeros_like(output[0]), *output[1:])
 
 
-def _loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Tensor] | None = None) -> float:
+def task_loss(model: TokenRegressor, batches: list[dict], zero: tuple[int, torch.Tensor] | None = None) -> float:
     """Held-out MSE; with `zero=(layer, tokens)` head 0's value of token tokens[i] (or of each token in the row
     tokens[i]) of sequence i is zeroed in that layer.
 
@@ -314,10 +318,10 @@ def table(rows: list[dict]) -> str:
 
 
 def arms_table(rows: list[dict]) -> str:
-    """The paper's controlled broadcast arms (ARMS) among `rows`: one line per seed, their mean (None where a seed
+    """The paper's controlled broadcast arms (PAPER_ARMS) among `rows`: one line per seed, their mean (None where a seed
     has None) and the paper's numbers, in ARM_COLUMNS; empty text when no row is one of the arms."""
     lines = []
-    for arm, (variant, penalised, paper) in ARMS.items():
+    for arm, (variant, penalised, paper) in PAPER_ARMS.items():
         runs = {}  # (seed, name) -> layer -> row
         for row in rows:
             if (row["task"], row["variant"], bool(row["penalty"])) == ("broadcast", variant, penalised):
