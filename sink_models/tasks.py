@@ -1,4 +1,4 @@
-"""The paper's two synthetic sink tasks (SCIENCE.md section 5) and the toy model that learns them.
+"""The paper's two synthetic sink tasks (docs/science.md section 5) and the toy model that learns them.
 
 A batch of L tokens x_i ~ N(0, I_d) is a 1 x L "image" with d channels and patch size 1, so token i of a SinkViT
 is x_i and its CLS token plays the learned null (BOS) token. Batches are generated on the fly, each from its own
@@ -55,7 +55,7 @@ class SinkTask:
         return {"pixel_values": tokens.transpose(1, 2).unsqueeze(2), "targets": self.targets(tokens)}
 
     def model_config(self, **fields) -> SinkViTConfig:
-        """A SinkViT reading a 1 x L image with patch size 1; attention without biases (SCIENCE.md section 5)."""
+        """A SinkViT reading a 1 x L image with patch size 1; attention without biases (docs/science.md section 5)."""
         defaults = {
             "image_size": (1, self.length),
             "patch_size": 1,

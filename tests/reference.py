@@ -1,4 +1,4 @@
-"""An independent SinkViT forward written from the equations (SCIENCE.md sections 1 and 4) with plain torch ops:
+"""An independent SinkViT forward written from the equations (docs/science.md sections 1 and 4) with plain torch ops:
 explicit per-head softmax attention, no attention registry, no modules. Tests compare the model against it."""
 
 import math
@@ -14,7 +14,7 @@ def _pair(value):
 def reference_tokens(model, pixel_values: torch.Tensor, zero_values: dict | None = None) -> dict:
     """Final normed tokens, the residual stream before that norm, per-layer attention maps and gates, computed from
     `model`'s parameters alone. `zero_values={layer: tokens}` zeroes head 0's value of token tokens[i] (or of the
-    tokens in row tokens[i]) of image i in that layer (the causal check of SCIENCE.md section 6)."""
+    tokens in row tokens[i]) of image i in that layer (the causal check of docs/science.md section 6)."""
     config = model.config
     p = {name: t.detach().double() for name, t in model.base_model.named_parameters()}
     x = pixel_values.double()

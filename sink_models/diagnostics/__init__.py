@@ -1,4 +1,4 @@
-"""Sink diagnostics: tell adaptive-NOP sinks from broadcast sinks, per layer and head (SCIENCE.md sections 2-3)."""
+"""Sink diagnostics: tell adaptive-NOP sinks from broadcast sinks, per layer and head (docs/science.md sections 2-3)."""
 
 from .diagnose import diagnose
 from .families import SUPPORTED, family_of

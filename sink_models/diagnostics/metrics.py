@@ -1,4 +1,4 @@
-"""The paper's per-(image, head) sink quantities for one layer (SCIENCE.md sections 2-3), computed exactly.
+"""The paper's per-(image, head) sink quantities for one layer (docs/science.md sections 2-3), computed exactly.
 
 Everything that depends on the output projection goes through the head's d_h x d_h matrix P = M M^T,
 M = W_O^h^T diag(gamma) (d_h x C), and a factor P = F F^T: ||u_j|| = ||F^T v_j||, ||U||_F^2 = tr(G P) with

@@ -366,10 +366,10 @@ def _interventions(block: dict) -> str:
     settings, checks = block["settings"], block["checks"]
     intro = (
         "## Causal interventions\n\nOne sink head edited at a time with its attention held fixed, the rest of the "
-        f"network run unchanged (SCIENCE.md section 8), on {settings['images']} evaluation images; the heads are those "
-        "with the most NOP and broadcast events. Relative RMS change of the final patch tokens (the sink's own token "
-        "left out): the mean over heads of each head's mean over its sink events, with (heads / events). A NOP sink's "
-        "value edits should change nothing; a broadcast sink's should move every token."
+        f"network run unchanged (the paper's single-head edits), on {settings['images']} evaluation images; the heads "
+        "are those with the most NOP and broadcast events. Relative RMS change of the final patch tokens (the sink's "
+        "own token left out): the mean over heads of each head's mean over its sink events, with (heads / events). A "
+        "NOP sink's value edits should change nothing; a broadcast sink's should move every token."
     )
     if not rows:
         return intro + "\n\nNone: no selected head has a sink event on these images."

@@ -469,7 +469,7 @@ def intervention_report(
 
 
 def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments, progress: bool = False) -> dict:
-    """A linear probe of the frozen patch tokens (SCIENCE.md section 8) on `dense_probe_dataset`, or for a
+    """A linear probe of the frozen patch tokens (docs/science.md section 8) on `dense_probe_dataset`, or for a
     canvas-digits model on the label maps of its canvases: trained on the training split, scored on the held-out one
     (its first `max_images`)."""
     dataset = args.dense_probe_dataset or (CANVAS if choice.dataset == CANVAS else None)

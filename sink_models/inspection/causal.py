@@ -1,5 +1,5 @@
-"""`sink-models inspect --interventions`: the causal edits of SCIENCE.md section 8 on the inspected images (the heads
-the diagnostics select, or those given), their section of report.md and the text the command prints."""
+"""`sink-models inspect --interventions`: the causal edits of docs/science.md section 8 on the inspected images (the
+heads the diagnostics select, or those given), their section of report.md and the text the command prints."""
 
 import sys
 from collections.abc import Iterator, Sequence

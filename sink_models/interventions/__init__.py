@@ -1,5 +1,5 @@
 """Causal interventions: edit one sink head at a time, attention held fixed, and measure what changes downstream
-(SCIENCE.md sections 6 and 8; the paper's vit_causal), on every family the diagnostics support."""
+(docs/science.md sections 6 and 8; the paper's vit_causal), on every family the diagnostics support."""
 
 from .edits import DEFAULT_EDITS, EDITS
 from .intervene import intervene

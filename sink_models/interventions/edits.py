@@ -1,4 +1,4 @@
-"""The paper's single-head edits (SCIENCE.md section 8), on one head's attention A (batch, N, N) and values v
+"""The paper's single-head edits (docs/science.md section 8), on one head's attention A (batch, N, N) and values v
 (batch, N, d_h) with A held fixed: what each edit puts in place of the sink's value or attention, and the float64
 check that a value edit changes the head's update by exactly A_{:,p} (u'_p - u_p) at the patched token p."""
 

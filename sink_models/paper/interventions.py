@@ -1,4 +1,4 @@
-"""The paper's causal signatures on our own zoo (SCIENCE.md sections 5, 6 and 8): `intervene` on the synthetic-task
+"""The paper's causal signatures on our own zoo (docs/science.md sections 5, 6 and 8): `intervene` on the synthetic-task
 models (every head) and on the canvas image models (the heads `select_heads` picks), written to
 results/interventions.{json,md,png} beside the paper's numbers."""
 
@@ -30,7 +30,8 @@ from .synthetic import load_task_model, task_loss
 
 TASK_BATCHES, TASK_BATCH_SIZE = 2, 256  # sequences edited; as many more give the mean sink value
 # The NOP task routes only its NOP queries (about half) to the null token, so the 90%-of-queries rule never fires
-# there (SCIENCE.md section 5): every (sequence, head) counts as an event at its dominant key; the class rule decides.
+# there (docs/science.md section 5): every (sequence, head) counts as an event at its dominant key; the class rule
+# decides.
 EVERY_SEQUENCE = Thresholds(event=0.0)
 MIN_EVENTS = 5  # a head enters a class with this many events of it (the paper: 20 of 4,096 images)
 # The paper's edits in its column order (the control last), with the short names of the tables.
@@ -220,11 +221,11 @@ def _header(runs: list[dict], images: int) -> str:
     checks = {name: max(run["report"].checks[name] for run in runs) for name in ("local_identity_max", "noop_max")}
     return (
         "Measured by `python eval/run.py --suite interventions` (`sink_models.paper.interventions`): one head edited "
-        "at a time with its attention held fixed, the rest of the network run unchanged (SCIENCE.md section 8). Cells: "
-        "final_patch_relrms, the relative RMS change of the final patch tokens (the sink's own token left out), the "
-        "mean over heads of each head's mean over its events; heads are units, pooled over the seeds; a head enters "
-        f"a class with at least {MIN_EVENTS} events of it. Donor cos: cosine between the mean patch change and the "
-        "donor's mean final patch minus the own, for the donor's sink value.\n\n"
+        "at a time with its attention held fixed, the rest of the network run unchanged (docs/science.md section 8). "
+        "Cells: final_patch_relrms, the relative RMS change of the final patch tokens (the sink's own token left "
+        "out), the mean over heads of each head's mean over its events; heads are units, pooled over the seeds; a "
+        f"head enters a class with at least {MIN_EVENTS} events of it. Donor cos: cosine between the mean patch change "
+        "and the donor's mean final patch minus the own, for the donor's sink value.\n\n"
         f"Synthetic-task models: every head, on {TASK_BATCHES * TASK_BATCH_SIZE} held-out sequences (as many more for "
         "the mean sink value); every (sequence, head) is an event at its dominant key, since the NOP task routes only "
         "its NOP queries (about half) to the null token and the 90% rule never fires there; the class rule "
@@ -236,7 +237,7 @@ def _header(runs: list[dict], images: int) -> str:
         f"no-op edit max {checks['noop_max']:.1e} (relative change of an unedited re-run through the edit path).\n\n"
         "The paper's DINOv2 figures (`vit_causal/results/by_class.md`, the numbers of its Figure 6 / 18 captions) are "
         "not in its public repository, which holds the code that writes them (`vit_causal/analyze.py`, "
-        "`figures/fig6_causal_interventions.py`) but no results; its claim (SCIENCE.md section 6): zeroing a NOP "
+        "`figures/fig6_causal_interventions.py`) but no results; its claim (docs/science.md section 6): zeroing a NOP "
         "sink's value changes ~nothing downstream, zeroing a broadcast sink's value changes the output a lot, and a "
         "donor's sink value carries the donor's global information. The 'paper toy' rows are the stored outputs of "
         "its toy notebooks (`toy/notebooks/noop_causal_intervention.ipynb`, Table 2, NOP queries; "

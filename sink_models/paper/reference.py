@@ -2,9 +2,10 @@
 "A Unifying View of Attention Sinks: Two Algorithms, Two Solutions", 2026, and its public code,
 KempnerInstitute/attention_sink; definitions in docs/science.md)."""
 
-# SCIENCE.md section 8: LeJEPA ViT-L, sinks per image (NOP, broadcast); "gating" is the elementwise gate.
+# docs/science.md section 8: LeJEPA ViT-L, sinks per image (NOP, broadcast); "gating" is the elementwise gate.
 PAPER_SINKS = {"plain": (0.25, 0.09), "gated": (0.00, 3.80), "gp-penalty": (0.00, 0.04)}
-# SCIENCE.md section 8: mIoU (%) of a linear probe, ADE20K / VOC, mean of 3 seeds; the paper has no global-pathway arm.
+# docs/science.md section 8: mIoU (%) of a linear probe, ADE20K / VOC, mean of 3 seeds; the paper has no
+# global-pathway arm.
 PAPER_MIOU = {"plain": (16.6, 43.8), "gated": (18.6, 48.0), "gated-headwise": (18.5, 47.6), "reg": (18.7, 49.9),
               "gated-reg": (20.0, 52.2)}  # fmt: skip
 
@@ -18,7 +19,7 @@ PAPER_TOY = {
     ("broadcast", 2): ((1.72, None, 1.36, 1.39, 1.46, 0.026), 0.944, (0.0481, 3.07)),
 }
 
-# The paper's controlled broadcast arms (SCIENCE.md section 8; KempnerInstitute/attention_sink,
+# The paper's controlled broadcast arms (docs/science.md section 8; KempnerInstitute/attention_sink,
 # toy/global_pathway/README.md, means over 5 seeds at d = 64, L = 32, 30,000 steps): name -> (variant, penalised,
 # numbers in the order of synthetic.ARM_COLUMNS, None where the arm has no pathway).
 PAPER_ARMS = {

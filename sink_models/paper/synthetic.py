@@ -1,9 +1,8 @@
-"""The paper's synthetic findings (SCIENCE.md sections 5-6 and 8): what a model trained on the NOP or broadcast task
-does with its attention, per layer: routing of NOP / active queries to the null (BOS) token, attention to the task's
-key token j*, where the sink sits, ratio_out, stable rank and common-mode fraction of the head's update, sink
-events by class, the gate, the task loss, the causal check (the loss with the sink's value zeroed), and the
-paper's controlled-arm measures (max inflow, the attention and global-pathway ablations, donor-transfer cosines).
-"""
+"""The paper's synthetic findings (docs/science.md sections 5-6 and 8): what a model trained on the NOP or broadcast
+task does with its attention, per layer: routing of NOP / active queries to the null (BOS) token, attention to the
+task's key token j*, where the sink sits, ratio_out, stable rank and common-mode fraction of the head's update, sink
+events by class, the gate, the task loss, the causal check (the loss with the sink's value zeroed), and the paper's
+controlled-arm measures (max inflow, the attention and global-pathway ablations, donor-transfer cosines)."""
 
 import json
 from dataclasses import replace

@@ -1,4 +1,4 @@
-"""Dense probes of a checkpoint (SCIENCE.md section 8): frozen patch features and patch / pixel labels from
+"""Dense probes of a checkpoint (docs/science.md section 8): frozen patch features and patch / pixel labels from
 canvas-digits' label maps, or from an image segmentation dataset (a Hub id or a local imagefolder with a mask column,
 as ADE20K and Pascal VOC are published), then `probes.linear_probe` on them."""
 
