@@ -4,29 +4,28 @@ them in tensors (ints) and as reports, results and cards name them (lower-case s
 from enum import IntEnum
 
 
-class SinkClass(IntEnum):
-    """What a sink event's head computes (docs/science.md): a NOP (the sink's value is negligible), a broadcast (a
-    large sink value spread as a near rank-one update), or neither."""
+class _Named(IntEnum):
+    @property
+    def label(self) -> str:
+        """The name reports use: the member's, in lower case."""
+        return self.name.lower()
+
+
+class SinkClass(_Named):
+    """What a sink event's head computes (docs/science.md section 2): a NOP (the sink's value is negligible), a
+    broadcast (a large sink value spread as a near rank-one update), or neither."""
 
     NOP = 0
     BROADCAST = 1
     OTHER = 2
 
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
-
-class TokenType(IntEnum):
-    """Where a sink sits: a CLS token, a register, or a patch (the order of the tokens in a ViT's sequence)."""
+class TokenType(_Named):
+    """Where a sink sits: a CLS token, a register, or a patch (their order in a ViT's sequence)."""
 
     CLS = 0
     REGISTER = 1
     PATCH = 2
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
 
 
 CLASSES = tuple(c.label for c in SinkClass)  # ("nop", "broadcast", "other")

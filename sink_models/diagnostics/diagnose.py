@@ -22,7 +22,7 @@ def diagnose(
     attention_image: int = 0,
     on_outputs: Callable[[object, object, int], None] | None = None,
 ) -> SinkReport:
-    """Sink diagnostics (SCIENCE.md sections 2-3) of `model` on the images of `batches`.
+    """Sink diagnostics (docs/science.md sections 2-3) of `model` on the images of `batches`.
 
     `model` is a SinkViT or a stock vision encoder of a supported family (`sink_models.diagnostics.SUPPORTED`), base,
     with a head, or a dual encoder (CLIP, SigLIP, ...), whose `vision_model` is diagnosed. `batches` yields the image
@@ -194,6 +194,25 @@ def forward_options(inputs: dict, adapter: Adapter) -> dict:
     pixels, (ph, pw) = inputs["pixel_values"], adapter.patch_size
     patches = (pixels.shape[-2] // ph) * (pixels.shape[-1] // pw)
     return {"noise": torch.arange(patches, device=pixels.device, dtype=torch.float32).expand(len(pixels), -1)}
+
+
+def run_forward(adapter: Adapter, inputs: dict) -> dict:
+    """Final tokens and logits (None without a head) of the vision forward. A classifier's final tokens are its base
+    model's first output (last_hidden_state), read by a hook."""
+    kept = {}
+    classifier = type(adapter.forward).__name__.endswith("ForImageClassification")
+    handle = None
+    if classifier:
+        handle = adapter.forward.base_model.register_forward_hook(lambda m, a, o: kept.__setitem__("tokens", o[0]))
+    try:
+        outputs = adapter.forward(**inputs, **forward_options(inputs, adapter))
+    finally:
+        if handle is not None:
+            handle.remove()
+    tokens = kept.get("tokens")
+    if tokens is None:
+        tokens = outputs["last_hidden_state"] if "last_hidden_state" in outputs else outputs[0]
+    return {"tokens": tokens.float(), "logits": outputs.get("logits") if hasattr(outputs, "get") else None}
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """`intervene`: edit one sink head at a time with its attention held fixed, run the rest of the network unchanged,
-and measure how far the final patch tokens (and the logits) move (SCIENCE.md section 8; the paper's vit_causal)."""
+and measure how far the final patch tokens (and the logits) move (docs/science.md section 8; the paper's vit_causal)."""
 
 from collections.abc import Iterable
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from ..diagnostics import Thresholds, diagnose
 from ..diagnostics.capture import Adapter, Kernel, adapter_for, kernel_handlers
-from ..diagnostics.diagnose import model_inputs, valid_tokens
+from ..diagnostics.diagnose import model_inputs, run_forward, valid_tokens
 from ..diagnostics.report import finite_or_none
 from ..errors import InputError
 from ..vocabulary import CLASSES, TOKEN_TYPES
@@ -132,9 +132,7 @@ class _Run:
 
     def forward(self, inputs: dict):
         """The model's outputs, and its final tokens where a head hides them."""
-        from .measure import run_forward
-
-        return run_forward(self.model, self.adapter, inputs)
+        return run_forward(self.adapter, inputs)
 
     def _head(self, index, inputs, baseline, layer, head, kernel, metrics, valid) -> None:
         event = metrics["event"].cpu()

@@ -5,8 +5,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..diagnostics.diagnose import forward_options
-
 
 @dataclass
 class Baseline:
@@ -22,25 +20,6 @@ class Baseline:
     def of(cls, outputs: dict, valid, labels) -> "Baseline":
         labels = None if labels is None else labels.to(outputs["tokens"].device)
         return cls(outputs["tokens"], outputs["logits"], labels, valid)
-
-
-def run_forward(model, adapter, inputs: dict) -> dict:
-    """Final tokens and logits (None without a head) of the vision forward. A classifier's final tokens are its base
-    model's first output (last_hidden_state), read by a hook."""
-    kept = {}
-    classifier = type(adapter.forward).__name__.endswith("ForImageClassification")
-    handle = None
-    if classifier:
-        handle = adapter.forward.base_model.register_forward_hook(lambda m, a, o: kept.__setitem__("tokens", o[0]))
-    try:
-        outputs = adapter.forward(**inputs, **forward_options(inputs, adapter))
-    finally:
-        if handle is not None:
-            handle.remove()
-    tokens = kept.get("tokens")
-    if tokens is None:
-        tokens = outputs["last_hidden_state"] if "last_hidden_state" in outputs else outputs[0]
-    return {"tokens": tokens.float(), "logits": outputs.get("logits") if hasattr(outputs, "get") else None}
 
 
 def patch_mask(baseline: Baseline, first: int, sink: torch.Tensor | None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Dense linear probes on frozen patch tokens (SCIENCE.md section 8): the paper's headline metric for registers and
+"""Dense linear probes on frozen patch tokens (docs/science.md section 8): the paper's headline metric for registers and
 gates. `patch_features` reads the patch tokens of any model the diagnostics support; `linear_probe` trains a per-patch
 linear classifier on them and reports mIoU and accuracy on held-out patches (and pixels, when pixel maps are given)."""
 
@@ -13,9 +13,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..diagnostics.capture import Adapter, adapter_for
-from ..diagnostics.diagnose import all_patches_kept, model_inputs
+from ..diagnostics.diagnose import all_patches_kept, model_inputs, run_forward
 from ..errors import InputError
-from ..interventions.measure import run_forward
 
 
 def patch_features(model: nn.Module, batches: Iterable, layer: int | None = None) -> torch.Tensor:
@@ -66,7 +65,7 @@ def _patch_tokens(adapter: Adapter, inputs: dict, layers: Sequence[int | None]) 
         )
     try:
         with all_patches_kept(adapter):
-            kept[None] = run_forward(adapter.forward, adapter, inputs | _interpolation(adapter, inputs))["tokens"]
+            kept[None] = run_forward(adapter, inputs | _interpolation(adapter, inputs))["tokens"]
     finally:
         for handle in handles:
             handle.remove()
