@@ -13,6 +13,7 @@ from ..configuration_sink_vit import SinkViTConfig, as_pair
 from ..data import Canvas, loader_options, parse_options
 from ..errors import InputError, is_int, json_object
 from ..presets import VARIANTS, check_variant
+from ..tasks import TASKS
 
 
 @dataclass
@@ -176,6 +177,8 @@ def checked_inputs(model_args: ModelArguments, data_args: DataArguments, args: T
                 f"model_overrides: {name!r} is no SinkViTConfig field;{hint} allowed: {own} "
                 "(or a PreTrainedConfig field)."
             )
+    if data_args.streaming and data_args.dataset in TASKS:
+        raise InputError(f"streaming: {data_args.dataset!r} is generated, not read; allowed: an image dataset.")
     return overrides
 
 

@@ -37,3 +37,12 @@ def set_torch_threads(args: TrainArguments, data_args: DataArguments, accelerato
     threads = torch_threads(cores, processes, workers)
     torch.set_num_threads(threads)
     return {"threads": threads, "from": "cores", "cores": cores, "processes": processes, "loader_workers": workers}
+
+
+def threads_message(threads: dict) -> str:
+    """The line that says how many torch threads each process runs and why, from set_torch_threads's record."""
+    why = {"torch_threads": "--torch_threads", "OMP_NUM_THREADS": "OMP_NUM_THREADS"}.get(threads["from"])
+    if why is None:
+        why = (f"{threads['cores']} cores less one, {threads['processes']} process(es), "
+               f"{threads['loader_workers']} loader workers each")  # fmt: skip
+    return f"torch threads: {threads['threads']} per process ({why})"
