@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from test_training import SMALL, arguments
 
 from sink_models.errors import InputError
-from sink_models.resume import CheckpointError, write_manifest
 from sink_models.training import train
+from sink_models.training.resume import CheckpointError, write_manifest
 
 ROOT = Path(__file__).parents[1]
 FIELDS = {"max_steps": 6, "save_steps": 3}
@@ -155,7 +155,7 @@ def test_auto_resume_skips_a_damaged_latest_checkpoint_and_stays_exact(finished,
     damage(step)
     name = reason.split(":")[0]
     size = (step / name).stat().st_size if (step / name).exists() else None
-    with caplog.at_level(logging.WARNING, logger="sink_models.resume"):
+    with caplog.at_level(logging.WARNING, logger="sink_models.training.resume"):
         summary = resume(run)
     expected = f"resume_from_checkpoint: skipped step_6: {step}/{reason.format(size=size, listed=listed.get(name))}"
     assert [record.getMessage() for record in caplog.records] == [expected]
@@ -190,7 +190,7 @@ def test_when_no_checkpoint_verifies_auto_refuses_instead_of_starting_over(run, 
     for step in (3, 6):
         (run / "checkpoints" / f"step_{step}" / "manifest.json").unlink()
     log = (run / "metrics.jsonl").read_text()
-    with pytest.raises(InputError) as error, caplog.at_level(logging.WARNING, logger="sink_models.resume"):
+    with pytest.raises(InputError) as error, caplog.at_level(logging.WARNING, logger="sink_models.training.resume"):
         resume(run)
     assert str(error.value) == (
         f"resume_from_checkpoint: none of the 2 checkpoints in {run / 'checkpoints'} verifies (each reason above); "

@@ -20,7 +20,7 @@ import torch
 from accelerate.utils import DistributedType, get_torch_accelerator_backend
 from safetensors.torch import load_file
 
-from .errors import InputError, is_int
+from ..errors import InputError, is_int
 
 logger = logging.getLogger(__name__)
 
