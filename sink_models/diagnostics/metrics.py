@@ -93,18 +93,10 @@ def layer_metrics(
     stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
     rank1_energy = torch.where(defined, top / energy.clamp_min(1e-300), torch.nan)
 
-    klass = torch.full_like(sink, SinkClass.OTHER)
-    broadcast = (ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)
-    klass = torch.where(broadcast, SinkClass.BROADCAST, klass)
-    klass = torch.where(ratio_out <= thresholds.nop_ratio, SinkClass.NOP, klass)
-    num_cls, num_prefix = layout
-    token_type = torch.where(
-        sink < num_cls, TokenType.CLS, torch.where(sink < num_prefix, TokenType.REGISTER, TokenType.PATCH)
-    )
     return {
         "sink": sink,
         "max_inflow": inflow.gather(-1, sink[..., None]).squeeze(-1).double(),
-        "cls_inflow": inflow[..., :num_cls].double().sum(-1),
+        "cls_inflow": inflow[..., : layout[0]].double().sum(-1),  # layout: (CLS tokens, prefix tokens)
         "routed_frac": routed_frac,
         "event": event,
         "ratio_out": ratio_out,
@@ -112,10 +104,27 @@ def layer_metrics(
         "stable_rank": stable_rank,
         "rank1_energy": rank1_energy,
         "common_mode": common_mode,
-        "class": klass,  # a SinkClass
-        "token_type": token_type,  # a TokenType
+        "class": sink_class(ratio_out, stable_rank, thresholds),
+        "token_type": token_type(sink, layout),
         "inflow": inflow,
     }
+
+
+def sink_class(ratio_out: torch.Tensor, stable_rank: torch.Tensor, thresholds: Thresholds) -> torch.Tensor:
+    """The SinkClass of each record: NOP when the sink's value is negligible (the rule that wins), broadcast when it
+    is large and the head's update near rank one, other else (NaN quantities, off the events, fail both)."""
+    klass = torch.full_like(ratio_out, SinkClass.OTHER, dtype=torch.long)
+    broadcast = (ratio_out >= thresholds.broadcast_ratio) & (stable_rank <= thresholds.broadcast_rank)
+    klass = torch.where(broadcast, SinkClass.BROADCAST, klass)
+    return torch.where(ratio_out <= thresholds.nop_ratio, SinkClass.NOP, klass)
+
+
+def token_type(sink: torch.Tensor, layout: tuple[int, int]) -> torch.Tensor:
+    """The TokenType of each sink index, for a sequence of `layout` = (CLS tokens, prefix tokens) then patches."""
+    num_cls, num_prefix = layout
+    return torch.where(
+        sink < num_cls, TokenType.CLS, torch.where(sink < num_prefix, TokenType.REGISTER, TokenType.PATCH)
+    )
 
 
 def _at_events(event, sink, value, gram, projection: HeadProjection, valid, energy) -> tuple[torch.Tensor, ...]:
