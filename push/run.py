@@ -32,6 +32,7 @@ from sink_models.hub.publish import (
     RESULTS_DATASET,
     SPACE,
     Change,
+    HubError,
     add_to_collection,
     append_push_log,
     collection_plan,
@@ -187,7 +188,7 @@ def _dataset_card(org: str) -> str:
 def cli(argv: list[str]) -> int:
     try:
         return main(argv)
-    except (InputError, OSError) as error:
+    except (InputError, HubError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

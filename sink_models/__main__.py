@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local: never 
 def canvas(argv: list[str]) -> int:
     """`python -m sink_models canvas OUT`: the canvas-digits images as an imagefolder; 2 and one line on bad input."""
     from sink_models.data import Canvas, parse_options, write_canvas_folder
+    from sink_models.errors import InputError
 
     parser = argparse.ArgumentParser(prog="python -m sink_models canvas", description=write_canvas_folder.__doc__)
     parser.add_argument("out", help="a new folder: OUT/{train,test}/<digit>/<row>.png")
@@ -27,7 +28,7 @@ def canvas(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         folder = write_canvas_folder(args.out, Canvas(**parse_options(args.options)), tuple(args.splits))
-    except (ValueError, TypeError) as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     counts = {split: sum(1 for _ in (folder / split).rglob("*.png")) for split in args.splits}

@@ -84,7 +84,7 @@ def load_image_data(
 
 
 def encode_labels(rows: datasets.Dataset, labels: list[str], where: str) -> datasets.Dataset:
-    """`rows`' `label` column as a ClassLabel of `labels`, matched by name; a label outside `labels` is a ValueError
+    """`rows`' `label` column as a ClassLabel of `labels`, matched by name; a label outside `labels` is an InputError
     naming it (never another class's number)."""
     feature = rows.features["label"]
     names = [str(name) for name in feature.names] if isinstance(feature, datasets.ClassLabel) else None

@@ -88,3 +88,14 @@ def test_the_remote_code_files_import_nothing_else_of_the_package():
 def test_the_leaderboard_module_stands_alone():
     """The leaderboard Space runs a copy of hub/leaderboard.py without the package: it imports nothing of it."""
     assert imported(PACKAGE / "hub" / "leaderboard.py") == set()
+
+
+def test_the_names_the_readme_documented_before_the_moves_still_import():
+    """Moved modules keep their documented public names where they were (re-exports, the same objects)."""
+    from sink_models import segmentation
+    from sink_models.evaluation import cards
+    from sink_models.hub import ZOO_VERSION
+    from sink_models.probes import dense
+
+    assert (segmentation.DenseOptions, segmentation.dense_probe) == (dense.DenseOptions, dense.dense_probe)
+    assert ZOO_VERSION == cards.ZOO_VERSION

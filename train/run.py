@@ -20,7 +20,7 @@ GROUPS = (ModelArguments, DataArguments, TrainArguments)
 
 
 def read_recipe(config: str) -> dict:
-    """The recipe at `config` as a dict of known keys; a InputError (one line) for anything else."""
+    """The recipe at `config` as a dict of known keys; an InputError (one line) for anything else."""
     path = Path(config)
     if not path.is_file():
         recipes = sorted(p.name for p in Path(__file__).with_name("recipes").glob("*.yaml"))

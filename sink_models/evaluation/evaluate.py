@@ -501,10 +501,7 @@ def dense_probe_block(checkpoint: Checkpoint, choice: DataChoice, args: EvalArgu
         seeds=tuple(args.dense_probe_seeds),
         progress=progress,
     )
-    try:
-        return dense_probe(checkpoint.model, checkpoint.processor, options)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+    return dense_probe(checkpoint.model, checkpoint.processor, options)
 
 
 def intervention_block(report: InterventionReport) -> dict:

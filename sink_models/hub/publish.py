@@ -55,6 +55,11 @@ MODEL_FILES = (
 PARITY_TOLERANCE = 1e-5
 
 
+class HubError(RuntimeError):
+    """A step on the Hub failed (an error answer that stays, an answer the client cannot read, a parity mismatch, a
+    published tag on another commit): one line naming the repo and the step. Not bad input: the input was fine."""
+
+
 @dataclass
 class Change:
     """What a push would do to one repo: create it, and which files it would add or change."""
@@ -172,7 +177,7 @@ def add_to_collection(api: HfApi, org: str, items: list[tuple[str, str]], privat
 
 def parity_check(staged: Path, local: Path) -> float:
     """Reload `staged` through trust_remote_code in a fresh process (its own HF_HOME) and return the largest
-    difference of its logits from the library's model loaded from `local`; an InputError above PARITY_TOLERANCE."""
+    difference of its logits from the library's model loaded from `local`; a HubError above PARITY_TOLERANCE."""
     env = {**os.environ, "HF_HOME": str(staged.parent / ".parity-hf-home"), "HF_HUB_OFFLINE": "1"}
     try:
         done = subprocess.run(
@@ -183,13 +188,13 @@ def parity_check(staged: Path, local: Path) -> float:
             timeout=600,
         )
     except subprocess.TimeoutExpired:
-        raise InputError(f"{staged.name}: parity check: no answer in 600 s.") from None
+        raise HubError(f"{staged.name}: parity check: no answer in 600 s.") from None
     if done.returncode != 0 or not done.stdout.strip():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InputError(f"{staged.name}: parity check: the staged folder does not load ({last}).")
+        raise HubError(f"{staged.name}: parity check: the staged folder does not load ({last}).")
     difference = json.loads(done.stdout.strip().splitlines()[-1])["max_abs_diff"]
     if difference > PARITY_TOLERANCE:
-        raise InputError(
+        raise HubError(
             f"{staged.name}: parity check: the staged folder's logits differ from the local model's by "
             f"{difference:.3g} (allowed: {PARITY_TOLERANCE})."
         )
@@ -234,6 +239,7 @@ def _same(path: Path, entry) -> bool:
 
 
 T = TypeVar("T")
+
 TRANSIENT = {408, 429}  # besides 5xx: timeouts and rate limits pass too
 # What huggingface_hub raises on a 200 answer it cannot read (an HTML page, cut-off JSON, JSON of another shape):
 # JSONDecodeError and its own "malformed response" errors are ValueErrors, and its parsers fail on missing keys
@@ -243,7 +249,7 @@ UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError)
 
 def retried(call: Callable[[], T], what: str, attempts: int = 4, wait: float = 2.0) -> T:
     """`call()`, retried on transient failures (5xx, 408, 429, lost connections) with a doubling wait; any failure
-    that stays, and any answer the client cannot read, becomes an InputError naming `what`."""
+    that stays, and any answer the client cannot read, becomes a HubError naming `what`."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -251,7 +257,7 @@ def retried(call: Callable[[], T], what: str, attempts: int = 4, wait: float = 2
             failure = error
             transient, summary = _failure(error)
         if not transient or attempt == attempts:
-            raise InputError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from failure
+            raise HubError(f"{what}: {summary} (after {attempt} attempt{'s' * (attempt > 1)}).") from failure
         time.sleep(wait * 2 ** (attempt - 1))
 
 
@@ -315,13 +321,13 @@ def push_folder(
 
 
 def tag_commit(api: HfApi, repo_id: str, tag: str, commit: str, *, repo_type: str = "model", **retry) -> bool:
-    """Put `tag` on `commit`; False if it is there already. An InputError if it points at another commit: a published
+    """Put `tag` on `commit`; False if it is there already. A HubError if it points at another commit: a published
     version never moves (raise ZOO_VERSION for new content)."""
     tagged = retried(lambda: api.list_repo_refs(repo_id, repo_type=repo_type), f"{repo_id}: refs", **retry)
     current = {ref.name: ref.target_commit for ref in tagged.tags}
     if tag in current:
         if current[tag] != commit:
-            raise InputError(
+            raise HubError(
                 f"{repo_id}: tag {tag} already marks commit {current[tag][:12]}, not the new head {commit[:12]}; "
                 "a published version never moves: raise sink_models.evaluation.cards.ZOO_VERSION."
             )

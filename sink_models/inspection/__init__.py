@@ -1,6 +1,7 @@
 """`sink-models inspect`: sink diagnostics of a vision model on a few images, as a command and a library call.
 
-One module per stage: images (what to diagnose), loading (model and image processor), then `diagnose`, causal (the
+One module per stage: images (what to diagnose), the model and image processor (sink_models.loading), then
+`diagnose`, causal (the
 interventions, when asked for), tables (the tables and the printed text), report (the report folder, report.md);
 command ties them together and parses options."""
 

@@ -77,10 +77,7 @@ def inspect_model(
     )
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if interventions:
-        try:
-            check_heads(model, heads)  # a head outside the model: fail before the work
-        except (ValueError, TypeError) as error:  # an unsupported architecture: names the supported ones
-            raise InputError(_line(error)) from None
+        check_heads(model, heads)  # a head outside the model, or an unsupported architecture: fail before the work
     report = diagnose_images(model, processor, found, mode, batch_size, progress=progress)
     report.summary["inputs"] = {
         "model": model_id_or_path,

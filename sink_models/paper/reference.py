@@ -11,8 +11,8 @@ PAPER_MIOU = {"plain": (16.6, 43.8), "gated": (18.6, 48.0), "gated-headwise": (1
 
 # The paper's toy notebooks (KempnerInstitute/attention_sink, toy/notebooks/{noop,broadcast}_causal_intervention.ipynb,
 # stored outputs; d = 64, L = 32, one seed), (task, layer): the RMS of the output change per edit in the order of
-# interventions.EDITS (absolute: the NOP queries' outputs have RMS ~1, the broadcast task's ~1.4), the donor payload
-# cosine, and the task MSE before / with the sink value zeroed.
+# paper.interventions.EDITS (absolute: the NOP queries' outputs have RMS ~1, the broadcast task's ~1.4), the donor
+# payload cosine, and the task MSE before / with the sink value zeroed.
 PAPER_TOY = {
     ("nop", 1): ((0.0078, None, 0.0, 0.979, 0.4995, None), None, (0.0187, 0.0187)),
     ("broadcast", 1): ((2.07, None, 0.232, 0.441, 0.725, 0.065), 0.162, (0.0481, 4.37)),

@@ -189,11 +189,11 @@ def _check_optimizer(state, optimizer, path: Path) -> None:
     try:
         sizes = [len(group["params"]) for group in state["param_groups"]]
         if sizes != [len(group["params"]) for group in own["param_groups"]]:
-            raise InputError(f"parameter groups of {sizes} parameters, the optimizer's differ")
+            raise ValueError(f"parameter groups of {sizes} parameters, the optimizer's differ")
         for index, values in state["state"].items():
             for name, value in values.items():
                 if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameters[index].shape:
-                    raise InputError(f"{name} of parameter {index} has shape {tuple(value.shape)}")
+                    raise ValueError(f"{name} of parameter {index} has shape {tuple(value.shape)}")
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as error:
         raise CheckpointError(f"{path}: not this optimizer's state ({type(error).__name__}: {error})") from None
 

@@ -26,7 +26,8 @@ from sink_models.diagnostics.plots import (
 )
 from sink_models.inspection import tables  # noqa: E402
 
-NAMES = list(FIGURES)
+# The display order: the wide layer x head map alone, then the diagnostic plane beside the token types.
+NAMES = ["events_by_head.png", "diagnostic_plane.png", "sink_types_by_layer.png"]
 INTRO = """# Attention-sink inspector
 
 Type the Hub id of a vision transformer (DINOv2, DINOv3, ViT, CLIP, SigLIP, ... or a sink-models SinkViT) and see
@@ -146,7 +147,7 @@ def _shown(inspector: Inspector, entry: Entry) -> list:
         entry.key,
         text,
         pd.DataFrame(tables.layer_rows(report), columns=list(tables.LAYER_HEADER)),
-        *(str(entry.report_folder / name) for name in FIGURES),
+        *(str(entry.report_folder / name) for name in NAMES),
         gr.Dropdown(choices=images, value=0),
         gr.Slider(0, report.model["layers"] - 1, value=busiest, step=1),
         str(inspector.attention(entry.key, 0, busiest)),
@@ -157,7 +158,7 @@ def _shown(inspector: Inspector, entry: Entry) -> list:
 
 def _failed(message: str) -> list:
     """The outputs for a refused or failed run: the one-line message, everything else cleared."""
-    cleared = [None, "", pd.DataFrame(columns=list(tables.LAYER_HEADER)), *(None for _ in FIGURES)]
+    cleared = [None, "", pd.DataFrame(columns=list(tables.LAYER_HEADER)), *(None for _ in NAMES)]
     cleared += [gr.Dropdown(choices=[], value=None), gr.Slider(0, 1, value=0), None]
     cleared += [pd.DataFrame(columns=list(tables.HEAD_HEADER)), None]
     return [f"**{message}**", *cleared]
