@@ -19,6 +19,7 @@ from transformers import (
 from sink_models import SinkViTForImageClassification, SinkViTModel
 from sink_models.diagnostics import SinkReport, Thresholds, diagnose
 from sink_models.diagnostics.report import EVENT_FIELDS, median
+from sink_models.errors import InputError
 
 EVERYTHING = Thresholds(event=0.0)  # every (image, layer, head) becomes an event record
 
@@ -62,7 +63,7 @@ def test_planted_sinks_are_found_and_classified(arch, kind, target, token_type):
     assert uniform["cls_inflow"] == pytest.approx(1 / tokens)
 
 
-def brute_force(model, x):
+def brute_force(model, x, routed: float = 0.5):
     """Every (image, layer, head) quantity from eager attention weights and hooked values, the slow way."""
     model.set_attn_implementation("eager")
     model.requires_grad_(False)
@@ -99,7 +100,8 @@ def brute_force(model, x):
                 row = {
                     "sink": s,
                     "max_inflow": float(inflow[s]),
-                    "routed_frac": float((a[:, s] >= 0.5).double().mean()),
+                    "routed_frac": float((a[:, s] >= routed).double().mean()),
+                    "routed_frac_patches": float((a[prefix:, s] >= routed).double().mean()),
                     "ratio_out": float(u[s].norm() / u[others].norm(dim=1).mean()),
                     "ratio_head": float(v[s].norm() / v[others].norm(dim=1).mean()),
                     "stable_rank": float(sigma.square().sum() / sigma[0] ** 2),
@@ -129,6 +131,38 @@ RANDOM = {
         Dinov2WithRegistersConfig(num_labels=3, **STOCK_SIZES)
     ),
 }
+
+
+@pytest.mark.parametrize("arch", RANDOM)
+def test_the_patch_query_set_equals_the_brute_force_count(arch):
+    """Thresholds(queries="patches"): routed_frac over the patch queries alone (CLS and registers left out), the
+    sink still the key with the most inflow from every query; counted here from the eager attention maps."""
+    model = RANDOM[arch]().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "cls_token" in name or "register_tokens" in name:
+                parameter.normal_(0, 0.5)
+    x = images(model.config, batch=3)
+    # Random weights spread attention near 1/N, where 0.5 would route no query of either set: the bar is 1/N.
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        bar = 1 / model(x, output_attentions=True).attentions[0].shape[-1]
+    expected = brute_force(model, x, routed=bar)
+    patches = Thresholds(routed=bar, event=0.0, queries="patches")
+    report = diagnose(model, [x[:2], {"pixel_values": x[2:]}], thresholds=patches)
+    assert report.thresholds["queries"] == "patches" and len(report.events) == len(expected)
+    differs = 0
+    for event in report.events:
+        want = expected[event["image"], event["layer"], event["head"]]
+        assert event["sink"] == want["sink"]
+        assert event["routed_frac"] == pytest.approx(want["routed_frac_patches"], abs=1e-9)
+        differs += want["routed_frac_patches"] != want["routed_frac"]
+    assert differs > 0  # the two query sets disagree somewhere, so the check can tell them apart
+
+
+def test_the_query_set_is_checked():
+    with pytest.raises(InputError, match=r"^thresholds.queries: got 'cls'; allowed: all, patches.$"):
+        Thresholds(queries="cls")
 
 
 @pytest.mark.parametrize("arch", RANDOM)

@@ -9,7 +9,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import InputError
 from ..vocabulary import SinkClass, TokenType
+
+QUERY_SETS = ("all", "patches")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,13 @@ class Thresholds:
     broadcast_rank: float = 1.5  # ... and stable rank <= broadcast_rank
     cls_sink_eps: float = 0.3  # Gu et al.'s sink rate: CLS inflow > eps
     gate_closed: float = 0.1  # a head's gate counts as closed for a query below this
+    # The queries routed_frac is taken over: all of them (the paper's rule) or the patches only, so that a model's
+    # CLS and register queries, which rarely route to the sink, do not raise the bar for models that have more.
+    queries: str = "all"
+
+    def __post_init__(self):
+        if self.queries not in QUERY_SETS:
+            raise InputError(f"thresholds.queries: got {self.queries!r}; allowed: {', '.join(QUERY_SETS)}.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,9 +88,14 @@ def layer_metrics(
     inflow, to_sink, gram, energy, mean = stats
     sink = inflow.argmax(dim=-1)
     routed = to_sink >= thresholds.routed
-    if valid is not None:
-        routed = routed & valid[:, None, :]
-    routed_frac = routed.double().sum(dim=-1) / tokens[:, None]
+    counted, queries = tokens, valid
+    if thresholds.queries == "patches":
+        patches = torch.arange(query.shape[2], device=query.device) >= layout[1]
+        queries = patches.expand(query.shape[0], -1) if valid is None else valid & patches
+        counted = queries.double().sum(-1)
+    if queries is not None:
+        routed = routed & queries[:, None, :]
+    routed_frac = routed.double().sum(dim=-1) / counted[:, None]
     event = routed_frac >= thresholds.event
 
     energy = energy.clamp_min(0)
