@@ -56,7 +56,8 @@ def test_figures_of_one_model():
 def test_spread_is_mean_and_sample_standard_deviation():
     values = [1.0, 2.0, 4.0]
     assert spread(values) == f"{statistics.fmean(values):.3g} ± {statistics.stdev(values):.3g}" == "2.33 ± 1.53"
-    assert spread([3.0, None]) == "3"
+    assert spread([3.0, None]) == "3 (1 of 2 seeds)"  # a seed without a value is never dropped silently
+    assert spread([1.0, None, 3.0]) == f"2 ± {statistics.stdev([1.0, 3.0]):.3g} (2 of 3 seeds)"
     assert spread([None]) == "-"
 
 
@@ -106,7 +107,7 @@ def test_models_of_other_depths_and_without_accuracy_still_tabulate(tmp_path):
     deeper["accuracy"] = None  # e.g. a checkpoint whose head does not name the dataset's classes
     results = {"plain": {0: result("plain", 0, top1=0.8, nop=0.0, broadcast=1.0), 1: deeper}}
     text = tables(results)
-    assert "| plain | 2 | 80 |" in text  # the one accuracy measured
+    assert "| plain | 2 | 80 (1 of 2 seeds) |" in text  # the one accuracy measured, and said so
     assert text.count("| layer 2 |") == 1 and "| 0.4 (100% CLS) |" in text
     assert plot(results, tmp_path / "images.png").read_bytes().startswith(b"\x89PNG")
 
@@ -160,8 +161,9 @@ def test_the_dense_probe_table_and_paired_miou():
     def spread_of(values):
         return f"{statistics.fmean(values):.3g} ± {statistics.stdev(values):.3g}"
 
-    plain = f"| plain | 3 | {spread_of([25, 30, 35])} | {spread_of([10, 20, 30])} | {spread_of([10, 10])} | " \
-        f"{spread_of([80, 85, 90])} | {spread_of([2.5, 3.5, 4.5])} | 16.6 / 43.8 | - |"  # fmt: skip
+    plain = f"| plain | 3 | {spread_of([25, 30, 35])} | {spread_of([10, 20, 30])} | " \
+        f"{spread_of([10, 10])} (2 of 3 seeds) | {spread_of([80, 85, 90])} | {spread_of([2.5, 3.5, 4.5])} | " \
+        "16.6 / 43.8 | - |"  # fmt: skip
     assert row(text, section, "plain") == plain
     # gated's top-1 and sinks are over its two probed seeds only, like its mIoU
     assert row(text, section, "gated") == f"| gated | 2 | {spread_of([31, 28])} | 20 ± 0 | - | 90 ± 0 | 3 ± 0 | " \

@@ -80,14 +80,14 @@ def figures(result: dict) -> dict:
 
 
 def spread(values: list) -> str:
-    """mean ± sample standard deviation over seeds (± alone for one seed); '-' when nothing was measured."""
-    values = [v for v in values if v is not None]
-    if not values:
+    """mean ± sample standard deviation over seeds (the mean alone for one seed); '-' when nothing was measured; a
+    seed without a value (None) is left out and said so: `(n of m seeds)`."""
+    measured = [v for v in values if v is not None]
+    if not measured:
         return "-"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return _fmt(mean)
-    return f"{_fmt(mean)} ± {_fmt(statistics.stdev(values))}"
+    mean = statistics.fmean(measured)
+    text = _fmt(mean) if len(measured) == 1 else f"{_fmt(mean)} ± {_fmt(statistics.stdev(measured))}"
+    return text if len(measured) == len(values) else f"{text} ({len(measured)} of {len(values)} seeds)"
 
 
 def _fmt(value: float) -> str:
