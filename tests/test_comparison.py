@@ -17,6 +17,8 @@ def result(variant, seed, *, top1, nop, broadcast, penalty=0.0, dataset="canvas-
             "broadcast_per_image": broadcast,
             "other_per_image": 0.0,
             "sink_share": {"cls": 0.25, "register": 0.5, "patch": 0.25},
+            "excluding_first_layer": {"sinks_per_image": (nop + broadcast) / 4, "nop_per_image": nop / 4,
+                                      "broadcast_per_image": broadcast / 4, "other_per_image": 0.0},
             "per_image_by_token": {
                 "nop": {"cls": 0.0, "register": nop, "patch": 0.0},
                 "broadcast": {"cls": 0.0, "register": broadcast / 2, "patch": broadcast / 2},
@@ -71,6 +73,9 @@ def test_the_tables_pair_seeds_and_compare_with_the_paper(tmp_path):
     text = tables(results)
     # accuracy 90 and 80: mean 85, sample sd 7.07; NOP 0.5 and 0.3: 0.4 ± 0.141
     assert "| plain | 2 | 85 ± 7.07 | 3.4 ± 1.27 | 0.4 ± 0.141 | 3 ± 1.41 | 0 ± 0 | 0.25 / 0.09 |" in text
+    # without block 0 (a quarter of each here): sinks 0.625 and 1.075 -> 0.85 ± 0.318; NOP 0.125, 0.075 -> 0.1 ± 0.0354
+    after = text.split("### The same without block 0")[1]
+    assert "| plain | 2 | 0.85 ± 0.318 | 0.1 ± 0.0354 | 0.75 ± 0.354 | 0 ± 0 | 0.25 / 0.09 |" in after
     # gated - plain per seed: top-1 +5, 0 -> 2.5 ± 3.54; NOP -0.5, -0.2 -> -0.35 ± 0.212
     row = next(line for line in text.splitlines() if line.startswith("| gated | 0, 1 |"))
     assert "2.5 ± 3.54 (+5.00, +0.00)" in row and "-0.35 ± 0.212 (-0.50, -0.20)" in row

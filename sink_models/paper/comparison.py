@@ -49,6 +49,7 @@ def figures(result: dict) -> dict:
 
     stability = result.get("stability") or {}
     dense = result.get("dense_probe") or {}
+    later = sinks.get("excluding_first_layer") or {}  # blocks >= 1, as the paper's tables count
 
     def percent(key: str) -> float | None:
         return None if dense.get(key) is None else 100 * dense[key]
@@ -62,6 +63,7 @@ def figures(result: dict) -> dict:
         "nop": sinks["nop_per_image"],
         "broadcast": sinks["broadcast_per_image"],
         "other": sinks["other_per_image"],
+        **{f"{key}_after_block0": later.get(f"{key}_per_image") for key in ("sinks", "nop", "broadcast", "other")},
         "cls_share": sinks["sink_share"]["cls"],
         "register_share": sinks["sink_share"]["register"],
         "register_share_nop": register_share("nop"),
@@ -97,6 +99,7 @@ def _fmt(value: float) -> str:
 # Figure keys and their headings, per table of means over seeds.
 CLASSES = {"accuracy": "top-1 (%)", "sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img",
            "other": "other / img"}  # fmt: skip
+AFTER_BLOCK0 = {f"{key}_after_block0": heading for key, heading in CLASSES.items() if key != "accuracy"}
 PAIRED = {"accuracy": "Δ top-1 (pp)", "sinks": "Δ sinks / img", "nop": "Δ NOP / img", "broadcast": "Δ broadcast / img"}
 PAIRED_DENSE = {"miou": "Δ mIoU (pp)"}  # only when some model has a dense probe, so older tables stay as they were
 DENSE = {"miou": "mIoU (%)", "foreground_miou": "foreground mIoU (%)", "pixel_miou": "pixel mIoU (%)",
@@ -120,7 +123,9 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     probed = _probed(numbers)
     sections = [
         "### Sinks per image by class (gating vs NOP, registers, global pathway + penalty)\n\n"
-        + _means(numbers, CLASSES, against_paper=True)
+        + _means(numbers, CLASSES, against_paper=True),
+        "### The same without block 0 (like for like: the paper's tables leave the first block out)\n\n"
+        + _means(numbers, AFTER_BLOCK0, against_paper=True),
     ]
     if "plain" in numbers:
         sections.append(
