@@ -87,15 +87,7 @@ def layer_metrics(
     stats = _attention_statistics(query, key, value, scaling, projection, output, bias, valid, chunks)
     inflow, to_sink, gram, energy, mean = stats
     sink = inflow.argmax(dim=-1)
-    routed = to_sink >= thresholds.routed
-    counted, queries = tokens, valid
-    if thresholds.queries == "patches":
-        patches = torch.arange(query.shape[2], device=query.device) >= layout[1]
-        queries = patches.expand(query.shape[0], -1) if valid is None else valid & patches
-        counted = queries.double().sum(-1)
-    if queries is not None:
-        routed = routed & queries[:, None, :]
-    routed_frac = routed.double().sum(dim=-1) / counted[:, None]
+    routed_frac = _routed_fraction(to_sink, tokens, valid, layout[1], thresholds)
     event = routed_frac >= thresholds.event
 
     energy = energy.clamp_min(0)
@@ -123,6 +115,23 @@ def layer_metrics(
         "token_type": token_type(sink, layout),
         "inflow": inflow,
     }
+
+
+def _routed_fraction(
+    to_sink: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor | None, prefix: int, thresholds: Thresholds
+) -> torch.Tensor:
+    """Per (image, head): the share of the counted queries (`thresholds.queries`: all valid ones, or the valid patch
+    queries after the `prefix` tokens) whose attention to the sink reaches `thresholds.routed`; `to_sink` is (batch,
+    heads, queries) and `tokens` each image's valid token count."""
+    routed = to_sink >= thresholds.routed
+    counted, queries = tokens, valid
+    if thresholds.queries == "patches":
+        patches = torch.arange(to_sink.shape[-1], device=to_sink.device) >= prefix
+        queries = patches.expand(to_sink.shape[0], -1) if valid is None else valid & patches
+        counted = queries.double().sum(-1)
+    if queries is not None:
+        routed = routed & queries[:, None, :]
+    return routed.double().sum(dim=-1) / counted[:, None]
 
 
 def sink_class(ratio_out: torch.Tensor, stable_rank: torch.Tensor, thresholds: Thresholds) -> torch.Tensor:
