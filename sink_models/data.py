@@ -143,6 +143,9 @@ def _split(pixels: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"image": images, "label": labels.tolist()}, features)
 
 
+MAX_CANVAS = 2048  # pixels a side: a 20,000-pixel canvas would need gigabytes per image
+
+
 @dataclass(frozen=True)
 class Canvas:
     """A `size` x `size` grey canvas holding one digit upscaled to `digit_size` at a random position, `distractors`
@@ -150,7 +153,7 @@ class Canvas:
     standard deviation `noise` (a share of the full range). Most patches of a ViT then carry nothing: the setting
     in which the zoo's image models form sinks."""
 
-    size: int = 64
+    size: int = 64  # at most MAX_CANVAS: each canvas is drawn in float64 before it is quantised
     digit_size: int = 16
     noise: float = 0.1
     distractors: int = 0
@@ -159,8 +162,9 @@ class Canvas:
 
     def __post_init__(self):
         for name in ("size", "digit_size", "distractor_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise InputError(f"dataset_options.{name}: got {getattr(self, name)!r}; allowed: a positive int.")
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= MAX_CANVAS:
+                raise InputError(f"dataset_options.{name}: got {value!r}; allowed: an int from 1 to {MAX_CANVAS}.")
         if self.digit_size > self.size or self.distractor_size > self.size:
             raise InputError(
                 f"dataset_options.size: the canvas ({self.size}) must hold the digit ({self.digit_size}) and the "
