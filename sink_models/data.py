@@ -151,7 +151,8 @@ class Canvas:
     """A `size` x `size` grey canvas holding one digit upscaled to `digit_size` at a random position, `distractors`
     other digits of the same split at `distractor_size` (clutter the label does not name), and Gaussian noise of
     standard deviation `noise` (a share of the full range). Most patches of a ViT then carry nothing: the setting
-    in which the zoo's image models form sinks."""
+    in which the zoo's image models form sinks. `blank` leaves the labelled digit out (the same draws, so the same
+    noise and distractors): a canvas with nothing to find, whose label no pixel shows."""
 
     size: int = 64  # at most MAX_CANVAS: each canvas is drawn in float64 before it is quantised
     digit_size: int = 16
@@ -159,8 +160,11 @@ class Canvas:
     distractors: int = 0
     distractor_size: int = 8
     seed: int = 0  # the held-out placements; training placements come from the training seed
+    blank: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.blank, bool):
+            raise InputError(f"dataset_options.blank: got {self.blank!r}; allowed: true or false.")
         for name in ("size", "digit_size", "distractor_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= MAX_CANVAS:
@@ -180,7 +184,8 @@ class Canvas:
         canvas = np.zeros((self.size, self.size), dtype=np.float32)
         for _ in range(self.distractors):
             self._paste(canvas, pool[rng.randrange(len(pool))], self.distractor_size, rng)
-        self._paste(canvas, digit, self.digit_size, rng)  # last: the labelled digit is never covered
+        # Last: the labelled digit is never covered; a blank canvas draws its place all the same.
+        self._paste(np.zeros_like(canvas) if self.blank else canvas, digit, self.digit_size, rng)
         noise = np.random.RandomState(rng.getrandbits(32)).normal(0.0, 255 * self.noise, canvas.shape)
         return np.clip(np.round(canvas + noise), 0, 255).astype(np.uint8)
 
@@ -203,7 +208,10 @@ class Canvas:
             index = rng.randrange(len(pool))
             value = 0 if pool_labels is None else 1 + int(pool_labels[index])
             self._paste_labelled(canvas, label_map, pool[index], self.distractor_size, rng, value)
-        self._paste_labelled(canvas, label_map, digit, self.digit_size, rng, 1 + int(label))
+        if self.blank:
+            self._paste_labelled(np.zeros_like(canvas), np.zeros_like(label_map), digit, self.digit_size, rng, 0)
+        else:
+            self._paste_labelled(canvas, label_map, digit, self.digit_size, rng, 1 + int(label))
         noise = np.random.RandomState(rng.getrandbits(32)).normal(0.0, 255 * self.noise, canvas.shape)
         return np.clip(np.round(canvas + noise), 0, 255).astype(np.uint8), label_map
 
@@ -301,6 +309,17 @@ def patch_labels(label_map: np.ndarray, patch_size: int | tuple[int, int], min_s
     counts[..., 0] = -1  # background wins only when no digit covers enough of the patch
     best = counts.argmax(-1)
     return np.where(counts.max(-1) >= min_share * ph * pw, best, 0).astype(np.uint8)
+
+
+def ink_patches(label_map: np.ndarray, patch_size: int | tuple[int, int]) -> np.ndarray:
+    """(..., rows, columns) booleans of (..., height, width) pixel label maps: True where the patch holds any digit
+    ink (a labelled pixel, of the named digit or of a distractor)."""
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
+    height, width = label_map.shape[-2:]
+    if height % ph or width % pw:
+        raise InputError(f"patch_size: the {height}x{width} map is not a multiple of the patch size {ph}x{pw}.")
+    patches = label_map.reshape(*label_map.shape[:-2], height // ph, ph, width // pw, pw)
+    return (patches > 0).any(axis=(-3, -1))
 
 
 def _png(array: np.ndarray) -> bytes:

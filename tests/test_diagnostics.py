@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from sink_models import SinkViTForImageClassification, SinkViTModel
-from sink_models.diagnostics import SinkReport, Thresholds, diagnose
+from sink_models.diagnostics import Grid, SinkReport, Thresholds, diagnose
 from sink_models.diagnostics.report import EVENT_FIELDS, median
 from sink_models.errors import InputError
 
@@ -102,6 +102,8 @@ def brute_force(model, x, routed: float = 0.5):
                     "max_inflow": float(inflow[s]),
                     "routed_frac": float((a[:, s] >= routed).double().mean()),
                     "routed_frac_patches": float((a[prefix:, s] >= routed).double().mean()),
+                    "to_sink": a[:, s],  # each query's attention to the sink, for other bars
+                    "prefix": prefix,
                     "ratio_out": float(u[s].norm() / u[others].norm(dim=1).mean()),
                     "ratio_head": float(v[s].norm() / v[others].norm(dim=1).mean()),
                     "stable_rank": float(sigma.square().sum() / sigma[0] ** 2),
@@ -158,6 +160,67 @@ def test_the_patch_query_set_equals_the_brute_force_count(arch):
         assert event["routed_frac"] == pytest.approx(want["routed_frac_patches"], abs=1e-9)
         differs += want["routed_frac_patches"] != want["routed_frac"]
     assert differs > 0  # the two query sets disagree somewhere, so the check can tell them apart
+
+
+def _brute_class(row: dict) -> str:
+    """The paper's class rule with the default thresholds, written out."""
+    if row["ratio_out"] <= 0.2:
+        return "nop"
+    return "broadcast" if row["ratio_out"] >= 0.5 and row["stable_rank"] <= 1.5 else "other"
+
+
+@pytest.mark.parametrize("arch", ["sink_vit", "dinov2_reg_head"])
+def test_the_sensitivity_grid_equals_the_brute_force_count(arch):
+    """Every cell of the grid (event x routed threshold x query set, with and without block 0) counts the events a
+    brute-force pass over the eager attention maps finds, by class; the default cell is the report's own count."""
+    model = RANDOM[arch]().eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "cls_token" in name or "register_tokens" in name:
+                parameter.normal_(0, 0.5)
+    x = images(model.config, batch=3)
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        bar = 1 / model(x, output_attentions=True).attentions[0].shape[-1]  # random weights: attention near 1/N
+    rows = brute_force(model, x)
+    grid = Grid(event=(0.3, 0.5, 0.7), routed=(0.9 * bar, bar, 1.1 * bar))
+    thresholds = Thresholds(event=0.5, routed=bar)
+    report = diagnose(model, [x[:2], x[2:]], thresholds=thresholds, grid=grid)
+    cells = report.summary["sensitivity"]["cells"]
+    assert report.summary["sensitivity"]["grid"] == {"event": [0.3, 0.5, 0.7], "routed": list(grid.routed),
+                                                     "queries": ["all", "patches"]}  # fmt: skip
+    assert len(cells) == 3 * 3 * 2 * 2
+    seen = set()
+    for cell in cells:
+        counted = {"nop": 0, "broadcast": 0, "other": 0}
+        for (_, layer, _), row in rows.items():
+            if cell["blocks"] == "after block 0" and layer == 0:
+                continue
+            to_sink = row["to_sink"] if cell["queries"] == "all" else row["to_sink"][row["prefix"] :]
+            if float((to_sink >= cell["routed"]).double().mean()) >= cell["event"]:
+                counted[_brute_class(row)] += 1
+        for name, count in counted.items():
+            assert cell[f"{name}_per_image"] == pytest.approx(count / 3)
+        assert cell["sinks_per_image"] == pytest.approx(sum(counted.values()) / 3)
+        seen.add(round(cell["sinks_per_image"], 6))
+    assert len(seen) > 4  # the choices move the count: the check can tell cells apart
+    default = next(c for c in cells if (c["event"], c["routed"], c["queries"], c["blocks"]) == (0.5, bar, "all", "all"))
+    summary = report.summary
+    assert [default[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast")] == [
+        summary[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast")
+    ]
+    plain = diagnose(model, [x], thresholds=thresholds)  # the grid leaves the report's own figures as they were
+    assert plain.summary == {k: v for k, v in summary.items() if k != "sensitivity"}
+    assert plain.events == report.events
+
+
+def test_the_grid_is_checked():
+    with pytest.raises(InputError, match=r"^grid.event: got \(\); allowed: one or more numbers in \(0, 1\].$"):
+        Grid(event=())
+    with pytest.raises(InputError, match=r"^grid.routed: got \(0.5, 1.5\); allowed"):
+        Grid(routed=(0.5, 1.5))
+    with pytest.raises(InputError, match=r"^grid.queries: got \('cls',\); allowed: one or more of all, patches.$"):
+        Grid(queries=("cls",))
 
 
 def test_the_query_set_is_checked():

@@ -2,7 +2,7 @@
 
 from .diagnose import diagnose
 from .families import SUPPORTED, family_of
-from .metrics import Thresholds
+from .metrics import Grid, Thresholds
 from .report import SinkReport
 
-__all__ = ["SUPPORTED", "SinkReport", "Thresholds", "diagnose", "family_of"]
+__all__ = ["SUPPORTED", "Grid", "SinkReport", "Thresholds", "diagnose", "family_of"]

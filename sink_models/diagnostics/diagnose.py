@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import InputError
 from .capture import Adapter, LayerCapture, adapter_for
-from .metrics import HeadProjection, Thresholds, gate_metrics, layer_metrics, token_norm_metrics
+from .metrics import Grid, HeadProjection, Thresholds, gate_metrics, layer_metrics, token_norm_metrics
 from .report import Accumulator, SinkReport
 
 
@@ -21,6 +21,7 @@ def diagnose(
     accelerator=None,
     attention_image: int = 0,
     on_outputs: Callable[[object, object, int], None] | None = None,
+    grid: Grid | None = None,
 ) -> SinkReport:
     """Sink diagnostics (docs/science.md sections 2-3) of `model` on the images of `batches`.
 
@@ -38,16 +39,20 @@ def diagnose(
 
     `on_outputs(batch, outputs, count)` receives each batch, the model's outputs and the number of its images that
     were used (fewer than the batch at `max_images`): accuracy and diagnostics then share one forward pass.
+
+    With a `grid` (a `Grid`), the summary's `sensitivity` counts the events under each of its choices of the rule.
     """
     thresholds = Thresholds() if thresholds is None else thresholds
     if not isinstance(thresholds, Thresholds):
         raise TypeError(f"thresholds: got {type(thresholds).__name__}; allowed: None or a Thresholds.")
+    if grid is not None and not isinstance(grid, Grid):
+        raise TypeError(f"grid: got {type(grid).__name__}; allowed: None or a Grid.")
     if max_images is not None and (type(max_images) is not int or max_images < 1):
         raise InputError(f"max_images: got {max_images!r}; allowed: None (all images) or a positive int.")
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     adapter = adapter_for(model)
-    stream = _Stream(adapter, thresholds, attention_image, next(model.parameters()).device)
+    stream = _Stream(adapter, thresholds, attention_image, next(model.parameters()).device, grid)
     training = model.training
     model.eval()
     try:
@@ -78,9 +83,9 @@ class _Stream:
     """Runs the batches and measures each layer as its attention returns: the running sums, the events, and the
     inflow maps of one image."""
 
-    def __init__(self, adapter: Adapter, thresholds: Thresholds, attention_image: int, device: torch.device):
+    def __init__(self, adapter: Adapter, thresholds: Thresholds, attention_image: int, device: torch.device, grid):
         self.adapter, self.thresholds, self.attention_image, self.device = adapter, thresholds, attention_image, device
-        self.acc = Accumulator(len(adapter.layers), adapter.num_heads)
+        self.acc = Accumulator(len(adapter.layers), adapter.num_heads, grid)
         self.kept: dict = {}
         self.valid = None  # the batch's valid tokens, for families that pad
 
@@ -124,6 +129,7 @@ class _Stream:
             bias=dense_mask(kernel.mask),
             valid=valid,
             chunks=4,
+            grid=self.acc.grid,
         )
         gates = captured.get("gate")
         gate = None if gates is None else gate_metrics(torch.sigmoid(gates), heads, thresholds.gate_closed, valid)

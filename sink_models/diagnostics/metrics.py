@@ -5,7 +5,7 @@ M = W_O^h^T diag(gamma) (d_h x C), and a factor P = F F^T: ||u_j|| = ||F^T v_j||
 G = o^T o, and the non-zero eigenvalues of U U^T are those of F^T G F, a d_h x d_h problem instead of N x N.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -38,6 +38,27 @@ class Thresholds:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Grid:
+    """The rule's choices a sensitivity analysis varies: every event threshold x routed threshold x query set; the
+    class thresholds stay those of the `Thresholds`."""
+
+    event: tuple[float, ...] = (0.8, 0.9, 0.95)
+    routed: tuple[float, ...] = (0.3, 0.5, 0.7)
+    queries: tuple[str, ...] = QUERY_SETS
+
+    def __post_init__(self):
+        for name in ("event", "routed"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(v, int | float) and 0 < v <= 1 for v in values):
+                raise InputError(f"grid.{name}: got {values!r}; allowed: one or more numbers in (0, 1].")
+        if not self.queries or not set(self.queries) <= set(QUERY_SETS):
+            raise InputError(f"grid.queries: got {self.queries!r}; allowed: one or more of {', '.join(QUERY_SETS)}.")
+
+    def to_dict(self) -> dict:
+        return {name: list(value) for name, value in asdict(self).items()}
+
+
 class HeadProjection:
     """P = W_O^h^T diag(gamma)^2 W_O^h per head (heads, d_h, d_h) and F with F F^T = P, in float64."""
 
@@ -67,6 +88,7 @@ def layer_metrics(
     bias: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
     chunks: int = 4,
+    grid: Grid | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per (image, head) quantities of one layer from the kernel's queries, keys and values, each (batch, heads,
     tokens, d_h), its mask or logit bias (None, boolean: True attends, or additive; broadcastable to (batch, heads,
@@ -78,6 +100,9 @@ def layer_metrics(
     `ratio_head`, `stable_rank`, `rank1_energy`, `class`) are computed for them alone, and are NaN (class: other)
     elsewhere. The attention maps are built for one head and a group of images at a time, about 1/`chunks` of the
     layer's maps: the only N x N tensor held.
+
+    With a `grid`, also `grid_routed` (batch, heads, routed thresholds, query sets): the routed fraction under each
+    of the grid's choices, and `grid_class`: the class of every record that is an event under some choice of it.
     """
     if key.shape[1] != query.shape[1]:  # grouped keys and values: each serves several query heads
         key, value = (t.repeat_interleave(query.shape[1] // t.shape[1], dim=1) for t in (key, value))
@@ -89,6 +114,14 @@ def layer_metrics(
     sink = inflow.argmax(dim=-1)
     routed_frac = _routed_fraction(to_sink, tokens, valid, layout[1], thresholds)
     event = routed_frac >= thresholds.event
+    measured = event  # the records whose sink quantities are computed
+    if grid is not None:
+        choices = [[replace(thresholds, routed=r, queries=q) for q in grid.queries] for r in grid.routed]
+        grid_routed = torch.stack(
+            [torch.stack([_routed_fraction(to_sink, tokens, valid, layout[1], t) for t in row], -1) for row in choices],
+            -2,
+        )
+        measured = event | (grid_routed >= min(grid.event)).flatten(-2).any(-1)
 
     energy = energy.clamp_min(0)
     defined = energy > 1e-30
@@ -96,9 +129,16 @@ def layer_metrics(
     mean_update = torch.einsum("bhd,hde,bhe->bh", mean, projection.p, mean)  # ||mean_i U_i||^2
     common_mode = torch.where(defined, tokens[:, None] * mean_update / energy.clamp_min(1e-300), torch.nan)
 
-    ratio_out, ratio_head, top = _at_events(event, sink, value, gram, projection, valid, energy)
+    ratio_out, ratio_head, top = _at_events(measured, sink, value, gram, projection, valid, energy)
     stable_rank = torch.where(defined, energy / top.clamp_min(1e-300), torch.nan)
     rank1_energy = torch.where(defined, top / energy.clamp_min(1e-300), torch.nan)
+    klass = sink_class(ratio_out, stable_rank, thresholds)
+    extra = {} if grid is None else {"grid_routed": grid_routed, "grid_class": klass}
+    if grid is not None:  # the event-only quantities stay NaN (class: other) off the events
+        ratio_out, ratio_head, stable_rank, rank1_energy = (
+            torch.where(event, x, torch.nan) for x in (ratio_out, ratio_head, stable_rank, rank1_energy)
+        )
+        klass = torch.where(event, klass, SinkClass.OTHER)
 
     return {
         "sink": sink,
@@ -111,10 +151,10 @@ def layer_metrics(
         "stable_rank": stable_rank,
         "rank1_energy": rank1_energy,
         "common_mode": common_mode,
-        "class": sink_class(ratio_out, stable_rank, thresholds),
+        "class": klass,
         "token_type": token_type(sink, layout),
         "inflow": inflow,
-    }
+    } | extra
 
 
 def _routed_fraction(

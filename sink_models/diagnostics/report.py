@@ -12,7 +12,7 @@ import torch
 
 from ..files import atomic_write, finite
 from ..vocabulary import CLASSES, TOKEN_TYPES
-from .metrics import Thresholds
+from .metrics import Grid, Thresholds
 
 # Per-(layer, head) sums over images, divided by the image count in the report.
 HEAD_SUMS = ("max_inflow", "cls_inflow", "cls_sink", "common_mode", "gate_mean", "gate_closed")
@@ -30,8 +30,8 @@ EVENT_FIELDS = (
 class Accumulator:
     """Running sums and the list of sink events; everything a report needs, nothing per image beyond events."""
 
-    def __init__(self, num_layers: int, num_heads: int):
-        self.num_layers, self.num_heads = num_layers, num_heads
+    def __init__(self, num_layers: int, num_heads: int, grid: Grid | None = None):
+        self.num_layers, self.num_heads, self.grid = num_layers, num_heads, grid
         self.images = 0
         self.head_sums = {name: torch.zeros(num_layers, num_heads, dtype=torch.float64) for name in HEAD_SUMS}
         self.common_mode_count = torch.zeros(num_layers, num_heads, dtype=torch.float64)
@@ -39,6 +39,9 @@ class Accumulator:
         self.norm_ratio_sum = torch.zeros(num_layers, dtype=torch.float64)
         self.events: list[dict] = []
         self.gated = False
+        # Events per (layer, event threshold, routed threshold, query set, class) under each of the grid's choices.
+        shape = () if grid is None else (len(grid.event), len(grid.routed), len(grid.queries), len(CLASSES))
+        self.grid_counts = None if grid is None else torch.zeros(num_layers, *shape, dtype=torch.float64)
 
     def add_token_norms(self, layer: int, largest: torch.Tensor, over_median: torch.Tensor) -> None:
         self.norm_max[layer] = max(self.norm_max[layer], largest.max().cpu())
@@ -55,6 +58,11 @@ class Accumulator:
             self.gated = True
             sums["gate_mean"][layer] += gate[0].sum(0).cpu()
             sums["gate_closed"][layer] += gate[1].sum(0).cpu()
+        if self.grid is not None:
+            event = torch.tensor(self.grid.event, dtype=torch.float64, device=metrics["grid_routed"].device)
+            hits = (metrics["grid_routed"][None] >= event[:, None, None, None, None]).double()  # E, B, H, R, Q
+            classes = torch.nn.functional.one_hot(metrics["grid_class"], len(CLASSES)).double()  # B, H, C
+            self.grid_counts[layer] += torch.einsum("ebhrq,bhc->erqc", hits, classes).cpu()
         events = metrics["event"].nonzero().tolist()
         if not events:
             return
@@ -82,6 +90,8 @@ class Accumulator:
             self.head_sums[name] = accelerator.reduce(value.to(device), reduction="sum").cpu()
         self.common_mode_count = accelerator.reduce(self.common_mode_count.to(device), reduction="sum").cpu()
         self.norm_ratio_sum = accelerator.reduce(self.norm_ratio_sum.to(device), reduction="sum").cpu()
+        if self.grid_counts is not None:
+            self.grid_counts = accelerator.reduce(self.grid_counts.to(device), reduction="sum").cpu()
         self.norm_max = accelerator.gather(self.norm_max.to(device)[None]).reshape(-1, self.num_layers).max(0).values
         self.norm_max = self.norm_max.cpu()
         counts = accelerator.gather(torch.tensor([self.images], device=device)).cpu()
@@ -167,6 +177,8 @@ class SinkReport:
         )
         # The paper's tables leave out block 0, whose sinks are of another kind.
         summary["excluding_first_layer"] = _per_image([e for e in acc.events if e["layer"] > 0], n)
+        if acc.grid is not None:
+            summary["sensitivity"] = _sensitivity(acc.grid, acc.grid_counts, n)
         # A model whose activations overflow (NaN / inf) still gets its report: undefined figures are None, named.
         parts, undefined = finite({"heads": heads, "layers": layers, "summary": summary, "attention": attention})
         heads, layers, summary, attention = (parts[name] for name in ("heads", "layers", "summary", "attention"))
@@ -200,6 +212,21 @@ class SinkReport:
         from .plots import plot_report
 
         return plot_report(self, Path(folder), layer)
+
+
+def _sensitivity(grid: Grid, counts: torch.Tensor, images: int) -> dict:
+    """The grid and, per choice of it, sink events per image by class with and without block 0."""
+    cells = []
+    for e, event in enumerate(grid.event):
+        for r, routed in enumerate(grid.routed):
+            for q, queries in enumerate(grid.queries):
+                for blocks, layers in (("all", slice(None)), ("after block 0", slice(1, None))):
+                    by_class = counts[layers, e, r, q].sum(0) / images
+                    cell = {"event": event, "routed": routed, "queries": queries, "blocks": blocks}
+                    cell["sinks_per_image"] = float(by_class.sum())
+                    cell |= {f"{c}_per_image": float(by_class[i]) for i, c in enumerate(CLASSES)}
+                    cells.append(cell)
+    return {"grid": grid.to_dict(), "cells": cells}
 
 
 def _counts(events: list[dict]) -> dict:

@@ -33,7 +33,7 @@ from ..data import (
     loader_options,
     parse_options,
 )
-from ..diagnostics import SinkReport, diagnose
+from ..diagnostics import Grid, SinkReport, diagnose
 from ..diagnostics.capture import adapter_for
 from ..diagnostics.diagnose import model_inputs
 from ..diagnostics.families import SUPPORTED, family_of, vision_config
@@ -44,6 +44,7 @@ from ..loading import auto_config, check_weight_files, from_pretrained, read_con
 from ..probes.dense import DenseOptions, dense_probe
 from ..probes.linear import ProbeSettings
 from .cards import ZOO_VERSION
+from .content import content_sets_block, ink_block
 
 PACKAGES = ("sink-models", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "evaluate")
 
@@ -116,6 +117,12 @@ class EvalArguments:
     )
     dense_probe_epochs: int = field(default=25, metadata={"help": "adamw epochs (paper: ADE20K 25, VOC 100)"})
     dense_probe_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "adamw probe seeds"})
+    sensitivity: bool = field(
+        default=False, metadata={"help": "also count sinks under a grid of the rule's choices (docs/science.md)"}
+    )
+    content_sets: bool = field(
+        default=False, metadata={"help": "canvas-digits: also diagnose blank and cluttered held-out canvases"}
+    )
     intervention_models: list[str] = field(
         default_factory=list, metadata={"help": "zoo checkpoints whose causal edits go to results/interventions.md"}
     )
@@ -306,7 +313,8 @@ def evaluate_checkpoint(
     progress = tqdm(total=len(indices), desc=checkpoint.name, unit="img", disable=not show_progress)
     scores = _Scores(mapping, min(5, model.config.num_labels) if mapping is not None else 0, progress)
     with progress, autocast(args.autocast, next(model.parameters()).device):
-        report = diagnose(model, scores.readable(loader), accelerator=accelerator, on_outputs=scores.keep)
+        grid = Grid() if args.sensitivity else None
+        report = diagnose(model, scores.readable(loader), accelerator=accelerator, on_outputs=scores.keep, grid=grid)
     dataset = {
         "name": choice.dataset,
         "options": parse_options(choice.options),
@@ -330,7 +338,23 @@ def evaluate_checkpoint(
         "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
-    } | _opt_in(checkpoint, data, choice, args, accelerator, show_progress), report
+    } | _content(report, checkpoint, choice, args, accelerator) | _opt_in(
+        checkpoint, data, choice, args, accelerator, show_progress
+    ), report
+
+
+def _content(report: SinkReport, checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments, accelerator) -> dict:
+    """On canvas-digits: where the patch sinks sit (on ink or not) and, opted in, the content-controlled sets."""
+    if choice.dataset != CANVAS:
+        return {}
+    block = {"ink": ink_block(report, parse_options(choice.options), adapter_for(checkpoint.model).patch_size)}
+    if args.content_sets:
+        grid = Grid() if args.sensitivity else None
+        loader = lambda images: _eval_loader(checkpoint, images, args, accelerator)[0]  # noqa: E731
+        block["content_sets"] = content_sets_block(
+            checkpoint.model, loader, choice.options, args.max_images, grid, accelerator
+        )
+    return block
 
 
 class _Scores:
