@@ -1,4 +1,5 @@
 import json
+import math
 import statistics
 
 import pytest
@@ -78,7 +79,9 @@ def test_the_tables_pair_seeds_and_compare_with_the_paper(tmp_path):
     assert "| plain | 2 | 0.85 ± 0.318 | 0.1 ± 0.0354 | 0.75 ± 0.354 | 0 ± 0 | 0.25 / 0.09 |" in after
     # gated - plain per seed: top-1 +5, 0 -> 2.5 ± 3.54; NOP -0.5, -0.2 -> -0.35 ± 0.212
     row = next(line for line in text.splitlines() if line.startswith("| gated | 0, 1 |"))
-    assert "2.5 ± 3.54 (+5.00, +0.00)" in row and "-0.35 ± 0.212 (-0.50, -0.20)" in row
+    # paired t with one degree of freedom (two seeds): t = mean / (sd / sqrt 2), p = 1 - 2 atan(|t|) / pi (Cauchy)
+    p_nop = 1 - 2 * math.atan(0.35 / (statistics.stdev([-0.5, -0.2]) / math.sqrt(2))) / math.pi
+    assert "2.5 ± 3.54 (+5.00, +0.00; p 0.5)" in row and f"-0.35 ± 0.212 (-0.50, -0.20; p {p_nop:.2g})" in row
     assert "| plain | 0.9 ± 0 (33% CLS) | 0.1 ± 0 (0% CLS) |" in text
     assert "Registers" not in text  # no register variant, no register table
     stability = text.split("in stability and concentration")[1].splitlines()
@@ -177,7 +180,8 @@ def test_the_dense_probe_table_and_paired_miou():
     assert row(text, section, "reg") == "| reg | 0 | - | - | - | - | - | 18.7 / 49.9 | +2.1 / +6.1 |"
     assert row(text, section, "gp").endswith("|  |  |")  # no paper mIoU for the global pathway
     paired = "### Paired differences from plain, seed by seed"
-    assert row(text, paired, "gated").endswith(f"| {spread_of([31 - 25, 28 - 30])} (+6.00, -2.00) |")  # seed 2 skipped
+    p = 1 - 2 * math.atan(2 / (statistics.stdev([6, -2]) / math.sqrt(2))) / math.pi  # seed 2 skipped: one dof
+    assert row(text, paired, "gated").endswith(f"| {spread_of([31 - 25, 28 - 30])} (+6.00, -2.00; p {p:.2g}) |")
     assert row(text, paired, "reg").endswith("| - |")
 
 
@@ -207,3 +211,63 @@ def test_plot_adds_a_dense_probe_panel_only_with_probes(tmp_path, monkeypatch):
     assert [len(axes) for axes in panels] == [4, 5] and panels[0] == panels[1][:4]
     # one colour per variant (plain, gated, reg, gated-reg, gp), one dot per probed seed
     assert panels[1][4] == ("Dense-probe mIoU against sinks (one dot per seed)", [3, 2, 0, 1, 1])
+
+
+def with_robustness(model, scale):
+    """`model` with a two-cell grid (the plain count times 1 and times `scale`), ink attribution and a blank set."""
+    sinks = model["sinks"]
+    cells = []
+    for event, factor in ((0.9, 1.0), (0.8, scale)):
+        counts = {f"{k}_per_image": factor * sinks[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast")}
+        cells.append({"event": event, "routed": 0.5, "queries": "all", "blocks": "all", **counts})
+    sinks["sensitivity"] = {"grid": {}, "cells": cells}
+    ink = {"on_ink": 0.5 * scale, "chance": 0.09, "patch_events": 10,
+           "by_class": {"nop": {"on_ink": 1.0}, "broadcast": {"on_ink": 0.25}}}  # fmt: skip
+    model["ink"] = ink
+    blank = {"sinks_per_image": 2 * scale, "nop_per_image": scale, "broadcast_per_image": scale,
+             "sink_share": {"cls": 0.75, "register": 0.25, "patch": 0.0},
+             "per_image_by_token": {"nop": {"cls": scale, "register": 0.0, "patch": 0.0}}}  # fmt: skip
+    layers = [{"events": 4, "cls": 1}, {"events": 0, "cls": 0}]
+    model["content_sets"] = {"blank": {"sinks": blank, "layers": layers, "ink": ink | {"chance": 0.0}}}
+    return model
+
+
+def test_p_values_sign_floor_and_verdicts():
+    from sink_models.paper.robustness import paired_t, sign_test_floor, verdict
+
+    assert sign_test_floor(4) == 0.125 and sign_test_floor(8) == 2 / 256
+    assert paired_t([1.0, 3.0]) == pytest.approx(
+        1 - 2 * math.atan(2 / (statistics.stdev([1, 3]) / math.sqrt(2))) / math.pi
+    )
+    assert paired_t([1.0]) is None and paired_t([2.0, 2.0]) is None  # undefined, not zero
+    assert verdict([-1.0, -1.1, -0.9, -1.2], -1) == "holds"  # p ~ 1e-4
+    assert verdict([-1.0, -1.1, -0.9, -1.2], +1) == "opposite"
+    assert verdict([-3.0, -0.1, -0.2, 0.1], -1) == "leans"  # three of four down, p 0.4
+    assert verdict([-3.0, 0.1, -0.2, 0.1], -1) == "no evidence"  # two of four
+    assert verdict([], -1) == "-"
+
+
+def test_grid_and_content_tables():
+    from sink_models.paper.robustness import paired_t
+
+    plain = {s: with_robustness(result("plain", s, top1=0.9, nop=0.5, broadcast=2.0 + s), 2.0) for s in range(3)}
+    gated = {s: with_robustness(result("gated", s, top1=0.9, nop=0.1 * s, broadcast=3.0), 1.0) for s in range(3)}
+    text = tables({"plain": plain, "gated": gated})
+    summary = text.split("### The claims under every choice of the rule (verdicts over the grid's 2 cells)")[1]
+    # gated - plain NOP: at event 0.9: 0 - 0.5, 0.1 - 0.5, 0.2 - 0.5 (p < 0.05: holds); at 0.8: 2x plain's -> holds
+    assert "| gates remove NOP sinks | gated - plain, nop | 3 | 2 | 0 | 0 | 0 |" in summary
+    # broadcast: 3 - (2, 3, 4) at 0.9; 3 - 2 x (2, 3, 4) at 0.8: against the paper's direction, but p 0.12
+    assert paired_t([-1.0, -3.0, -5.0]) == pytest.approx(0.1217, abs=1e-4)  # t = -3 / (2 / sqrt 3), 2 dof
+    assert "| broadcast sinks stay (grow) under gating | gated - plain, broadcast | 3 | 0 | 0 | 2 | 0 |" in summary
+    cells = text.split("### The claims cell by cell")[1]
+    assert "| 0.9 | 0.5 | all | all | -0.4 ± 0.1 (-0.50, -0.40, -0.30; p " in cells
+    levels = text.split("### Sinks per image under each choice of the rule (mean over seeds)")[1]
+    assert "| 0.8 | 0.5 | all | all | 7 | 3.1 |" in levels  # plain 2 x (2.5, 3.5, 4.5); gated 3 + (0, 0.1, 0.2)
+    ink = text.split("### Where patch sinks sit")[1]
+    assert "| plain | 1 ± 0 | 1 ± 0 | 0.25 ± 0 | 0.09 ± 0 | 0.25 ± 0 |" in ink
+    blank = text.split("### Blank canvases: sinks by class and token")[1]
+    assert "| plain | 4 ± 0 | 2 ± 0 | 2 ± 0 | 0.75 ± 0 | 0.25 ± 0 | 0 ± 0 | 1 ± 0 | 0 ± 0 |" in blank
+    assert "| gates remove NOP sinks | -1 ± 0 (-1.00, -1.00, -1.00) | no evidence |" not in blank  # sd 0: no p
+    assert "| gates remove NOP sinks | -1 (-1.00, -1.00, -1.00) |" not in blank
+    assert "| gates remove NOP sinks | -1 ± 0 (-1.00, -1.00, -1.00) | leans |" in blank
+    assert "| gated | 25% | - |" in blank  # one CLS event of four in layer 0; no events in layer 1

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..evaluation.cards import markdown_table, merge_sections
 from ..files import atomic_write, save_figure
 from .reference import PAPER_MIOU, PAPER_SINKS
+from .robustness import content_sections, grid_sections, paired_text, sign_test_floor
 
 DATASET = "canvas-digits"
 ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")
@@ -65,6 +66,7 @@ def figures(result: dict) -> dict:
         "other": sinks["other_per_image"],
         **{f"{key}_after_block0": later.get(f"{key}_per_image") for key in ("sinks", "nop", "broadcast", "other")},
         "cls_share": sinks["sink_share"]["cls"],
+        "patch_share": sinks["sink_share"]["patch"],
         "register_share": sinks["sink_share"]["register"],
         "register_share_nop": register_share("nop"),
         "register_share_broadcast": register_share("broadcast"),
@@ -78,7 +80,46 @@ def figures(result: dict) -> dict:
         "token_norm_ratio": stability.get("token_norm_max_over_median"),
         "loss_spikes": stability.get("loss_spikes"),
         "largest_grad_norm": stability.get("largest_grad_norm"),
+        **_grid_figures(sinks.get("sensitivity")),
+        **_content_figures("", result),
+        **{
+            k: v
+            for name, block in (result.get("content_sets") or {}).items()
+            for k, v in _content_figures(name + ":", block).items()
+        },
     }
+
+
+def _grid_figures(sensitivity: dict | None) -> dict:
+    """Sinks, NOP and broadcast per image under each cell of the rule's grid, keyed `grid:event:routed:queries:
+    blocks:quantity`, and the cells in order."""
+    if not sensitivity:
+        return {}
+    out = {"grid_cells": []}
+    for cell in sensitivity["cells"]:
+        key = (cell["event"], cell["routed"], cell["queries"], cell["blocks"])
+        out["grid_cells"].append(key)
+        for quantity in ("sinks", "nop", "broadcast"):
+            out["grid:{}:{}:{}:{}:".format(*key) + quantity] = cell[f"{quantity}_per_image"]
+    return out
+
+
+def _content_figures(prefix: str, block: dict) -> dict:
+    """Ink attribution and, for a content set (`prefix` its name and a colon), its sinks by class and token."""
+    ink = block.get("ink")
+    out = {} if ink is None else {
+        prefix + "on_ink": ink["on_ink"], prefix + "ink_chance": ink["chance"], prefix + "patch_events":
+        ink["patch_events"], prefix + "on_ink_nop": ink["by_class"]["nop"]["on_ink"],
+        prefix + "on_ink_broadcast": ink["by_class"]["broadcast"]["on_ink"],
+    }  # fmt: skip
+    if prefix:  # a content set's own sinks; the held-out canvases' are the other tables'
+        sinks, layers = block["sinks"], block["layers"]
+        out |= {prefix + k: sinks[f"{k}_per_image"] for k in ("sinks", "nop", "broadcast")}
+        out |= {prefix + f"{t}_share": sinks["sink_share"][t] for t in ("cls", "register", "patch")}
+        nop = sinks["per_image_by_token"]["nop"]
+        out[prefix + "register_share_nop"] = nop["register"] / sum(nop.values()) if sum(nop.values()) else None
+        out[prefix + "layer_cls"] = [layer["cls"] / layer["events"] if layer["events"] else None for layer in layers]
+    return out
 
 
 def spread(values: list) -> str:
@@ -129,7 +170,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     ]
     if "plain" in numbers:
         sections.append(
-            "### Paired differences from plain, seed by seed (mean ± sd (per seed))\n\n"
+            "### Paired differences from plain, seed by seed (mean ± sd (per seed; paired t p))\n\n"
             + _paired(numbers, seeds, PAIRED | (PAIRED_DENSE if probed else {}))
         )
         sections.append(
@@ -149,6 +190,8 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             "### Registers: how many sinks they absorb, and whether they also serve NOP\n\n"
             + _means(registered, REGISTERS)
         )
+    sections += content_sections(numbers, spread)
+    sections += grid_sections(numbers)
     sections.append("### Stability and performance (training run and held-out images)\n\n" + _means(numbers, STABILITY))
     if probed:
         sections.append(
@@ -156,7 +199,13 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             "\n\n" + _dense(probed)
         )
     models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
-    return f"Models ({models}); mean ± sample standard deviation over seeds.\n\n" + "\n\n".join(sections)
+    return (
+        f"Models ({models}); mean ± sample standard deviation over seeds. Paired differences give each seed's "
+        "difference and the two-sided paired t-test's p; a sign test cannot go below p = "
+        f"{sign_test_floor(4):.3g} with 4 seeds ({sign_test_floor(8):.2g} with 8). Verdicts: holds (p < 0.05 in the "
+        "paper's direction), leans (its direction in the mean and in three quarters of the seeds), no evidence, "
+        "opposite (p < 0.05 against it).\n\n" + "\n\n".join(sections)
+    )
 
 
 def _means(numbers: dict[str, dict[int, dict]], columns: dict[str, str], against_paper: bool = False) -> str:
@@ -227,8 +276,7 @@ def _paired(numbers: dict[str, dict[int, dict]], seeds: list[int], columns: dict
         row = [name, ", ".join(map(str, paired))]
         for key in columns:
             pairs = [(numbers[name][s][key], numbers["plain"][s][key]) for s in paired]
-            diffs = [a - b for a, b in pairs if a is not None and b is not None]
-            row.append(spread(diffs) + " (" + ", ".join(f"{d:+.2f}" for d in diffs) + ")" if diffs else "-")
+            row.append(paired_text([a - b for a, b in pairs if a is not None and b is not None]))
         rows.append(row)
     return markdown_table(["variant", "seeds", *columns.values()], rows)
 

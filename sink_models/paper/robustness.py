@@ -1,0 +1,188 @@
+"""How far the canvas conclusions carry: paired statistics over seeds, the event rule's sensitivity grid, where patch
+sinks sit (digit ink or not) and the content-controlled canvases (docs/science.md section 9). Tables for
+results/images.md, from the figures `comparison.figures` reads out of each model's results."""
+
+import math
+import statistics
+
+from scipy import stats
+
+from ..evaluation.cards import markdown_table
+
+# The paper's claims tested on every grid cell and content set: (claim, variant, quantity, the paper's direction of
+# the variant's difference from plain).
+CLAIMS = (
+    ("gates remove NOP sinks", "gated", "nop", -1),
+    ("the headwise gate removes NOP sinks", "gated-headwise", "nop", -1),
+    ("broadcast sinks stay (grow) under gating", "gated", "broadcast", 1),
+    ("registers absorb sinks", "reg", "sinks", -1),
+    ("gate + registers remove NOP sinks", "gated-reg", "nop", -1),
+    ("global pathway + penalty removes broadcasts", "gp-penalty", "broadcast", -1),
+)
+LEVEL = 0.05  # two-sided
+
+
+def paired_t(diffs: list[float]) -> float | None:
+    """The two-sided p-value of a paired t-test (one-sample t on the differences); None where it is undefined (fewer
+    than two seeds, or every difference equal)."""
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        return None
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def sign_test_floor(seeds: int) -> float:
+    """The smallest two-sided sign-test p-value `seeds` paired seeds can reach (every sign the same)."""
+    return min(1.0, 2 * 0.5**seeds)
+
+
+def verdict(diffs: list[float], direction: int) -> str:
+    """holds (p < LEVEL, the paper's direction), opposite (p < LEVEL, against it), leans (the paper's direction in
+    the mean and in at least three quarters of the seeds) or no evidence."""
+    if not diffs:
+        return "-"
+    p, mean = paired_t(diffs), statistics.fmean(diffs)
+    if p is not None and p < LEVEL and mean * direction > 0:
+        return "holds"
+    if p is not None and p < LEVEL and mean * direction < 0:
+        return "opposite"
+    if mean * direction > 0 and sum(d * direction > 0 for d in diffs) >= 0.75 * len(diffs):
+        return "leans"
+    return "no evidence"
+
+
+def differences(numbers: dict[str, dict[int, dict]], name: str, key: str) -> list[float]:
+    """`name` minus plain of the same seed, over the seeds where both measured `key`."""
+    if name not in numbers or "plain" not in numbers:
+        return []
+    pairs = [(numbers[name][s].get(key), numbers["plain"][s].get(key)) for s in numbers[name] if s in numbers["plain"]]
+    return [a - b for a, b in pairs if a is not None and b is not None]
+
+
+def paired_text(diffs: list[float]) -> str:
+    """mean ± sd (per-seed differences; paired t p-value)."""
+    if not diffs:
+        return "-"
+    mean = statistics.fmean(diffs)
+    sd = f" ± {statistics.stdev(diffs):.3g}" if len(diffs) > 1 else ""
+    p = paired_t(diffs)
+    return f"{mean:.3g}{sd} (" + ", ".join(f"{d:+.2f}" for d in diffs) + (f"; p {p:.2g})" if p is not None else ")")
+
+
+def grid_cells(numbers: dict[str, dict[int, dict]]) -> list[tuple]:
+    """The grid's cells, (event, routed, queries, blocks), in the order of the first result that has them."""
+    for runs in numbers.values():
+        for figures in runs.values():
+            if figures.get("grid_cells"):
+                return figures["grid_cells"]
+    return []
+
+
+def grid_key(cell: tuple, quantity: str) -> str:
+    return "grid:{}:{}:{}:{}:".format(*cell) + quantity
+
+
+def grid_sections(numbers: dict[str, dict[int, dict]]) -> list[str]:
+    """The claims across the grid (a verdict count per claim, then cell by cell) and each variant's sinks per
+    image per cell; nothing when no result has the grid."""
+    cells = grid_cells(numbers)
+    if not cells:
+        return []
+    claims = [claim for claim in CLAIMS if claim[1] in numbers and "plain" in numbers]
+    rows = []
+    for label, name, quantity, direction in claims:
+        verdicts = [verdict(differences(numbers, name, grid_key(cell, quantity)), direction) for cell in cells]
+        seeds = len(differences(numbers, name, grid_key(cells[0], quantity)))
+        counts = [sum(v == word for v in verdicts) for word in ("holds", "leans", "no evidence", "opposite")]
+        rows.append([label, f"{name} - plain, {quantity}", seeds, *counts])
+    summary = markdown_table(["claim", "paired difference", "seeds", "holds", "leans", "no evidence", "opposite"], rows)
+    detail = []
+    for cell in cells:
+        row = [*_cell_label(cell)]
+        for _, name, quantity, direction in claims:
+            diffs = differences(numbers, name, grid_key(cell, quantity))
+            row.append(f"{paired_text(diffs)} {verdict(diffs, direction)}" if diffs else "-")
+        detail.append(row)
+    detail_table = markdown_table(["event", "routed", "queries", "blocks", *(c[0] for c in claims)], detail)
+    levels = []
+    for cell in cells:
+        levels.append([*_cell_label(cell), *(_mean(numbers[name], grid_key(cell, "sinks")) for name in numbers)])
+    levels_table = markdown_table(["event", "routed", "queries", "blocks", *numbers], levels)
+    return [
+        f"### The claims under every choice of the rule (verdicts over the grid's {len(cells)} cells)\n\n" + summary,
+        "### The claims cell by cell: paired difference from plain (per seed; paired t p) and verdict\n\n"
+        + detail_table,
+        "### Sinks per image under each choice of the rule (mean over seeds)\n\n" + levels_table,
+    ]
+
+
+def _cell_label(cell: tuple) -> list:
+    event, routed, queries, blocks = cell
+    return [event, routed, queries, blocks]
+
+
+def _mean(runs: dict[int, dict], key: str) -> str:
+    values = [n.get(key) for n in runs.values() if n.get(key) is not None]
+    return "-" if not values else f"{statistics.fmean(values):.3g}"
+
+
+INK = {"on_ink": "patch sinks on ink", "on_ink_nop": "NOP patch sinks on ink",
+       "on_ink_broadcast": "broadcast patch sinks on ink", "ink_chance": "chance (patches with ink)",
+       "patch_share": "share of sinks on patches"}  # fmt: skip
+SETS = ("default", "blank", "cluttered")
+CONTENT = {"sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img", "cls_share": "CLS share",
+           "register_share": "register share", "patch_share": "patch share", "on_ink": "patch sinks on ink",
+           "ink_chance": "chance"}  # fmt: skip
+
+
+def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
+    """Ink attribution on the held-out canvases, then per content set the sinks by class and token type, the
+    paper's claims on it and the CLS share by layer; nothing when no result has them."""
+    sections = []
+    if any(n.get("on_ink") is not None or n.get("patch_events") == 0 for r in numbers.values() for n in r.values()):
+        rows = [[name, *(spread([n.get(key) for n in runs.values()]) for key in INK)] for name, runs in numbers.items()]
+        sections.append(
+            "### Where patch sinks sit: on digit ink or not (held-out canvases; share of patch-sink events)\n\n"
+            + markdown_table(["variant", *INK.values()], rows)
+        )
+    present = [s for s in SETS[1:] if any(f"{s}:sinks" in n for r in numbers.values() for n in r.values())]
+    for content in present:
+        prefix = f"{content}:"
+        rows = [
+            [name, *(spread([n.get(prefix + key) for n in runs.values()]) for key in CONTENT)]
+            for name, runs in numbers.items()
+        ]
+        claims = []
+        for label, name, quantity, direction in CLAIMS:
+            diffs = differences(numbers, name, prefix + quantity)
+            if diffs:
+                claims.append([label, paired_text(diffs), verdict(diffs, direction)])
+        for name in ("reg", "gated-reg"):  # "registers are repurposed for NOP": their share of NOP sinks
+            values = [n.get(prefix + "register_share_nop") for n in numbers.get(name, {}).values()]
+            claims.append([f"registers serve NOP ({name}: register share of NOP sinks)", spread(values), ""])
+        depth = _depth_shares(numbers, prefix)
+        sections.append(
+            f"### {content.capitalize()} canvases: sinks by class and token\n\n"
+            + markdown_table(["variant", *CONTENT.values()], rows)
+            + f"\n\n{content.capitalize()} canvases, the claims (paired difference from plain; verdict):\n\n"
+            + markdown_table(["claim", "difference (per seed; paired t p)", "verdict"], claims)
+            + f"\n\n{content.capitalize()} canvases, the CLS share of each layer's sinks (mean over seeds):\n\n"
+            + depth
+        )
+    return sections
+
+
+def _depth_shares(numbers: dict[str, dict[int, dict]], prefix: str) -> str:
+    depth = max((len(n.get(prefix + "layer_cls") or []) for r in numbers.values() for n in r.values()), default=0)
+    rows = []
+    for name, runs in numbers.items():
+        cells = []
+        for layer in range(depth):
+            shares = [n[prefix + "layer_cls"][layer] for n in runs.values() if _has(n, prefix + "layer_cls", layer)]
+            cells.append(f"{100 * statistics.fmean(shares):.0f}%" if shares else "-")
+        rows.append([name, *cells])
+    return markdown_table(["variant", *(f"layer {layer}" for layer in range(depth))], rows)
+
+
+def _has(figures: dict, key: str, layer: int) -> bool:
+    values = figures.get(key) or []
+    return layer < len(values) and values[layer] is not None and not math.isnan(values[layer])
