@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate_intervene import EDITS, setup
@@ -15,6 +16,7 @@ from reference import reference_tokens
 
 from sink_models import SinkViTModel
 from sink_models.diagnostics import Thresholds, diagnose
+from sink_models.errors import InputError
 from sink_models.interventions import EDITS as ALL_EDITS
 from sink_models.interventions import InterventionReport, intervene, select_heads
 
@@ -201,3 +203,49 @@ def test_planted_heads_of_stock_models(name):
         "gate_closed on 0:1: the model has no attention gate",
         "gate_closed on 0:3: the model has no attention gate",
     ]
+
+
+@pytest.mark.parametrize("direction", ["all patches", "without sinks"])
+def test_the_donor_cosine_takes_its_direction_as_asked(direction):
+    """cos(mean change over the patches but the sink, mean P_donor - mean P_own), the two means over every patch (the
+    paper's) or each without its own image's sink; written out per image with numpy."""
+    from types import SimpleNamespace
+
+    from sink_models.interventions.edits import Choices
+    from sink_models.interventions.measure import Baseline, effects
+
+    generator = torch.Generator().manual_seed(0)
+    before, after = torch.randn(3, 7, 5, generator=generator), torch.randn(3, 7, 5, generator=generator)
+    sink = torch.tensor([2, 5, 0])  # patch sinks in images 0 and 1, a CLS sink in image 2 (prefix: 2 tokens)
+    donor = torch.tensor([1, 2, 0])
+    chosen = Choices(sink, donor, sink[donor], sink, sink)
+    adapter = SimpleNamespace(num_prefix_tokens=2)
+    got = effects(Baseline(before, None, None, None), {"tokens": after, "logits": None}, adapter, chosen, direction)
+    b, a = before.double().numpy(), after.double().numpy()
+    for i in range(3):
+        changed = [j for j in range(2, 7) if j != sink[i]]
+        mean_change = (a[i, changed] - b[i, changed]).mean(0)
+
+        def mean_patch(image):
+            kept = [j for j in range(2, 7) if direction == "all patches" or j != sink[image]]
+            return b[image, kept].mean(0)
+
+        towards = mean_patch(int(donor[i])) - mean_patch(i)
+        expected = mean_change @ towards / np.linalg.norm(mean_change) / np.linalg.norm(towards)
+        assert float(got["donor_cosine"][i]) == pytest.approx(expected, abs=1e-12)
+    other = "without sinks" if direction == "all patches" else "all patches"
+    again = effects(Baseline(before, None, None, None), {"tokens": after, "logits": None}, adapter, chosen, other)
+    assert not torch.allclose(again["donor_cosine"][:2], got["donor_cosine"][:2])  # patch sinks: the two differ
+
+
+def test_ties_at_the_selection_cut_follow_the_paper_or_keep_the_earlier_head():
+    from sink_models.diagnostics import SinkReport
+
+    counts = {(1, 0): 5, (1, 1): 3, (2, 0): 3, (2, 3): 3, (0, 1): 2, (0, 2): 2}  # three heads tie at 3 for two places
+    heads = [{"layer": lh[0], "head": lh[1], "nop": n, "broadcast": 0} for lh, n in counts.items()]
+    report = SinkReport({}, heads, [], [], {}, {})
+    # the paper's sort of (count, layer, head), descending: the later of equal heads wins
+    assert select_heads(report, per_class=2) == [(0, 2), (1, 0), (2, 3)]
+    assert select_heads(report, per_class=2, ties="lower") == [(0, 1), (1, 0), (1, 1)]
+    with pytest.raises(InputError, match=r"^ties: got 'higher'; allowed: paper, lower.$"):
+        select_heads(report, ties="higher")

@@ -22,7 +22,7 @@ from .edits import (
 )
 from .heads import head_attention, head_metrics, head_projection, head_view
 from .means import held_out_means, inputs_on
-from .measure import Baseline, effects
+from .measure import DONOR_DIRECTIONS, Baseline, effects
 from .report import InterventionReport, by_position
 from .select import select_heads
 
@@ -38,16 +38,20 @@ def intervene(
     per_class: int = 4,
     seed: int = 0,
     accelerator=None,
+    donor_direction: str = "all patches",
 ) -> InterventionReport:
     """Edit each of `heads` ((layer, head) pairs; default: `select_heads` of the model's own diagnostics on `batches`)
     on every image of `batches` where it has a sink event, once per edit of `edits` (`edits.EDITS`), and measure the
     effects. `held_out` gives the images the head's mean sink value and the registers' mean are taken over (default:
     `batches` themselves; the paper uses disjoint images). Batches are dicts of model inputs, with `labels` if the
-    top-1 change is wanted, or pixel tensors. The donor of an image is the next image of its batch.
+    top-1 change is wanted, or pixel tensors. The donor of an image is the next image of its batch; `donor_direction`
+    ("all patches", the paper's, or "without sinks") says which patches the donor cosine's two means take.
 
     Under accelerate, give each process its own whole batches: the report is the single-process one."""
     thresholds = Thresholds() if thresholds is None else thresholds
     edits = _checked_edits(edits)
+    if donor_direction not in DONOR_DIRECTIONS:
+        raise InputError(f"donor_direction: got {donor_direction!r}; allowed: {', '.join(DONOR_DIRECTIONS)}.")
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     adapter = adapter_for(model)
@@ -62,7 +66,7 @@ def intervene(
     means = (
         held_out_means(model, adapter, source, heads, thresholds, accelerator, sinks, registers) if needs_means else {}
     )
-    run = _Run(model, adapter, heads, edits, thresholds, means, seed)
+    run = _Run(model, adapter, heads, edits, thresholds, means, seed, donor_direction)
     training = model.training
     model.eval()
     try:
@@ -103,9 +107,9 @@ def _split(batch, adapter: Adapter) -> tuple[dict, torch.Tensor | None]:
 class _Run:
     """The per-batch work: baseline, each head's sink events, each edit's forward and effects, the checks."""
 
-    def __init__(self, model, adapter, heads, edits, thresholds, means, seed):
+    def __init__(self, model, adapter, heads, edits, thresholds, means, seed, donor_direction):
         self.model, self.adapter, self.heads, self.edits = model, adapter, heads, edits
-        self.thresholds, self.means, self.seed = thresholds, means, seed
+        self.thresholds, self.means, self.seed, self.donor_direction = thresholds, means, seed, donor_direction
         self.rows: list[dict] = []
         self.images = 0
         self.checks = {"local_identity_max": 0.0, "noop_max": 0.0, "checked_heads": []}
@@ -159,7 +163,7 @@ class _Run:
             outputs = self._edited(inputs, layer, head, edit, attention, value[:, 0].float(), chosen)
             if outputs is None:
                 continue
-            measured = effects(baseline, outputs, self.adapter, chosen)
+            measured = effects(baseline, outputs, self.adapter, chosen, self.donor_direction)
             self._record(index, layer, head, edit, metrics, event, measured)
 
     def _checks(self, inputs, baseline, layer, head, attention, value, chosen, projection) -> None:

@@ -34,11 +34,18 @@ def patch_mask(baseline: Baseline, first: int, sink: torch.Tensor | None) -> tor
     return mask
 
 
-def effects(baseline: Baseline, outputs: dict, adapter, chosen) -> dict[str, torch.Tensor | None]:
+DONOR_DIRECTIONS = ("all patches", "without sinks")
+
+
+def effects(
+    baseline: Baseline, outputs: dict, adapter, chosen, donor_direction: str = "all patches"
+) -> dict[str, torch.Tensor | None]:
     """Per image: final_patch_relrms = sqrt(mean_i ||P'_i - P_i||^2) / sqrt(mean_i ||P_i||^2) over the patches
     without the sink; common_energy = ||mean_i dP_i||^2 / mean_i ||dP_i||^2, the share of the change that every patch
-    gets; donor_cosine = cos(mean_i dP_i, mean P_donor - mean P_own); and from the logits (with a head): the KL
-    divergence from the baseline's prediction, top-1 agreement with it and, with labels, the top-1 accuracy change."""
+    gets; donor_cosine = cos(mean_i dP_i, mean P_donor - mean P_own), the two means over all patches (the paper's
+    direction) or, `donor_direction="without sinks"`, each without its image's sink; and from the logits (with a
+    head): the KL divergence from the baseline's prediction, top-1 agreement with it and, with labels, the top-1
+    accuracy change."""
     mask = patch_mask(baseline, adapter.num_prefix_tokens, None if chosen is None else chosen.sink).float()
     count = mask.sum(-1)
     before, after = baseline.tokens.double(), outputs["tokens"].double()
@@ -52,7 +59,9 @@ def effects(baseline: Baseline, outputs: dict, adapter, chosen) -> dict[str, tor
         "donor_cosine": None,
     }
     if chosen is not None:
-        own = (before * mask[..., None]).sum(1) / count[:, None]
+        every = patch_mask(baseline, adapter.num_prefix_tokens, None).float()
+        means = mask if donor_direction == "without sinks" else every
+        own = (before * means[..., None]).sum(1) / means.sum(-1)[:, None]
         direction = own[chosen.donor] - own
         cosine = F.cosine_similarity(mean_change, direction, dim=-1)
         measured["donor_cosine"] = torch.where(energy > 0, cosine, torch.nan)  # no change: no direction

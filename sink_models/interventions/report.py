@@ -44,6 +44,7 @@ class InterventionReport:
         heads = [{"layer": layer, "head": head, **counts} for (layer, head), counts in sorted(events.items())]
         skipped = {"heads_without_events": [f"{h['layer']}:{h['head']}" for h in heads if not _events(h)], **skipped}
         settings = {"edits": list(run.edits), "seed": run.seed, "images": images}
+        settings["donor_direction"] = run.donor_direction
         settings["thresholds"] = run.thresholds.to_dict()
         model = {"class": type(run.model).__name__, "family": run.adapter.family.name}
         model["name_or_path"] = run.model.config.name_or_path
