@@ -118,7 +118,8 @@ class EvalArguments:
     dense_probe_epochs: int = field(default=25, metadata={"help": "adamw epochs (paper: ADE20K 25, VOC 100)"})
     dense_probe_seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "adamw probe seeds"})
     sensitivity: bool = field(
-        default=False, metadata={"help": "also count sinks under a grid of the rule's choices (docs/science.md)"}
+        default=False,
+        metadata={"help": "also count sinks under a grid of the rule's choices (docs/science.md section 9)"},
     )
     content_sets: bool = field(
         default=False, metadata={"help": "canvas-digits: also diagnose blank and cluttered held-out canvases"}
