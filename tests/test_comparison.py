@@ -188,7 +188,10 @@ def test_the_dense_probe_table_and_paired_miou():
 def test_without_dense_probes_the_tables_are_as_before():
     before = tables(dense_results(with_probes=False))
     assert "mIoU" not in before and "Dense probe" not in before
-    after = tables(dense_results(with_probes=True)).split("\n\n### ")
+    probed = tables(dense_results(with_probes=True))
+    claims = [line for line in probed.splitlines() if "raise the dense probe" in line]
+    assert len(claims) == 2  # the gated and gated-reg mIoU claims (reg has no probe)
+    after = "\n".join(line for line in probed.splitlines() if line not in claims).split("\n\n### ")
     assert after[-1].startswith("Dense probe")
     paired = next(i for i, text in enumerate(after) if text.startswith("Paired differences from plain, seed by seed"))
     lines = after[paired].splitlines()
@@ -271,3 +274,23 @@ def test_grid_and_content_tables():
     assert "| gates remove NOP sinks | -1 (-1.00, -1.00, -1.00) |" not in blank
     assert "| gates remove NOP sinks | -1 ± 0 (-1.00, -1.00, -1.00) | leans |" in blank
     assert "| gated | 25% | - |" in blank  # one CLS event of four in layer 0; no events in layer 1
+
+
+def test_the_claims_at_the_default_rule_and_the_cls_slope():
+    from sink_models.paper.robustness import cls_slope, paired_t
+
+    # least squares over the layers with sinks: x (0, 2, 3), y (0.5, 0.3, 0.1): Sxy -0.6, Sxx 42 / 9
+    assert cls_slope([0.5, None, 0.3, 0.1]) == pytest.approx(-0.6 / (42 / 9))
+    assert cls_slope([None, 0.4]) is None
+    plain = {s: with_robustness(result("plain", s, top1=0.9, nop=0.5, broadcast=2.0 + s), 2.0) for s in range(3)}
+    gated = {s: with_robustness(result("gated", s, top1=0.9, nop=0.1 * s, broadcast=3.0), 1.0) for s in range(3)}
+    text = tables({"plain": plain, "gated": gated})
+    claims = text.split("### The paper's claims at the default rule")[1].split("###")[0]
+    # NOP: 0 - 0.5, 0.1 - 0.5, 0.2 - 0.5; without block 0 a quarter of each; no grid cell of the patch query set
+    p = paired_t([-0.5, -0.4, -0.3])
+    assert f"| gates remove NOP sinks | gated - plain, nop | -0.4 ± 0.1 (-0.50, -0.40, -0.30; p {p:.2g}) **holds** | " \
+        f"-0.1 ± 0.025 (-0.12, -0.10, -0.07; p {p:.2g}) **holds** | - |" in claims  # fmt: skip
+    assert "| the global pathway is more accurate |" not in claims  # no gp model
+    depth = text.split("### CLS sinks early, patch sinks late?")[1].split("###")[0]
+    # every model: layer 0 holds 3 CLS of 9 events, layer 1 none of 1: the slope is -1/3 in every seed (sd 0: no p)
+    assert "| plain | -0.333 (-0.333, -0.333, -0.333) | leans |" in depth

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..evaluation.cards import markdown_table, merge_sections
 from ..files import atomic_write, save_figure
 from .reference import PAPER_MIOU, PAPER_SINKS
-from .robustness import content_sections, grid_sections, paired_text, sign_test_floor
+from .robustness import claims_section, cls_slope, content_sections, grid_sections, paired_text, sign_test_floor
 
 DATASET = "canvas-digits"
 ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")
@@ -73,6 +73,7 @@ def figures(result: dict) -> dict:
         "nop_on_registers": None if by_token is None else by_token["nop"]["register"],
         "layer_sinks": [layer["sinks_per_image"] for layer in layers],
         "layer_cls": [layer["cls"] / layer["events"] if layer["events"] else None for layer in layers],
+        "cls_slope": cls_slope([layer["cls"] / layer["events"] if layer["events"] else None for layer in layers]),
         "heads_with_sinks": sum(count > 0 for count in events),
         "top_head": events[0] / total if total else None,
         "top3_heads": sum(events[:3]) / total if total else None,
@@ -119,6 +120,7 @@ def _content_figures(prefix: str, block: dict) -> dict:
         nop = sinks["per_image_by_token"]["nop"]
         out[prefix + "register_share_nop"] = nop["register"] / sum(nop.values()) if sum(nop.values()) else None
         out[prefix + "layer_cls"] = [layer["cls"] / layer["events"] if layer["events"] else None for layer in layers]
+        out[prefix + "cls_slope"] = cls_slope(out[prefix + "layer_cls"])
     return out
 
 
@@ -190,6 +192,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             "### Registers: how many sinks they absorb, and whether they also serve NOP\n\n"
             + _means(registered, REGISTERS)
         )
+    sections[:0] = claims_section(numbers)
     sections += content_sections(numbers, spread)
     sections += grid_sections(numbers)
     sections.append("### Stability and performance (training run and held-out images)\n\n" + _means(numbers, STABILITY))

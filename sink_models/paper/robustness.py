@@ -19,6 +19,15 @@ CLAIMS = (
     ("gate + registers remove NOP sinks", "gated-reg", "nop", -1),
     ("global pathway + penalty removes broadcasts", "gp-penalty", "broadcast", -1),
 )
+# Claims on other figures, read at the default rule: (claim, variant, figure key, the paper's direction).
+OTHER_CLAIMS = (
+    ("the global pathway is more accurate", "gp", "accuracy", 1),
+    ("gates raise the dense probe (paper +2.0 / +4.2 mIoU)", "gated", "miou", 1),
+    ("registers raise the dense probe (paper +2.1 / +6.1)", "reg", "miou", 1),
+    ("gate + registers raise the dense probe (paper +3.4 / +8.4)", "gated-reg", "miou", 1),
+    ("gate + registers lower the largest activation", "gated-reg", "largest_activation", -1),
+    ("gating lowers the largest activation", "gated", "largest_activation", -1),
+)
 LEVEL = 0.05  # two-sided
 
 
@@ -66,6 +75,51 @@ def paired_text(diffs: list[float]) -> str:
     sd = f" ± {statistics.stdev(diffs):.3g}" if len(diffs) > 1 else ""
     p = paired_t(diffs)
     return f"{mean:.3g}{sd} (" + ", ".join(f"{d:+.2f}" for d in diffs) + (f"; p {p:.2g})" if p is not None else ")")
+
+
+def claims_section(numbers: dict[str, dict[int, dict]]) -> list[str]:
+    """The paper's claims at the default rule: over all blocks, without block 0 and counting patch queries only
+    (the grid's cell at the default thresholds), then the claims on accuracy, dense probe and stability, then
+    whether the CLS share of sinks falls with depth (the per-seed slope over layers)."""
+    if "plain" not in numbers:
+        return []
+    rows = []
+    for label, name, quantity, direction in CLAIMS:
+        keys = (quantity, f"{quantity}_after_block0", grid_key((0.9, 0.5, "patches", "all"), quantity))
+        cells = []
+        for key in keys:
+            diffs = differences(numbers, name, key)
+            cells.append(f"{paired_text(diffs)} **{verdict(diffs, direction)}**" if diffs else "-")
+        rows.append([label, f"{name} - plain, {quantity}", *cells])
+    for label, name, key, direction in OTHER_CLAIMS:
+        diffs = differences(numbers, name, key)
+        if diffs:
+            rows.append(
+                [label, f"{name} - plain, {key}", f"{paired_text(diffs)} **{verdict(diffs, direction)}**", "", ""]
+            )
+    sinks = markdown_table(["claim", "paired difference", "all blocks", "without block 0", "patch queries only"], rows)
+    slopes = []
+    for name, runs in numbers.items():
+        values = [n["cls_slope"] for n in runs.values() if n.get("cls_slope") is not None]
+        p = None if len(values) < 2 or statistics.stdev(values) == 0 else float(stats.ttest_1samp(values, 0).pvalue)
+        signs = ", ".join(f"{v:+.3f}" for v in values)
+        text = "-" if not values else f"{statistics.fmean(values):+.3f} ({signs}" + (f"; p {p:.2g})" if p else ")")
+        slopes.append([name, text, verdict(values, -1) if len(values) > 1 else "-"])
+    depth = markdown_table(["variant", "slope of the CLS share per layer (per seed; t p)", "verdict"], slopes)
+    return [
+        "### The paper's claims at the default rule: paired difference from plain (per seed; paired t p), verdict\n\n"
+        + sinks,
+        "### CLS sinks early, patch sinks late? The CLS share of each layer's sinks, its least-squares slope over "
+        "layers per seed (the paper's direction: falling)\n\n" + depth,
+    ]
+
+
+def cls_slope(shares: list[float | None]) -> float | None:
+    """The least-squares slope of the CLS share over the layers that have sinks; None with fewer than two."""
+    points = [(layer, share) for layer, share in enumerate(shares) if share is not None]
+    if len(points) < 2:
+        return None
+    return float(stats.linregress(*zip(*points, strict=True)).slope)
 
 
 def grid_cells(numbers: dict[str, dict[int, dict]]) -> list[tuple]:
@@ -156,6 +210,11 @@ def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
             diffs = differences(numbers, name, prefix + quantity)
             if diffs:
                 claims.append([label, paired_text(diffs), verdict(diffs, direction)])
+        for name, runs in numbers.items():  # CLS early, patches late: the CLS share falls with depth
+            slopes = [n[prefix + "cls_slope"] for n in runs.values() if n.get(prefix + "cls_slope") is not None]
+            if len(slopes) > 1:
+                text = f"{statistics.fmean(slopes):+.3f} (" + ", ".join(f"{v:+.3f}" for v in slopes) + ")"
+                claims.append([f"the CLS share falls with depth ({name}: slope per layer)", text, verdict(slopes, -1)])
         for name in ("reg", "gated-reg"):  # "registers are repurposed for NOP": their share of NOP sinks
             values = [n.get(prefix + "register_share_nop") for n in numbers.get(name, {}).values()]
             claims.append([f"registers serve NOP ({name}: register share of NOP sinks)", spread(values), ""])
