@@ -135,20 +135,26 @@ RANDOM = {
 }
 
 
-@pytest.mark.parametrize("arch", RANDOM)
-def test_the_patch_query_set_equals_the_brute_force_count(arch):
-    """Thresholds(queries="patches"): routed_frac over the patch queries alone (CLS and registers left out), the
-    sink still the key with the most inflow from every query; counted here from the eager attention maps."""
+def _random_with_prefix(arch: str):
+    """A random model of `arch` (eager) with CLS and register tokens drawn, three images, and the routed bar 1/N:
+    random weights spread attention near 1/N, where 0.5 would route no query."""
     model = RANDOM[arch]().eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "cls_token" in name or "register_tokens" in name:
                 parameter.normal_(0, 0.5)
     x = images(model.config, batch=3)
-    # Random weights spread attention near 1/N, where 0.5 would route no query of either set: the bar is 1/N.
     model.set_attn_implementation("eager")
     with torch.no_grad():
         bar = 1 / model(x, output_attentions=True).attentions[0].shape[-1]
+    return model, x, bar
+
+
+@pytest.mark.parametrize("arch", RANDOM)
+def test_the_patch_query_set_equals_the_brute_force_count(arch):
+    """Thresholds(queries="patches"): routed_frac over the patch queries alone (CLS and registers left out), the
+    sink still the key with the most inflow from every query; counted here from the eager attention maps."""
+    model, x, bar = _random_with_prefix(arch)
     expected = brute_force(model, x, routed=bar)
     patches = Thresholds(routed=bar, event=0.0, queries="patches")
     report = diagnose(model, [x[:2], {"pixel_values": x[2:]}], thresholds=patches)
@@ -173,15 +179,7 @@ def _brute_class(row: dict) -> str:
 def test_the_sensitivity_grid_equals_the_brute_force_count(arch):
     """Every cell of the grid (event x routed threshold x query set, with and without block 0) counts the events a
     brute-force pass over the eager attention maps finds, by class; the default cell is the report's own count."""
-    model = RANDOM[arch]().eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "cls_token" in name or "register_tokens" in name:
-                parameter.normal_(0, 0.5)
-    x = images(model.config, batch=3)
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        bar = 1 / model(x, output_attentions=True).attentions[0].shape[-1]  # random weights: attention near 1/N
+    model, x, bar = _random_with_prefix(arch)
     rows = brute_force(model, x)
     grid = Grid(event=(0.3, 0.5, 0.7), routed=(0.9 * bar, bar, 1.1 * bar))
     thresholds = Thresholds(event=0.5, routed=bar)
