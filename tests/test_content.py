@@ -128,3 +128,14 @@ def test_the_evaluation_writes_ink_content_sets_and_the_grid(tmp_path, capsys):
         assert len(block["sinks"]["sensitivity"]["cells"]) == 36
     assert result["content_sets"]["blank"]["ink"]["chance"] == 0.0  # nothing on a blank canvas is ink
     torch.testing.assert_close(torch.tensor(result["ink"]["chance"]), torch.tensor(float(ink.mean())))
+
+
+def test_content_sets_need_canvases(tmp_path, capsys):
+    argv = ["--model", str(MODEL), "--dataset", "digits", "--content_sets", "--max_images", "4"]
+    argv += ["--results_dir", str(tmp_path / "results"), "--cards_dir", str(tmp_path / "cards")]
+    assert eval_run.cli(argv) == 2
+    assert capsys.readouterr().err == (
+        "error: content_sets: 'digits' has no content-controlled sets; allowed: 'canvas-digits' (its held-out "
+        "canvases without their digit, and with a second one).\n"
+    )
+    assert not (tmp_path / "results").exists()

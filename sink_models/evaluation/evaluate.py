@@ -300,6 +300,11 @@ def evaluate_checkpoint(
     process's; predictions are gathered with `gather_for_metrics`.
     """
     choice = data_choice(args, checkpoint)
+    if args.content_sets and choice.dataset != CANVAS:
+        raise InputError(
+            f"content_sets: {choice.dataset!r} has no content-controlled sets; allowed: {CANVAS!r} (its held-out "
+            "canvases without their digit, and with a second one)."
+        )
     model = checkpoint.model
     if accelerator is not None:
         model = model.to(accelerator.device)
