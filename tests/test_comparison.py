@@ -242,7 +242,8 @@ def test_p_values_sign_floor_and_verdicts():
     assert paired_t([1.0, 3.0]) == pytest.approx(
         1 - 2 * math.atan(2 / (statistics.stdev([1, 3]) / math.sqrt(2))) / math.pi
     )
-    assert paired_t([1.0]) is None and paired_t([2.0, 2.0]) is None  # undefined, not zero
+    assert paired_t([1.0]) is None and paired_t([0.0, 0.0]) is None  # undefined
+    assert paired_t([2.0, 2.0]) == 0.0 and verdict([-2.0, -2.0], -1) == "holds"  # t is infinite
     assert verdict([-1.0, -1.1, -0.9, -1.2], -1) == "holds"  # p ~ 1e-4
     assert verdict([-1.0, -1.1, -0.9, -1.2], +1) == "opposite"
     assert verdict([-3.0, -0.1, -0.2, 0.1], -1) == "leans"  # three of four down, p 0.4
@@ -270,9 +271,7 @@ def test_grid_and_content_tables():
     assert "| plain | 1 ± 0 | 1 ± 0 | 0.25 ± 0 | 0.09 ± 0 | 0.25 ± 0 |" in ink
     blank = text.split("### Blank canvases: sinks by class and token")[1]
     assert "| plain | 4 ± 0 | 2 ± 0 | 2 ± 0 | 0.75 ± 0 | 0.25 ± 0 | 0 ± 0 | 1 ± 0 | 0 ± 0 |" in blank
-    assert "| gates remove NOP sinks | -1 ± 0 (-1.00, -1.00, -1.00) | no evidence |" not in blank  # sd 0: no p
-    assert "| gates remove NOP sinks | -1 (-1.00, -1.00, -1.00) |" not in blank
-    assert "| gates remove NOP sinks | -1 ± 0 (-1.00, -1.00, -1.00) | leans |" in blank
+    assert "| gates remove NOP sinks | -1 ± 0 (-1.00, -1.00, -1.00; p 0) | holds |" in blank  # sd 0: t infinite
     assert "| gated | 25% | - |" in blank  # one CLS event of four in layer 0; no events in layer 1
 
 
@@ -292,5 +291,5 @@ def test_the_claims_at_the_default_rule_and_the_cls_slope():
         f"-0.1 ± 0.025 (-0.12, -0.10, -0.07; p {p:.2g}) **holds** | - |" in claims  # fmt: skip
     assert "| the global pathway is more accurate |" not in claims  # no gp model
     depth = text.split("### CLS sinks early, patch sinks late?")[1].split("###")[0]
-    # every model: layer 0 holds 3 CLS of 9 events, layer 1 none of 1: the slope is -1/3 in every seed (sd 0: no p)
-    assert "| plain | -0.333 (-0.333, -0.333, -0.333) | leans |" in depth
+    # every model: layer 0 holds 3 CLS of 9 events, layer 1 none of 1: the slope is -1/3 in every seed (sd 0: p 0)
+    assert "| plain | -0.333 (-0.333, -0.333, -0.333; p 0) | holds |" in depth

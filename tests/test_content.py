@@ -16,7 +16,7 @@ from transformers import AutoImageProcessor
 from sink_models import SinkViTForImageClassification
 from sink_models.data import INK, Canvas, _digit_split, canvas_dense, canvas_digits, ink_patches
 from sink_models.diagnostics import SinkReport, diagnose
-from sink_models.evaluation.content import CONTENT_SETS, ink_block
+from sink_models.evaluation.content import CONTENT_SETS, content_options, ink_block
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = importlib.util.spec_from_file_location("eval_run", ROOT / "eval" / "run.py")
@@ -119,9 +119,11 @@ def test_the_evaluation_writes_ink_content_sets_and_the_grid(tmp_path, capsys):
     default = next(c for c in cells if (c["event"], c["routed"], c["queries"], c["blocks"]) == (0.9, 0.5, "all", "all"))
     assert default["sinks_per_image"] == pytest.approx(report.summary["sinks_per_image"])
     assert sorted(result["content_sets"]) == sorted(CONTENT_SETS)
-    for name, change in CONTENT_SETS.items():
+    assert content_options("blank", options) == options | {"blank": True}
+    assert content_options("cluttered", options) == options | {"blank": False, "distractors": 1, "distractor_size": 16}
+    for name in CONTENT_SETS:
         block = result["content_sets"][name]
-        assert block["options"] == options | change
+        assert block["options"] == content_options(name, options)
         expected = by_hand(Canvas(**block["options"])).summary
         for key in ("sinks_per_image", "nop_per_image", "broadcast_per_image", "sink_share", "excluding_first_layer"):
             assert block["sinks"][key] == pytest.approx(expected[key]), (name, key)
@@ -139,3 +141,16 @@ def test_content_sets_need_canvases(tmp_path, capsys):
         "canvases without their digit, and with a second one).\n"
     )
     assert not (tmp_path / "results").exists()
+
+
+def test_ink_follows_the_processor_when_it_resizes_the_canvas():
+    """A 32 x 32 canvas seen by a 64 x 64 model (8 x 8 patches): each model patch is a 4 x 4 canvas patch."""
+    options = {"size": 32, "digit_size": 8}
+    events = [
+        {"image": i, "sink": 1 + p, "token_type": "patch", "class": "broadcast"} for i in range(5) for p in range(64)
+    ]
+    report = SinkReport({"images": 5}, [], [], events, {}, {"num_prefix_tokens": 1}, {"grid": [8, 8]})
+    block = ink_block(report, options, (8, 8))
+    ink = ink_patches(canvas_dense(Canvas(**options), "eval", limit=5)[1], 4)
+    assert block["chance"] == pytest.approx(ink.mean()) and block["on_ink"] == pytest.approx(ink.mean())
+    assert block["ink_patches_per_image"] == pytest.approx(ink.sum((1, 2)).mean())

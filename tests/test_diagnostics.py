@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -213,12 +214,17 @@ def test_the_sensitivity_grid_equals_the_brute_force_count(arch):
 
 
 def test_the_grid_is_checked():
-    with pytest.raises(InputError, match=r"^grid.event: got \(\); allowed: one or more numbers in \(0, 1\].$"):
-        Grid(event=())
+    allowed = r"allowed: a tuple of distinct numbers in \(0, 1\].$"
+    for bad in ((), 0.9, (0.5, 1.5), (True,), (0.9, 0.9)):
+        with pytest.raises(InputError, match=rf"^grid.event: got {re.escape(repr(bad))}; {allowed}"):
+            Grid(event=bad)
     with pytest.raises(InputError, match=r"^grid.routed: got \(0.5, 1.5\); allowed"):
         Grid(routed=(0.5, 1.5))
-    with pytest.raises(InputError, match=r"^grid.queries: got \('cls',\); allowed: one or more of all, patches.$"):
-        Grid(queries=("cls",))
+    for bad in (("cls",), "all", ("all", "all")):
+        with pytest.raises(
+            InputError, match=rf"^grid.queries: got {re.escape(repr(bad))}; allowed: a tuple of distinct"
+        ):
+            Grid(queries=bad)
 
 
 def test_the_query_set_is_checked():

@@ -50,10 +50,21 @@ class Grid:
     def __post_init__(self):
         for name in ("event", "routed"):
             values = getattr(self, name)
-            if not values or not all(isinstance(v, int | float) and 0 < v <= 1 for v in values):
-                raise InputError(f"grid.{name}: got {values!r}; allowed: one or more numbers in (0, 1].")
-        if not self.queries or not set(self.queries) <= set(QUERY_SETS):
-            raise InputError(f"grid.queries: got {self.queries!r}; allowed: one or more of {', '.join(QUERY_SETS)}.")
+            numbers = isinstance(values, tuple | list) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1 for v in values
+            )
+            if not values or not numbers or len(set(values)) < len(values):
+                raise InputError(f"grid.{name}: got {values!r}; allowed: a tuple of distinct numbers in (0, 1].")
+        queries = self.queries
+        if (
+            not isinstance(queries, tuple | list)
+            or not queries
+            or not set(queries) <= set(QUERY_SETS)
+            or len(set(queries)) < len(queries)
+        ):
+            raise InputError(
+                f"grid.queries: got {queries!r}; allowed: a tuple of distinct ones of {', '.join(QUERY_SETS)}."
+            )
 
     def to_dict(self) -> dict:
         return {name: list(value) for name, value in asdict(self).items()}

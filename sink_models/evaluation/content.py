@@ -1,22 +1,41 @@
 """Content or default sinks on canvas-digits (docs/science.md section 9): whether a patch sink sits on digit ink, and
 the sinks of held-out canvases whose content is controlled (no digit; a second, unlabelled digit)."""
 
+import numpy as np
+from PIL import Image
+
 from ..data import Canvas, canvas_dense, canvas_digits, ink_patches, parse_options
 from ..diagnostics import SinkReport, diagnose
 from ..diagnostics.capture import adapter_for
 from ..vocabulary import CLASSES
 
-# Options each set changes on the model's own canvases (same size, digit size, noise and held-out placements).
-CONTENT_SETS = {
-    "blank": {"blank": True},  # nothing to find: the same noise without the digit
-    "cluttered": {"distractors": 1, "distractor_size": 16},  # a second, unlabelled digit of the same size
-}
+
+def content_options(name: str, options: dict) -> dict:
+    """The canvas options of a content set, from the model's own (same size, digit size and noise): `blank` keeps the
+    held-out placements and noise and leaves the digit out (nothing to find); `cluttered` adds one more distractor,
+    an unlabelled digit of the labelled digit's size (its draws come first, so placements and noise change)."""
+    if name == "blank":
+        return options | {"blank": True}
+    return options | {
+        "blank": False,
+        "distractors": options.get("distractors", 0) + 1,
+        "distractor_size": options.get("digit_size", Canvas.digit_size),
+    }
+
+
+CONTENT_SETS = ("blank", "cluttered")
 
 
 def ink_block(report: SinkReport, options: dict, patch_size: tuple[int, int]) -> dict:
-    """The share of patch-sink events whose sink patch holds ink, overall and by class, against the chance rate (the
-    share of patches that hold ink), for a report on the held-out canvases of `options` in their order."""
+    """The share of patch-sink events whose sink patch holds ink (of the labelled digit or a distractor), overall and
+    by class, against the chance rate (the share of patches that hold ink), for a report on the held-out canvases
+    of `options` in their order. Where the processor resized the canvases, the label maps follow (nearest)."""
     _, maps, _ = canvas_dense(Canvas(**options), "eval", limit=report.summary["images"])
+    (ph, pw), side = patch_size, maps.shape[-1]
+    rows, cols = (report.attention or {}).get("grid") or (side // ph, side // pw)
+    if maps.shape[-2:] != (rows * ph, cols * pw):
+        size = (cols * pw, rows * ph)
+        maps = np.stack([np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in maps])
     ink = ink_patches(maps, patch_size).reshape(len(maps), -1)
     prefix = report.model["num_prefix_tokens"]
 
@@ -38,8 +57,8 @@ def content_sets_block(model, processor_loader, recorded_options: str, max_image
     layer (with the CLS share), the grid's counts when `grid` is given, and the ink attribution of its patch sinks.
     `processor_loader(images)` gives this process's loader over a dataset's rows (as the evaluation's own)."""
     blocks = {}
-    for name, change in CONTENT_SETS.items():
-        options = parse_options(recorded_options) | change
+    for name in CONTENT_SETS:
+        options = content_options(name, parse_options(recorded_options))
         images = canvas_digits(Canvas(**options)).eval
         if max_images is not None:
             images = images.select(range(min(max_images, len(images))))

@@ -321,6 +321,7 @@ def evaluate_checkpoint(
     with progress, autocast(args.autocast, next(model.parameters()).device):
         grid = Grid() if args.sensitivity else None
         report = diagnose(model, scores.readable(loader), accelerator=accelerator, on_outputs=scores.keep, grid=grid)
+        content = _content(report, checkpoint, choice, args, accelerator)  # under the same autocast
     dataset = {
         "name": choice.dataset,
         "options": parse_options(choice.options),
@@ -344,9 +345,7 @@ def evaluate_checkpoint(
         "stability": stability(checkpoint.training_summary, report.layers),
         "versions": package_versions(),
         "date": date.today().isoformat(),
-    } | _content(report, checkpoint, choice, args, accelerator) | _opt_in(
-        checkpoint, data, choice, args, accelerator, show_progress
-    ), report
+    } | content | _opt_in(checkpoint, data, choice, args, accelerator, show_progress), report
 
 
 def _content(report: SinkReport, checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments, accelerator) -> dict:

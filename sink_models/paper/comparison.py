@@ -202,10 +202,11 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             "\n\n" + _dense(probed)
         )
     models = ", ".join(f"{name}: seeds {', '.join(map(str, sorted(by_seed)))}" for name, by_seed in results.items())
+    most = max(len(by_seed) for by_seed in results.values())
     return (
         f"Models ({models}); mean ± sample standard deviation over seeds. Paired differences give each seed's "
-        "difference and the two-sided paired t-test's p; a sign test cannot go below p = "
-        f"{sign_test_floor(4):.3g} with 4 seeds ({sign_test_floor(8):.2g} with 8). Verdicts: holds (p < 0.05 in the "
+        f"difference and the two-sided paired t-test's p; with {most} paired seeds a sign test cannot go below p = "
+        f"{sign_test_floor(most):.2g} ({sign_test_floor(8):.2g} with 8). Verdicts: holds (p < 0.05 in the "
         "paper's direction), leans (its direction in the mean and in three quarters of the seeds), no evidence, "
         "opposite (p < 0.05 against it).\n\n" + "\n\n".join(sections)
     )

@@ -15,7 +15,8 @@ CLAIMS = (
     ("gates remove NOP sinks", "gated", "nop", -1),
     ("the headwise gate removes NOP sinks", "gated-headwise", "nop", -1),
     ("broadcast sinks stay (grow) under gating", "gated", "broadcast", 1),
-    ("registers absorb sinks", "reg", "sinks", -1),
+    ("registers cut the sink count", "reg", "sinks", -1),
+    ("sinks move onto registers (register share)", "reg", "register_share", 1),
     ("gate + registers remove NOP sinks", "gated-reg", "nop", -1),
     ("global pathway + penalty removes broadcasts", "gp-penalty", "broadcast", -1),
 )
@@ -32,10 +33,12 @@ LEVEL = 0.05  # two-sided
 
 
 def paired_t(diffs: list[float]) -> float | None:
-    """The two-sided p-value of a paired t-test (one-sample t on the differences); None where it is undefined (fewer
-    than two seeds, or every difference equal)."""
-    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+    """The two-sided p-value of a paired t-test (one-sample t on the differences): 0 where every difference is the
+    same non-zero number (t is infinite), None where it is undefined (fewer than two seeds, or every one zero)."""
+    if len(diffs) < 2:
         return None
+    if statistics.stdev(diffs) == 0:
+        return None if diffs[0] == 0 else 0.0
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
@@ -101,10 +104,7 @@ def claims_section(numbers: dict[str, dict[int, dict]]) -> list[str]:
     slopes = []
     for name, runs in numbers.items():
         values = [n["cls_slope"] for n in runs.values() if n.get("cls_slope") is not None]
-        p = None if len(values) < 2 or statistics.stdev(values) == 0 else float(stats.ttest_1samp(values, 0).pvalue)
-        signs = ", ".join(f"{v:+.3f}" for v in values)
-        text = "-" if not values else f"{statistics.fmean(values):+.3f} ({signs}" + (f"; p {p:.2g})" if p else ")")
-        slopes.append([name, text, verdict(values, -1) if len(values) > 1 else "-"])
+        slopes.append([name, _slopes_text(values), verdict(values, -1) if len(values) > 1 else "-"])
     depth = markdown_table(["variant", "slope of the CLS share per layer (per seed; t p)", "verdict"], slopes)
     return [
         "### The paper's claims at the default rule: paired difference from plain (per seed; paired t p), verdict\n\n"
@@ -112,6 +112,15 @@ def claims_section(numbers: dict[str, dict[int, dict]]) -> list[str]:
         "### CLS sinks early, patch sinks late? The CLS share of each layer's sinks, its least-squares slope over "
         "layers per seed (the paper's direction: falling)\n\n" + depth,
     ]
+
+
+def _slopes_text(values: list[float]) -> str:
+    """mean (per-seed slopes; one-sample t p)."""
+    if not values:
+        return "-"
+    p = paired_t(values)
+    signs = ", ".join(f"{v:+.3f}" for v in values)
+    return f"{statistics.fmean(values):+.3f} ({signs}" + (f"; p {p:.2g})" if p is not None else ")")
 
 
 def cls_slope(shares: list[float | None]) -> float | None:
@@ -141,7 +150,7 @@ def grid_sections(numbers: dict[str, dict[int, dict]]) -> list[str]:
     cells = grid_cells(numbers)
     if not cells:
         return []
-    claims = [claim for claim in CLAIMS if claim[1] in numbers and "plain" in numbers]
+    claims = [c for c in CLAIMS if c[1] in numbers and "plain" in numbers and c[2] in ("sinks", "nop", "broadcast")]
     rows = []
     for label, name, quantity, direction in claims:
         verdicts = [verdict(differences(numbers, name, grid_key(cell, quantity)), direction) for cell in cells]
@@ -151,7 +160,7 @@ def grid_sections(numbers: dict[str, dict[int, dict]]) -> list[str]:
     summary = markdown_table(["claim", "paired difference", "seeds", "holds", "leans", "no evidence", "opposite"], rows)
     detail = []
     for cell in cells:
-        row = [*_cell_label(cell)]
+        row = list(cell)
         for _, name, quantity, direction in claims:
             diffs = differences(numbers, name, grid_key(cell, quantity))
             row.append(f"{paired_text(diffs)} {verdict(diffs, direction)}" if diffs else "-")
@@ -159,7 +168,7 @@ def grid_sections(numbers: dict[str, dict[int, dict]]) -> list[str]:
     detail_table = markdown_table(["event", "routed", "queries", "blocks", *(c[0] for c in claims)], detail)
     levels = []
     for cell in cells:
-        levels.append([*_cell_label(cell), *(_mean(numbers[name], grid_key(cell, "sinks")) for name in numbers)])
+        levels.append([*cell, *(_mean(numbers[name], grid_key(cell, "sinks")) for name in numbers)])
     levels_table = markdown_table(["event", "routed", "queries", "blocks", *numbers], levels)
     return [
         f"### The claims under every choice of the rule (verdicts over the grid's {len(cells)} cells)\n\n" + summary,
@@ -167,11 +176,6 @@ def grid_sections(numbers: dict[str, dict[int, dict]]) -> list[str]:
         + detail_table,
         "### Sinks per image under each choice of the rule (mean over seeds)\n\n" + levels_table,
     ]
-
-
-def _cell_label(cell: tuple) -> list:
-    event, routed, queries, blocks = cell
-    return [event, routed, queries, blocks]
 
 
 def _mean(runs: dict[int, dict], key: str) -> str:
@@ -182,7 +186,7 @@ def _mean(runs: dict[int, dict], key: str) -> str:
 INK = {"on_ink": "patch sinks on ink", "on_ink_nop": "NOP patch sinks on ink",
        "on_ink_broadcast": "broadcast patch sinks on ink", "ink_chance": "chance (patches with ink)",
        "patch_share": "share of sinks on patches"}  # fmt: skip
-SETS = ("default", "blank", "cluttered")
+SETS = ("blank", "cluttered")
 CONTENT = {"sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img", "cls_share": "CLS share",
            "register_share": "register share", "patch_share": "patch share", "on_ink": "patch sinks on ink",
            "ink_chance": "chance"}  # fmt: skip
@@ -198,7 +202,7 @@ def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
             "### Where patch sinks sit: on digit ink or not (held-out canvases; share of patch-sink events)\n\n"
             + markdown_table(["variant", *INK.values()], rows)
         )
-    present = [s for s in SETS[1:] if any(f"{s}:sinks" in n for r in numbers.values() for n in r.values())]
+    present = [s for s in SETS if any(f"{s}:sinks" in n for r in numbers.values() for n in r.values())]
     for content in present:
         prefix = f"{content}:"
         rows = [
@@ -213,9 +217,9 @@ def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
         for name, runs in numbers.items():  # CLS early, patches late: the CLS share falls with depth
             slopes = [n[prefix + "cls_slope"] for n in runs.values() if n.get(prefix + "cls_slope") is not None]
             if len(slopes) > 1:
-                text = f"{statistics.fmean(slopes):+.3f} (" + ", ".join(f"{v:+.3f}" for v in slopes) + ")"
-                claims.append([f"the CLS share falls with depth ({name}: slope per layer)", text, verdict(slopes, -1)])
-        for name in ("reg", "gated-reg"):  # "registers are repurposed for NOP": their share of NOP sinks
+                label = f"the CLS share falls with depth ({name}: slope per layer)"
+                claims.append([label, _slopes_text(slopes), verdict(slopes, -1)])
+        for name in [name for name in ("reg", "gated-reg") if name in numbers]:  # registers repurposed for NOP?
             values = [n.get(prefix + "register_share_nop") for n in numbers.get(name, {}).values()]
             claims.append([f"registers serve NOP ({name}: register share of NOP sinks)", spread(values), ""])
         depth = _depth_shares(numbers, prefix)
