@@ -151,7 +151,7 @@ def test_training_canvases_are_placed_anew_each_epoch_and_again_on_resume():
 @pytest.mark.parametrize(
     ("name", "options", "message"),
     [
-        ("canvas-digits", '{"canvas": 64}', "dataset_options: unknown \\['canvas'\\]; allowed: digit_size"),
+        ("canvas-digits", '{"canvas": 64}', "dataset_options: unknown \\['canvas'\\]; allowed: blank, digit_size"),
         ("canvas-digits", '{"size": 12}', "dataset_options.size: the canvas \\(12\\) must hold the digit \\(16\\)"),
         ("canvas-digits", '{"size": 20000}', "dataset_options.size: got 20000; allowed: an int from 1 to 2048"),
         ("canvas-digits", '{"size": 0}', "dataset_options.size: got 0; allowed: an int from 1 to 2048"),
