@@ -4,7 +4,7 @@
 # seeds 0 and 1) on one CPU thread, JOBS models at a time (default 2), then its Hub folder is moved into
 # DIR/NAME (default zoo/) under a temporary name first, so an interrupted build never leaves a half-written model.
 # The canvas models of the extra seeds behind results/images.md are built outside the zoo:
-#   bash zoo/build.sh --into runs/seeds canvas:2 canvas:3 canvas:4 canvas:5
+#   bash zoo/build.sh --into runs/seeds canvas:2 canvas:3 canvas-{plain,gated,gated-headwise,reg,gated-reg,gp}:{4,5}
 # (`canvas:SEED` is every canvas variant of that seed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
