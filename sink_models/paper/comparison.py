@@ -206,7 +206,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
     return (
         f"Models ({models}); mean ± sample standard deviation over seeds. Paired differences give each seed's "
         f"difference and the two-sided paired t-test's p; with {most} paired seeds a sign test cannot go below p = "
-        f"{sign_test_floor(most):.2g} ({sign_test_floor(8):.2g} with 8). Verdicts: holds (p < 0.05 in the "
+        f"{sign_test_floor(most):.3g} ({sign_test_floor(8):.2g} with 8). Verdicts: holds (p < 0.05 in the "
         "paper's direction), leans (its direction in the mean and in three quarters of the seeds), no evidence, "
         "opposite (p < 0.05 against it).\n\n" + "\n\n".join(sections)
     )
