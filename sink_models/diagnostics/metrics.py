@@ -127,11 +127,7 @@ def layer_metrics(
     event = routed_frac >= thresholds.event
     measured = event  # the records whose sink quantities are computed
     if grid is not None:
-        choices = [[replace(thresholds, routed=r, queries=q) for q in grid.queries] for r in grid.routed]
-        grid_routed = torch.stack(
-            [torch.stack([_routed_fraction(to_sink, tokens, valid, layout[1], t) for t in row], -1) for row in choices],
-            -2,
-        )
+        grid_routed = _grid_routed(to_sink, tokens, valid, layout[1], thresholds, grid)
         measured = event | (grid_routed >= min(grid.event)).flatten(-2).any(-1)
 
     energy = energy.clamp_min(0)
@@ -166,6 +162,16 @@ def layer_metrics(
         "token_type": token_type(sink, layout),
         "inflow": inflow,
     } | extra
+
+
+def _grid_routed(
+    to_sink: torch.Tensor, tokens: torch.Tensor, valid: torch.Tensor | None, prefix: int, thresholds: Thresholds, grid
+) -> torch.Tensor:
+    """(batch, heads, routed thresholds, query sets): the routed fraction under each of the grid's choices."""
+    rows = [[replace(thresholds, routed=r, queries=q) for q in grid.queries] for r in grid.routed]
+    return torch.stack(
+        [torch.stack([_routed_fraction(to_sink, tokens, valid, prefix, t) for t in row], -1) for row in rows], -2
+    )
 
 
 def _routed_fraction(
