@@ -321,7 +321,7 @@ def evaluate_checkpoint(
     with progress, autocast(args.autocast, next(model.parameters()).device):
         grid = Grid() if args.sensitivity else None
         report = diagnose(model, scores.readable(loader), accelerator=accelerator, on_outputs=scores.keep, grid=grid)
-        content = _content(report, checkpoint, choice, args, accelerator)  # under the same autocast
+        content = _content(report, checkpoint, choice, args, accelerator, grid)  # under the same autocast
     dataset = {
         "name": choice.dataset,
         "options": parse_options(choice.options),
@@ -348,13 +348,15 @@ def evaluate_checkpoint(
     } | content | _opt_in(checkpoint, data, choice, args, accelerator, show_progress), report
 
 
-def _content(report: SinkReport, checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments, accelerator) -> dict:
-    """On canvas-digits: where the patch sinks sit (on ink or not) and, opted in, the content-controlled sets."""
+def _content(
+    report: SinkReport, checkpoint: Checkpoint, choice: DataChoice, args: EvalArguments, accelerator, grid: Grid | None
+) -> dict:
+    """On canvas-digits: where the patch sinks sit (on ink or not) and, opted in, the content-controlled sets (with
+    the held-out canvases' `grid`)."""
     if choice.dataset != CANVAS:
         return {}
     block = {"ink": ink_block(report, parse_options(choice.options), adapter_for(checkpoint.model).patch_size)}
     if args.content_sets:
-        grid = Grid() if args.sensitivity else None
         loader = lambda images: _eval_loader(checkpoint, images, args, accelerator)[0]  # noqa: E731
         block["content_sets"] = content_sets_block(
             checkpoint.model, loader, choice.options, args.max_images, grid, accelerator

@@ -9,7 +9,15 @@ from pathlib import Path
 from ..evaluation.cards import markdown_table, merge_sections
 from ..files import atomic_write, save_figure
 from .reference import PAPER_MIOU, PAPER_SINKS
-from .robustness import claims_section, cls_slope, content_sections, grid_sections, paired_text, sign_test_floor
+from .robustness import (
+    claims_section,
+    cls_slope,
+    content_sections,
+    grid_sections,
+    paired_text,
+    sign_test_floor,
+    spread,
+)
 
 DATASET = "canvas-digits"
 ARMS = ("plain", "gated", "gated-headwise", "reg", "gated-reg", "gp", "gp-penalty")
@@ -124,21 +132,6 @@ def _content_figures(prefix: str, block: dict) -> dict:
     return out
 
 
-def spread(values: list) -> str:
-    """mean ± sample standard deviation over seeds (the mean alone for one seed); '-' when nothing was measured; a
-    seed without a value (None) is left out and said so: `(n of m seeds)`."""
-    measured = [v for v in values if v is not None]
-    if not measured:
-        return "-"
-    mean = statistics.fmean(measured)
-    text = _fmt(mean) if len(measured) == 1 else f"{_fmt(mean)} ± {_fmt(statistics.stdev(measured))}"
-    return text if len(measured) == len(values) else f"{text} ({len(measured)} of {len(values)} seeds)"
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-
-
 # Figure keys and their headings, per table of means over seeds.
 CLASSES = {"accuracy": "top-1 (%)", "sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img",
            "other": "other / img"}  # fmt: skip
@@ -193,7 +186,7 @@ def tables(results: dict[str, dict[int, dict]]) -> str:
             + _means(registered, REGISTERS)
         )
     sections[:0] = claims_section(numbers)
-    sections += content_sections(numbers, spread)
+    sections += content_sections(numbers)
     sections += grid_sections(numbers)
     sections.append("### Stability and performance (training run and held-out images)\n\n" + _means(numbers, STABILITY))
     if probed:

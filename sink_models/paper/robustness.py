@@ -2,12 +2,12 @@
 sinks sit (digit ink or not) and the content-controlled canvases (docs/science.md section 9). Tables for
 results/images.md, from the figures `comparison.figures` reads out of each model's results."""
 
-import math
 import statistics
 
 from scipy import stats
 
 from ..evaluation.cards import markdown_table
+from ..evaluation.content import CONTENT_SETS
 
 # The paper's claims tested on every grid cell and content set: (claim, variant, quantity, the paper's direction of
 # the variant's difference from plain).
@@ -30,6 +30,21 @@ OTHER_CLAIMS = (
     ("gating lowers the largest activation", "gated", "largest_activation", -1),
 )
 LEVEL = 0.05  # two-sided
+
+
+def spread(values: list) -> str:
+    """mean ± sample standard deviation over seeds (the mean alone for one seed); '-' when nothing was measured; a
+    seed without a value (None) is left out and said so: `(n of m seeds)`."""
+    measured = [v for v in values if v is not None]
+    if not measured:
+        return "-"
+    mean = statistics.fmean(measured)
+    text = _fmt(mean) if len(measured) == 1 else f"{_fmt(mean)} ± {_fmt(statistics.stdev(measured))}"
+    return text if len(measured) == len(values) else f"{text} ({len(measured)} of {len(values)} seeds)"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
 def paired_t(diffs: list[float]) -> float | None:
@@ -186,13 +201,12 @@ def _mean(runs: dict[int, dict], key: str) -> str:
 INK = {"on_ink": "patch sinks on ink", "on_ink_nop": "NOP patch sinks on ink",
        "on_ink_broadcast": "broadcast patch sinks on ink", "ink_chance": "chance (patches with ink)",
        "patch_share": "share of sinks on patches"}  # fmt: skip
-SETS = ("blank", "cluttered")
 CONTENT = {"sinks": "sinks / img", "nop": "NOP / img", "broadcast": "broadcast / img", "cls_share": "CLS share",
            "register_share": "register share", "patch_share": "patch share", "on_ink": "patch sinks on ink",
            "ink_chance": "chance"}  # fmt: skip
 
 
-def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
+def content_sections(numbers: dict[str, dict[int, dict]]) -> list[str]:
     """Ink attribution on the held-out canvases, then per content set the sinks by class and token type, the
     paper's claims on it and the CLS share by layer; nothing when no result has them."""
     sections = []
@@ -202,7 +216,7 @@ def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
             "### Where patch sinks sit: on digit ink or not (held-out canvases; share of patch-sink events)\n\n"
             + markdown_table(["variant", *INK.values()], rows)
         )
-    present = [s for s in SETS if any(f"{s}:sinks" in n for r in numbers.values() for n in r.values())]
+    present = [s for s in CONTENT_SETS if any(f"{s}:sinks" in n for r in numbers.values() for n in r.values())]
     for content in present:
         prefix = f"{content}:"
         rows = [
@@ -220,7 +234,7 @@ def content_sections(numbers: dict[str, dict[int, dict]], spread) -> list[str]:
                 label = f"the CLS share falls with depth ({name}: slope per layer)"
                 claims.append([label, _slopes_text(slopes), verdict(slopes, -1)])
         for name in [name for name in ("reg", "gated-reg") if name in numbers]:  # registers repurposed for NOP?
-            values = [n.get(prefix + "register_share_nop") for n in numbers.get(name, {}).values()]
+            values = [n.get(prefix + "register_share_nop") for n in numbers[name].values()]
             claims.append([f"registers serve NOP ({name}: register share of NOP sinks)", spread(values), ""])
         depth = _depth_shares(numbers, prefix)
         sections.append(
@@ -248,4 +262,4 @@ def _depth_shares(numbers: dict[str, dict[int, dict]], prefix: str) -> str:
 
 def _has(figures: dict, key: str, layer: int) -> bool:
     values = figures.get(key) or []
-    return layer < len(values) and values[layer] is not None and not math.isnan(values[layer])
+    return layer < len(values) and values[layer] is not None
